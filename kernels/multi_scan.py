@@ -1,0 +1,119 @@
+"""2D multi-scan: the selective scan along a pattern's routes over a (B, D, H, W) map.
+
+Two paths compute the same function:
+
+* fused (default): the kernel walks each route through the original map and accumulates the route outputs into one
+  (B, D, H, W) result. No permuted copy of the input and no per-route output is ever materialised.
+* plain: ``cross_scan`` gathers K copies, the scan runs on them, ``cross_merge`` scatter-adds the K outputs. It is the
+  readable reference of the fused path and a debugging aid.
+"""
+from typing import Optional, Union
+
+import torch
+
+from .scan_patterns import ScanPattern, cross_merge, cross_scan, get_pattern
+from .selective_scan import scan_routes
+
+__all__ = ['multi_scan_2d']
+
+
+def _as_routes_param(fn: str, name: str, t: Optional[torch.Tensor], num_routes: int, dim: int):
+    """Accept (K * D,) or (K, D) parameters (VMamba stores them flat) and return (K, D)."""
+    if t is None:
+        return None
+    if t.dim() == 1 and t.shape[0] == num_routes * dim:
+        return t.view(num_routes, dim)
+    if t.dim() == 2 and tuple(t.shape) == (num_routes, dim):
+        return t
+    raise ValueError(f'{fn}: {name} must have shape ({num_routes * dim},) or ({num_routes}, {dim}), got '
+                     f'{tuple(t.shape)}')
+
+
+def multi_scan_2d(
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None,
+        delta_softplus: bool = False,
+        pattern: Union[str, ScanPattern] = 'cross',
+        fused: bool = True,
+        return_states: bool = False,
+        out_dtype: Optional[torch.dtype] = torch.float32,
+        backend: str = 'auto',
+):
+    """Selective scan along every route of ``pattern`` and sum of the route outputs on the map.
+
+    All per-position operands stay in spatial layout: ``delta``, ``B`` and ``C`` of route k are read at the position
+    the route visits. Because VMamba's projections are pointwise, they can be computed on the map directly.
+
+    Args:
+        x: (batch, dim, H, W) input shared by all routes, or (batch, K, dim, H, W) with one input per route.
+        delta: (batch, K, dim, H, W) step sizes, one per route.
+        A: (K * dim, N) or (K, dim, N) real state matrix.
+        B: (batch, K, N, H, W) input projections.
+        C: (batch, K, N, H, W) output projections.
+        D: optional (K * dim,) or (K, dim) skip weights.
+        delta_bias: optional (K * dim,) or (K, dim) bias added to ``delta``.
+        delta_softplus: apply softplus to ``delta`` after the bias.
+        pattern: a pattern name registered in ``scan_patterns`` (e.g. 'cross', 'bidirectional', 'atrous',
+            'unidirectional') or a ``ScanPattern``.
+        fused: walk the routes in the kernel (True) or permute, scan and merge (False).
+        return_states: also return the hidden state at every position, (batch, K, dim, N, H, W), float32.
+        out_dtype: dtype of the merged output; float32 by default, as the next op is usually a norm.
+        backend: 'auto', 'triton' or 'torch' (see ``scan_routes``).
+
+    Returns:
+        (batch, dim, H, W) merged output, and the states if ``return_states``.
+    """
+    fn = 'multi_scan_2d'
+    if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+        raise ValueError(f'{fn}: x must be (batch, dim, H, W) or (batch, K, dim, H, W), got '
+                         f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
+    batch, dim, height, width = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
+    if isinstance(pattern, str):
+        pattern = get_pattern(pattern, height, width)
+    if (pattern.height, pattern.width) != (height, width):
+        raise ValueError(f'{fn}: pattern {pattern.name} is for {pattern.height}x{pattern.width} but x is '
+                         f'{height}x{width}')
+    num_routes = pattern.num_routes
+    if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != (batch, num_routes, dim, height, width):
+        raise ValueError(f'{fn}: delta must have shape {(batch, num_routes, dim, height, width)}, got '
+                         f'{tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__}')
+    if not isinstance(A, torch.Tensor) or A.dim() not in (2, 3):
+        raise ValueError(f'{fn}: A must be (K * dim, N) or (K, dim, N)')
+    A = A.view(num_routes, dim, A.shape[-1]) if A.dim() == 2 and A.shape[0] == num_routes * dim else A
+    D = _as_routes_param(fn, 'D', D, num_routes, dim)
+    delta_bias = _as_routes_param(fn, 'delta_bias', delta_bias, num_routes, dim)
+    for name, t in (('B', B), ('C', C)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 5 or tuple(t.shape[:2]) != (batch, num_routes) \
+                or tuple(t.shape[3:]) != (height, width):
+            raise ValueError(f'{fn}: {name} must have shape (batch={batch}, K={num_routes}, N, {height}, {width}), '
+                             f'got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
+    positions = height * width
+    if fused:
+        u = x.reshape(batch, -1, dim, positions)
+        result = scan_routes(
+            u, delta.reshape(batch, num_routes, dim, positions), A, B.flatten(3), C.flatten(3), D=D,
+            delta_bias=delta_bias, routes=pattern.routes_on(x.device), delta_softplus=delta_softplus,
+            accumulate=True, return_states=return_states, backend=backend)
+        y, states = result if return_states else (result, None)
+        y = y.view(batch, dim, height, width)
+    else:
+        length = pattern.route_length
+        routed = [cross_scan(t, pattern) for t in (x, delta, B, C)]  # each (batch, K, C, L)
+        result = scan_routes(*routed[:2], A, *routed[2:], D=D, delta_bias=delta_bias,
+                             delta_softplus=delta_softplus, accumulate=False, return_states=return_states,
+                             backend=backend)
+        ys, states = result if return_states else (result, None)
+        y = cross_merge(ys.view(batch, num_routes, dim, length), pattern)
+        if return_states:
+            index = pattern.routes.to(x.device)[None, :, None, None, :].expand_as(states)
+            states = states.new_zeros(*states.shape[:4], positions).scatter(4, index, states)
+    if out_dtype is not None:
+        y = y.to(out_dtype)
+    if return_states:
+        return y, states.view(batch, num_routes, dim, -1, height, width)
+    return y

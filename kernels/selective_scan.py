@@ -1,0 +1,841 @@
+"""Selective scan (Mamba-1 S6) over routes: sequential reference, chunked PyTorch path, Triton kernels, dispatch.
+
+One op serves the plain 1D scan with mamba_ssm's semantics and the fused 2D multi-scan:
+
+* ``u`` (B, Ku, D, P) with Ku in {1, K}: Ku == 1 shares one input map between all K routes (the fused 2D case).
+* ``delta`` (B, K, D, P), ``B``/``C`` (B, K, N, P): one set per route, in spatial layout.
+* ``A`` (K, D, N), optional ``D`` skip and ``delta_bias`` (K, D).
+* ``routes`` (K, L) int32 positions in [0, P), or None for the identity (L == P).
+
+Route k walks positions ``routes[k, 0..L)`` and runs ``h_l = exp(delta_l A) h_{l-1} + delta_l B_l u_l``,
+``y_l = <C_l, h_l> + D u_l`` with every operand read at that position. With ``accumulate`` the route outputs are
+summed into one (B, D, P) map (the cross-merge happens in the kernel); otherwise each route keeps its own output.
+Nothing is permuted or copied in memory: at ``d_state=1`` those copies, not the recurrence, dominate the bytes.
+
+Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton interpreter on CPU when asked for with
+``backend='triton'`` (and ``TRITON_INTERPRET=1``). All paths go through the custom op ``vmamba_zoo::scan_routes_fwd``,
+which is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ._triton_utils import HAS_TRITON, tl, triton, triton_interpreting, use_triton_for
+
+__all__ = [
+    'selective_scan_fn', 'selective_scan_ref', 'scan_routes', 'scan_routes_ref', 'selective_scan_flops',
+    'fvcore_op_handles', 'SCAN_OP_NAMES',
+]
+
+_BACKENDS = ('auto', 'triton', 'torch')
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Readable sequential reference with mamba_ssm's semantics.
+# ---------------------------------------------------------------------------------------------------------------------
+def selective_scan_ref(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor] = None,
+        z: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None,
+        delta_softplus: bool = False,
+        return_last_state: bool = False,
+):
+    """Sequential selective scan, one position at a time, in float32 (float64 if ``u`` is float64).
+
+    Args:
+        u: (batch, dim, L) input.
+        delta: (batch, dim, L) step sizes.
+        A: (dim, N) real state matrix (diagonal per channel).
+        B: (batch, N, L) or (batch, G, N, L) input projections; channel d uses group ``d // (dim // G)``.
+        C: same shapes as ``B``, output projections.
+        D: optional (dim,) skip weight.
+        z: optional (batch, dim, L) gate; the output is multiplied by ``silu(z)``.
+        delta_bias: optional (dim,) added to ``delta``.
+        delta_softplus: apply softplus to ``delta`` (after the bias).
+        return_last_state: also return the final state (batch, dim, N).
+
+    Returns:
+        ``out`` (batch, dim, L) in ``u``'s dtype, and the float32 last state if ``return_last_state``.
+    """
+    dtype_in = u.dtype
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
+    B, C = B.to(compute), C.to(compute)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(compute)[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, length = u.shape
+    if B.dim() == 3:
+        B, C = B[:, None], C[:, None]
+    groups = B.shape[1]
+    B = B.repeat_interleave(dim // groups, dim=1)  # (batch, dim, N, L)
+    C = C.repeat_interleave(dim // groups, dim=1)
+    state = u.new_zeros(batch, dim, A.shape[1])
+    ys = []
+    for t in range(length):
+        decay = torch.exp(delta[:, :, t, None] * A)
+        state = decay * state + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, :, :, t]
+        ys.append((state * C[:, :, :, t]).sum(-1))
+    out = torch.stack(ys, dim=-1)
+    if D is not None:
+        out = out + u * D.to(compute)[None, :, None]
+    if z is not None:
+        out = out * F.silu(z.to(compute))
+    out = out.to(dtype_in)
+    return (out, state.float() if compute == torch.float32 else state) if return_last_state else out
+
+
+def scan_routes_ref(u, delta, A, B, C, D=None, delta_bias=None, routes=None, delta_softplus=False,
+                    accumulate=True):
+    """Sequential reference of the routed scan, built from ``selective_scan_ref`` one route at a time.
+
+    Shapes are those of the module docstring. Returns the float32 (float64 for float64 input) output: (B, D, P) with
+    ``accumulate``, else (B, K, D, P).
+    """
+    batch, _, dim, positions = u.shape
+    num_routes = delta.shape[1]
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    out = u.new_zeros(batch, 1 if accumulate else num_routes, dim, positions, dtype=compute)
+    for k in range(num_routes):
+        route = torch.arange(positions, device=u.device) if routes is None else routes[k].long()
+        u_k = u[:, k if u.shape[1] > 1 else 0][:, :, route]
+        y = selective_scan_ref(
+            u_k.to(compute), delta[:, k][:, :, route], A[k], B[:, k][:, :, route], C[:, k][:, :, route],
+            D=None if D is None else D[k], delta_bias=None if delta_bias is None else delta_bias[k],
+            delta_softplus=delta_softplus)
+        out[:, 0 if accumulate else k].index_add_(2, route, y)
+    return out[:, 0] if accumulate else out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Vectorised PyTorch path (CPU): chunked parallel scan.
+# ---------------------------------------------------------------------------------------------------------------------
+_CHUNK_BUDGET = 1 << 22  # elements of the (chunk x chunk) decay tensor held at once
+
+
+def _gather_routes(t: torch.Tensor, routes: Optional[torch.Tensor], num_routes: int) -> torch.Tensor:
+    """(B, Kt, C, P) -> (B, K, C, L) following each route; Kt == 1 shares one map between the routes."""
+    if routes is None:
+        return t
+    routes = routes.long()
+    if t.shape[1] == 1:
+        return t[:, 0][:, :, routes].transpose(1, 2)
+    index = routes[None, :, None, :].expand(t.shape[0], num_routes, t.shape[2], routes.shape[1])
+    return torch.gather(t, 3, index)
+
+
+def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
+    """Chunked scan: inside a chunk, h_i = sum_j exp(S_i - S_j) b_j + exp(S_i) h_0 with S the cumulative delta*A.
+
+    The exponent is masked to -inf above the diagonal before ``exp``, so every factor is <= 1 and the path is as
+    stable as the recurrence. Returns (y, last_state, states) like the op.
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, _, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    u_r = _gather_routes(u.to(compute), routes, num_routes)
+    delta_r = _gather_routes(delta.to(compute), routes, num_routes)
+    B_r = _gather_routes(B.to(compute), routes, num_routes).transpose(2, 3)  # (B, K, L, N)
+    C_r = _gather_routes(C.to(compute), routes, num_routes).transpose(2, 3)
+    if delta_bias is not None:
+        delta_r = delta_r + delta_bias.to(compute)[None, :, :, None]
+    if delta_softplus:
+        delta_r = F.softplus(delta_r)
+    length = delta_r.shape[-1]
+    log_decay = delta_r[..., None] * A.to(compute)[None, :, :, None, :]  # (B, K, D, L, N)
+    drive = (delta_r * u_r)[..., None] * B_r[:, :, None]  # (B, K, D, L, N)
+    per_row = batch * num_routes * dim * state_dim
+    chunk = int(max(1, min(64, math.isqrt(max(1, _CHUNK_BUDGET // per_row)))))
+    state = u_r.new_zeros(batch, num_routes, dim, state_dim)
+    ys, hs = [], []
+    for start in range(0, length, chunk):
+        stop = min(length, start + chunk)
+        cum = log_decay[:, :, :, start:stop].cumsum(3)
+        diff = cum[:, :, :, :, None, :] - cum[:, :, :, None, :, :]  # (B, K, D, i, j, N) = S_i - S_j
+        causal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=u.device).tril()
+        weights = torch.where(causal[:, :, None], diff, diff.new_tensor(-math.inf)).exp()
+        h = torch.einsum('bkdijn,bkdjn->bkdin', weights, drive[:, :, :, start:stop])
+        h = h + cum.exp() * state[:, :, :, None]
+        ys.append(torch.einsum('bkdin,bkin->bkdi', h, C_r[:, :, start:stop]))
+        if return_states:
+            hs.append(h)
+        state = h[:, :, :, -1]
+    y = torch.cat(ys, dim=3)
+    if D is not None:
+        y = y + u_r * D.to(compute)[None, :, :, None]
+    states = torch.cat(hs, dim=3).transpose(3, 4) if return_states else None  # (B, K, D, N, L)
+    if routes is None:
+        y_out = y.sum(1) if accumulate else y
+    else:
+        index = routes.long()
+        if accumulate:
+            y_out = y.new_zeros(batch, dim, positions).index_add(
+                2, index.reshape(-1), y.permute(0, 2, 1, 3).reshape(batch, dim, -1))
+        else:
+            y_out = y.new_zeros(batch, num_routes, dim, positions).scatter(
+                3, index[None, :, None, :].expand_as(y), y)
+        if return_states:
+            states = states.new_zeros(*states.shape[:4], positions).scatter(
+                4, index[None, :, None, None, :].expand_as(states), states)
+    return y_out, state, states
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Triton kernels.
+# ---------------------------------------------------------------------------------------------------------------------
+if HAS_TRITON:
+
+    @triton.jit
+    def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
+        # (a, b) represents h -> a * h + b; composing left then right.
+        return a_left * a_right, b_left * a_right + b_right
+
+    @triton.jit
+    def _column(tile, cols, index):
+        # Column ``index`` of a register tile, as a vector over its rows.
+        return tl.sum(tl.where(cols[None, :] == index, tile, 0.0), axis=1)
+
+    @triton.jit
+    def _softplus(x):
+        return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+    def _fwd_configs():
+        if triton_interpreting():
+            return [triton.Config({'BLOCK_D': 8, 'BLOCK_L': 16}, num_warps=1)]
+        return [
+            triton.Config({'BLOCK_D': bd, 'BLOCK_L': bl}, num_warps=w)
+            for bd, bl, w in ((16, 128, 4), (32, 128, 4), (32, 64, 4), (64, 64, 4), (16, 256, 4), (32, 256, 8))
+        ]
+
+    def _bwd_configs():
+        if triton_interpreting():
+            return [triton.Config({'BLOCK_D': 8, 'BLOCK_L': 16}, num_warps=1)]
+        return [
+            triton.Config({'BLOCK_D': bd, 'BLOCK_L': bl}, num_warps=w)
+            for bd, bl, w in ((16, 64, 4), (32, 64, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8))
+        ]
+
+    @triton.autotune(configs=_fwd_configs(), key=['D', 'L', 'N', 'P'], reset_to_zero=['y_ptr'])
+    @triton.jit(do_not_specialize=['P', 'L'])
+    def _scan_routes_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr,
+            y_ptr, last_state_ptr, chunk_states_ptr, states_ptr,
+            D, P, L, N, NUM_CHUNK_STATES,
+            stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
+            ACCUMULATE: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STORE_STATES: tl.constexpr,
+            SAVE_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        k = tl.program_id(1).to(tl.int64)
+        num_routes = tl.num_programs(1)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (pid // num_dblocks).to(tl.int64)
+        d = (pid % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = d < D
+        cols_n = tl.arange(0, BLOCK_N)
+        cols_l = tl.arange(0, BLOCK_L)
+        kd = k * D + d  # row of the flattened (K * D) parameters
+        A = tl.load(A_ptr + kd[:, None] * N + cols_n[None, :], mask=mask_d[:, None] & (cols_n[None, :] < N), other=0.0)
+        if HAS_D:
+            Dskip = tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)
+        u_rows = u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P
+        delta_rows = delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P
+        y_rows = y_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P
+        bc_base = (b * num_routes + k) * N * P
+        chunk_rows = (((b * num_routes + k) * D + d[:, None]) * NUM_CHUNK_STATES) * N
+        state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        for chunk in range(0, tl.cdiv(L, BLOCK_L)):
+            steps = chunk * BLOCK_L + cols_l
+            mask_l = steps < L
+            if IDENTITY:
+                pos = steps.to(tl.int64)
+            else:
+                pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+            mask = mask_d[:, None] & mask_l[None, :]
+            u = tl.load(u_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+            dt = tl.load(delta_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias[:, None]
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt_u = dt * u
+            y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            for n in range(0, N):
+                A_n = _column(A, cols_n, n)
+                B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+                C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+                # Steps past L become the identity map so the last column carries the chunk's final state.
+                decay = tl.where(mask_l[None, :], tl.exp(dt * A_n[:, None]), 1.0)
+                drive = dt_u * B_n[None, :]
+                decay_cum, drive_cum = tl.associative_scan((decay, drive), 1, _linear_recurrence_combine)
+                h_start = _column(state, cols_n, n)
+                h = decay_cum * h_start[:, None] + drive_cum
+                if SAVE_CHUNKS:
+                    # The backward pass restarts every SAVE_L steps from these states, whatever BLOCK_L it uses.
+                    for part in tl.static_range(BLOCK_L // SAVE_L):
+                        saved = chunk * (BLOCK_L // SAVE_L) + part
+                        if part == 0:
+                            h_saved = h_start
+                        else:
+                            h_saved = _column(h, cols_l, part * SAVE_L - 1)
+                        tl.store(chunk_states_ptr + chunk_rows + saved * N + n, h_saved[:, None],
+                                 mask=mask_d[:, None] & (saved < NUM_CHUNK_STATES))
+                y += h * C_n[None, :]
+                if STORE_STATES:
+                    state_rows = states_ptr + (((b * num_routes + k) * D + d[:, None]) * N + n) * P
+                    tl.store(state_rows + pos[None, :], h, mask=mask)
+                state = tl.where(cols_n[None, :] == n, _column(h, cols_l, BLOCK_L - 1)[:, None], state)
+            if HAS_D:
+                y += Dskip[:, None] * u
+            if ACCUMULATE:
+                tl.atomic_add(y_rows + pos[None, :], y, mask=mask, sem='relaxed')
+            else:
+                tl.store(y_rows + pos[None, :], y, mask=mask)
+        last_rows = last_state_ptr + ((b * num_routes + k) * D + d[:, None]) * N
+        tl.store(last_rows + cols_n[None, :], state, mask=mask_d[:, None] & (cols_n[None, :] < N))
+
+    @triton.autotune(configs=_bwd_configs(), key=['D', 'L', 'N', 'P'],
+                     reset_to_zero=['du_ptr', 'ddelta_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
+    @triton.jit(do_not_specialize=['P', 'L'])
+    def _scan_routes_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr,
+            dy_ptr, chunk_states_ptr, dstates_ptr, dlast_ptr,
+            du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+            D, P, L, N, NUM_CHUNK_STATES,
+            stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
+            HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr, SCATTER_ATOMIC: tl.constexpr,
+            SAVE_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        k = tl.program_id(1).to(tl.int64)
+        num_routes = tl.num_programs(1)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (pid // num_dblocks).to(tl.int64)
+        d = (pid % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = d < D
+        cols_n = tl.arange(0, BLOCK_N)
+        cols_l = tl.arange(0, BLOCK_L)
+        kd = k * D + d
+        mask_dn = mask_d[:, None] & (cols_n[None, :] < N)
+        A = tl.load(A_ptr + kd[:, None] * N + cols_n[None, :], mask=mask_dn, other=0.0)
+        if HAS_D:
+            Dskip = tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)
+        u_rows = u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P
+        du_rows = du_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P
+        delta_rows = delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P
+        ddelta_rows = ddelta_ptr + ((b * num_routes + k) * D + d[:, None]) * P
+        dy_rows = dy_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P
+        bc_base = (b * num_routes + k) * N * P
+        chunk_rows = (((b * num_routes + k) * D + d[:, None]) * NUM_CHUNK_STATES) * N
+        if HAS_DLAST:
+            dlast = tl.load(dlast_ptr + ((b * num_routes + k) * D + d[:, None]) * N + cols_n[None, :],
+                            mask=mask_dn, other=0.0)
+        dstate = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # adjoint entering the chunk from the right
+        dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        num_chunks = tl.cdiv(L, BLOCK_L)
+        for rev in range(0, num_chunks):
+            chunk = num_chunks - 1 - rev
+            steps = chunk * BLOCK_L + cols_l
+            mask_l = steps < L
+            mask_next = (steps + 1) < L
+            if IDENTITY:
+                pos = steps.to(tl.int64)
+                pos_next = pos + 1
+            else:
+                pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+                pos_next = tl.load(routes_ptr + k * L + steps + 1, mask=mask_next, other=0).to(tl.int64)
+            mask = mask_d[:, None] & mask_l[None, :]
+            u = tl.load(u_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+            dt_raw = tl.load(delta_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+            dt_next = tl.load(delta_rows + pos_next[None, :], mask=mask_d[:, None] & mask_next[None, :],
+                              other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt_raw += bias[:, None]
+                dt_next += bias[:, None]
+            if SOFTPLUS:
+                dt = _softplus(dt_raw)
+                dt_next = _softplus(dt_next)
+            else:
+                dt = dt_raw
+            dy = tl.load(dy_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+            dt_u = dt * u
+            du = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            ddt = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            if HAS_D:
+                du += Dskip[:, None] * dy
+                dD_acc += tl.sum(u * dy, axis=1)
+            for n in range(0, N):
+                A_n = _column(A, cols_n, n)
+                B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+                C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+                decay = tl.where(mask_l[None, :], tl.exp(dt * A_n[:, None]), 1.0)
+                drive = dt_u * B_n[None, :]
+                decay_cum, drive_cum = tl.associative_scan((decay, drive), 1, _linear_recurrence_combine)
+                saved = chunk * (BLOCK_L // SAVE_L)
+                h_start = tl.load(chunk_states_ptr + chunk_rows + saved * N + n, mask=mask_d[:, None], other=0.0)
+                h = decay_cum * h_start + drive_cum
+                # Adjoint: dh_l = g_l + decay_{l+1} dh_{l+1}, a reverse linear recurrence.
+                g = dy * C_n[None, :]
+                if HAS_DSTATES:
+                    dstate_rows = dstates_ptr + (((b * num_routes + k) * D + d[:, None]) * N + n) * P
+                    g += tl.load(dstate_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+                if HAS_DLAST:
+                    g += tl.where(steps[None, :] == L - 1, _column(dlast, cols_n, n)[:, None], 0.0)
+                decay_next = tl.where(mask_next[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
+                decay_rcum, g_rcum = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine,
+                                                         reverse=True)
+                dh = g_rcum + decay_rcum * _column(dstate, cols_n, n)[:, None]
+                dh = tl.where(mask, dh, 0.0)
+                # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
+                dh_prev_term = dh * (h - drive)
+                tl.atomic_add(dC_ptr + bc_base + n * P + pos, tl.sum(dy * h, axis=0), mask=mask_l, sem='relaxed')
+                tl.atomic_add(dB_ptr + bc_base + n * P + pos, tl.sum(dh * dt_u, axis=0), mask=mask_l,
+                              sem='relaxed')
+                du += dh * dt * B_n[None, :]
+                ddt += dh * u * B_n[None, :] + dh_prev_term * A_n[:, None]
+                dA_acc += tl.where(cols_n[None, :] == n, tl.sum(dh_prev_term * dt, axis=1)[:, None], 0.0)
+                dstate = tl.where(cols_n[None, :] == n, _column(dh, cols_l, 0)[:, None], dstate)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            ddt = tl.where(mask, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=1)
+            if SCATTER_ATOMIC:
+                tl.atomic_add(ddelta_rows + pos[None, :], ddt, mask=mask, sem='relaxed')
+                tl.atomic_add(du_rows + pos[None, :], du, mask=mask, sem='relaxed')
+            else:
+                tl.store(ddelta_rows + pos[None, :], ddt, mask=mask)
+                tl.store(du_rows + pos[None, :], du, mask=mask)
+        tl.atomic_add(dA_ptr + kd[:, None] * N + cols_n[None, :], dA_acc, mask=mask_dn, sem='relaxed')
+        if HAS_D:
+            tl.atomic_add(dDskip_ptr + kd, dD_acc, mask=mask_d, sem='relaxed')
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d, sem='relaxed')
+
+
+def _save_every() -> int:
+    # Chunk-state granularity: the smallest BLOCK_L of every forward and backward config, which all others divide.
+    return 16 if triton_interpreting() else 64
+
+
+def _block_n(state_dim: int) -> int:
+    return triton.next_power_of_2(state_dim)
+
+
+def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, save_chunks):
+    batch, k_u, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    length = positions if routes is None else routes.shape[1]
+    y_routes = 1 if accumulate else num_routes
+    y = torch.zeros(batch, y_routes, dim, positions, device=u.device, dtype=torch.float32)
+    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
+    num_saved = -(-length // _save_every()) if save_chunks else 0
+    chunk_states = torch.empty(batch, num_routes, dim, num_saved, state_dim, device=u.device, dtype=torch.float32)
+    states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
+                         dtype=torch.float32)
+
+    def grid(meta):
+        return batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+
+    _scan_routes_fwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, routes,
+        y, last_state, chunk_states, states,
+        dim, positions, length, state_dim, max(num_saved, 1),
+        u.stride(0), u.stride(1) if k_u > 1 else 0, y.stride(0), y.stride(1) if y_routes > 1 else 0,
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None,
+        ACCUMULATE=accumulate, SAVE_CHUNKS=save_chunks, STORE_STATES=return_states, SAVE_L=_save_every(),
+        BLOCK_N=_block_n(state_dim),
+    )
+    return (y[:, 0] if accumulate else y), last_state, chunk_states, states
+
+
+def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates, dlast,
+                scatter_atomic):
+    batch, k_u, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    length = positions if routes is None else routes.shape[1]
+    accumulate = dy.dim() == 3
+    dy = dy.contiguous()
+    du = torch.zeros(u.shape, device=u.device, dtype=torch.float32)
+    ddelta = torch.zeros(delta.shape, device=u.device, dtype=torch.float32)
+    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+    dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
+    dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
+
+    def grid(meta):
+        return batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+
+    _scan_routes_bwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, routes,
+        dy, chunk_states, dstates, dlast,
+        du, ddelta, dA, dB, dC, dD, dbias,
+        dim, positions, length, state_dim, chunk_states.shape[3],
+        u.stride(0), u.stride(1) if k_u > 1 else 0, dy.stride(0), 0 if accumulate else dy.stride(1),
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None,
+        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, SCATTER_ATOMIC=scatter_atomic,
+        SAVE_L=_save_every(), BLOCK_N=_block_n(state_dim),
+    )
+    return du, ddelta, dA, dB, dC, dD, dbias
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The custom op: one graph node for every path (fvcore, flop_counter, torch.compile), with autograd.
+# ---------------------------------------------------------------------------------------------------------------------
+def _resolve_backend(backend: str, *tensors) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got '{backend}'")
+    if backend == 'auto':
+        return 'triton' if use_triton_for(*tensors) and tensors[0].dtype != torch.float64 else 'torch'
+    if backend == 'triton':
+        if not HAS_TRITON:
+            raise RuntimeError("backend='triton' needs the triton package")
+        if not tensors[0].is_cuda and not triton_interpreting():
+            raise RuntimeError("backend='triton' on CPU tensors needs the Triton interpreter (TRITON_INTERPRET=1)")
+        if tensors[0].dtype == torch.float64:
+            raise TypeError("backend='triton' computes in float32; use backend='torch' for float64")
+    return backend
+
+
+@torch.library.custom_op('vmamba_zoo::scan_routes_fwd', mutates_args=())
+def _scan_routes_fwd_op(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
+        delta_softplus: bool, accumulate: bool, return_states: bool, save_chunks: bool, backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == 'triton':
+        return _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states,
+                           save_chunks)
+    with torch.no_grad():
+        y, last_state, states = _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
+                                                   accumulate, return_states)
+    return y, last_state, y.new_empty(0), states if states is not None else y.new_empty(0)
+
+
+@_scan_routes_fwd_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, save_chunks, backend):
+    batch, _, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    out_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    y = u.new_empty(batch, dim, positions, dtype=out_dtype) if accumulate else u.new_empty(
+        batch, num_routes, dim, positions, dtype=out_dtype)
+    last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
+    if backend == 'triton':
+        length = positions if routes is None else routes.shape[1]
+        num_saved = -(-length // _save_every()) if save_chunks else 0
+        chunk_states = u.new_empty(batch, num_routes, dim, num_saved, state_dim, dtype=torch.float32)
+        states = u.new_empty(batch, num_routes, dim, state_dim, positions if return_states else 0,
+                             dtype=torch.float32)
+    else:
+        chunk_states = u.new_empty(0, dtype=out_dtype)
+        states = u.new_empty(batch, num_routes, dim, state_dim, positions, dtype=out_dtype) if return_states \
+            else u.new_empty(0, dtype=out_dtype)
+    return y, last_state, chunk_states, states
+
+
+@torch.library.custom_op('vmamba_zoo::scan_routes_bwd', mutates_args=())
+def _scan_routes_bwd_op(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
+        chunk_states: torch.Tensor, dy: torch.Tensor, dstates: Optional[torch.Tensor], dlast: Optional[torch.Tensor],
+        delta_softplus: bool, return_states: bool, scatter_atomic: bool, backend: str,
+) -> List[torch.Tensor]:
+    accumulate = dy.dim() == 3
+    if backend == 'triton':
+        grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
+                            dlast, scatter_atomic)
+    else:  # Recompute the chunked forward and differentiate it (torch.func works below the autograd key).
+        present = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
+        has = [t is not None for t in (u, delta, A, B, C, D, delta_bias)]
+        want_states = dstates is not None and return_states
+
+        def forward(*inputs):
+            it = iter(inputs)
+            full = [next(it) if h else None for h in has]
+            y, last_state, states = _scan_routes_torch(*full, routes, delta_softplus, accumulate, want_states)
+            return (y, last_state) + ((states,) if want_states else ())
+
+        outputs, vjp = torch.func.vjp(forward, *present)
+        cotangents = (dy, dlast if dlast is not None else torch.zeros_like(outputs[1]))
+        cotangents += (dstates,) if want_states else ()
+        found = iter(vjp(cotangents))
+        grads = [next(found) if h else None for h in has]
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_routes_bwd_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus, return_states,
+      scatter_atomic, backend):
+    grad_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    return [torch.empty_like(t, dtype=grad_dtype) if t is not None else u.new_empty(0)
+            for t in (u, delta, A, B, C, D, delta_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    (u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, save_chunks,
+     backend) = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, output[2])
+    ctx.delta_softplus, ctx.return_states, ctx.backend = delta_softplus, return_states, backend
+    ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
+
+
+def _routes_revisit(routes: torch.Tensor) -> bool:
+    # A route that visits a position twice must accumulate its delta/u gradients there; distinct visits can store.
+    return bool((routes.sort(dim=1).values.diff(dim=1) == 0).any())
+
+
+def _backward(ctx, dy, dlast, dchunk, dstates):
+    u, delta, A, B, C, D, delta_bias, routes, chunk_states = ctx.saved_tensors
+    grads = _scan_routes_bwd_op(
+        u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy,
+        dstates if ctx.return_states and dstates is not None else None, dlast, ctx.delta_softplus,
+        ctx.return_states, ctx.scatter_atomic, ctx.backend)
+    du, ddelta, dA, dB, dC, dD, dbias = grads
+    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            dD.to(D.dtype) if D is not None else None, dbias.to(delta_bias.dtype) if delta_bias is not None else None,
+            None, None, None, None, None, None)
+
+
+_scan_routes_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FLOPs: 9 * B * L * D * N per scan (+ B * D * L for the D skip), as VMamba and mamba_ssm#110 count it.
+# ---------------------------------------------------------------------------------------------------------------------
+SCAN_OP_NAMES = ('vmamba_zoo::scan_routes_fwd',)
+
+
+def selective_scan_flops(batch: int, length: int, channels: int, state_dim: int, with_D: bool = True,
+                         with_z: bool = False) -> int:
+    """FLOPs of a selective scan over ``channels`` (all routes together) and ``length`` steps: 9·B·L·D·N (+B·D·L
+    for the D skip, +B·D·L for the z gate)."""
+    flops = 9 * batch * length * channels * state_dim
+    return flops + batch * channels * length * (int(with_D) + int(with_z))
+
+
+def _op_flops(u_shape, delta_shape, A_shape, has_D, routes_shape) -> int:
+    batch, _, dim, positions = u_shape
+    num_routes, state_dim = delta_shape[1], A_shape[-1]
+    length = positions if routes_shape is None else routes_shape[1]
+    return selective_scan_flops(batch, length, num_routes * dim, state_dim, with_D=has_D)
+
+
+def _fvcore_scan_handle(inputs, outputs):
+    from fvcore.nn.jit_handles import get_shape
+
+    shapes = [get_shape(v) if v.isCompleteTensor() else None for v in inputs]
+    # Positional schema: u, delta, A, B, C, D, delta_bias, routes, ... (None arguments trace as constants).
+    return _op_flops(shapes[0], shapes[1], shapes[2], shapes[5] is not None, shapes[7])
+
+
+def fvcore_op_handles():
+    """fvcore handles for the scan op: ``FlopCountAnalysis(model, x).set_op_handle(**fvcore_op_handles())``."""
+    return {name: _fvcore_scan_handle for name in SCAN_OP_NAMES}
+
+
+def _register_flop_formulas():
+    try:
+        from torch.utils.flop_counter import register_flop_formula
+    except ImportError:  # pragma: no cover - torch < 2.4
+        return
+
+    @register_flop_formula(torch.ops.vmamba_zoo.scan_routes_fwd)
+    def _(u, delta, A, B, C, D, delta_bias, routes, *args, out_shape=None, **kwargs):
+        return _op_flops(u, delta, A, D is not None, routes)
+
+    @register_flop_formula(torch.ops.vmamba_zoo.scan_routes_bwd)
+    def _(u, delta, A, B, C, D, delta_bias, routes, *args, out_shape=None, **kwargs):
+        # The backward recomputes the forward recurrence and runs the reverse one: twice the forward.
+        return 2 * _op_flops(u, delta, A, D is not None, routes)
+
+
+_register_flop_formulas()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public functions.
+# ---------------------------------------------------------------------------------------------------------------------
+def _check_tensor(fn: str, name: str, t, shape, device, optional: bool = False):
+    if t is None:
+        if optional:
+            return
+        raise ValueError(f'{fn}: {name} is required')
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f'{fn}: {name} must be a torch.Tensor, got {type(t).__name__}')
+    if t.is_complex():
+        raise TypeError(f'{fn}: {name} must be real; complex state matrices are not supported')
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f'{fn}: {name} must be float16, bfloat16, float32 or float64, got {t.dtype}')
+    if t.device != device:
+        raise ValueError(f'{fn}: {name} is on {t.device} but u is on {device}; all inputs must share one device')
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f'{fn}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}')
+
+
+def scan_routes(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None,
+        routes: Optional[torch.Tensor] = None,
+        delta_softplus: bool = False,
+        accumulate: bool = True,
+        return_states: bool = False,
+        return_last_state: bool = False,
+        backend: str = 'auto',
+):
+    """Selective scan along K routes over P positions, every operand in spatial layout (see the module docstring).
+
+    Args:
+        u: (batch, Ku, dim, P) input, Ku = 1 (shared by every route) or K.
+        delta: (batch, K, dim, P) step sizes.
+        A: (K, dim, N) real state matrix.
+        B: (batch, K, N, P) input projections.
+        C: (batch, K, N, P) output projections.
+        D: optional (K, dim) skip weights.
+        delta_bias: optional (K, dim) bias added to ``delta``.
+        routes: optional (K, L) integer positions in [0, P); None walks 0..P-1 for every route.
+        delta_softplus: apply softplus to ``delta`` after the bias.
+        accumulate: sum the route outputs into one (batch, dim, P) map; else return (batch, K, dim, P).
+        return_states: also return the hidden state at every position, (batch, K, dim, N, P), in float32.
+        return_last_state: also return each route's final state, (batch, K, dim, N), in float32.
+        backend: 'auto' (Triton on CUDA, chunked PyTorch elsewhere), 'triton' or 'torch'.
+
+    Returns:
+        The float32 output (float64 for float64 input), followed by the requested states.
+    """
+    fn = 'scan_routes'
+    if not isinstance(u, torch.Tensor) or u.dim() != 4:
+        raise ValueError(f'{fn}: u must be a 4-D tensor (batch, Ku, dim, P), got '
+                         f'{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}')
+    batch, k_u, dim, positions = u.shape
+    if not isinstance(delta, torch.Tensor) or delta.dim() != 4:
+        raise ValueError(f'{fn}: delta must be a 4-D tensor (batch, K, dim, P)')
+    num_routes = delta.shape[1]
+    if k_u not in (1, num_routes):
+        raise ValueError(f'{fn}: u has {k_u} maps; it must have 1 (shared) or K={num_routes}')
+    if not isinstance(A, torch.Tensor) or A.dim() != 3:
+        raise ValueError(f'{fn}: A must be a 3-D tensor (K, dim, N)')
+    state_dim = A.shape[-1]
+    device = u.device
+    _check_tensor(fn, 'u', u, (batch, k_u, dim, positions), device)
+    _check_tensor(fn, 'delta', delta, (batch, num_routes, dim, positions), device)
+    _check_tensor(fn, 'A', A, (num_routes, dim, state_dim), device)
+    _check_tensor(fn, 'B', B, (batch, num_routes, state_dim, positions), device)
+    _check_tensor(fn, 'C', C, (batch, num_routes, state_dim, positions), device)
+    _check_tensor(fn, 'D', D, (num_routes, dim), device, optional=True)
+    _check_tensor(fn, 'delta_bias', delta_bias, (num_routes, dim), device, optional=True)
+    if routes is not None:
+        if not isinstance(routes, torch.Tensor) or routes.dim() != 2 or routes.shape[0] != num_routes:
+            raise ValueError(f'{fn}: routes must be an integer tensor of shape (K={num_routes}, L)')
+        if routes.dtype.is_floating_point or routes.dtype == torch.bool:
+            raise TypeError(f'{fn}: routes must be an integer tensor, got {routes.dtype}')
+        if routes.device != device:
+            raise ValueError(f'{fn}: routes is on {routes.device} but u is on {device}')
+        routes = routes.to(torch.int32).contiguous()
+    if state_dim < 1 or state_dim > 256:
+        raise ValueError(f'{fn}: d_state N={state_dim} must be in [1, 256]')
+    backend = _resolve_backend(backend, u)
+    if backend == 'triton':
+        # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
+        A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
+        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
+                                                   accumulate, return_states, needs_grad, backend)
+    outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
+    return outputs if len(outputs) > 1 else y
+
+
+def selective_scan_fn(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: torch.Tensor,
+        D: Optional[torch.Tensor] = None,
+        z: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None,
+        delta_softplus: bool = False,
+        return_last_state: bool = False,
+        *,
+        backend: str = 'auto',
+):
+    """Drop-in replacement for ``mamba_ssm.selective_scan_fn``: same arguments, order and results.
+
+    Args:
+        u: (batch, dim, L) input, float32/float16/bfloat16 (float64 on the PyTorch path).
+        delta: (batch, dim, L) step sizes.
+        A: (dim, N) real state matrix.
+        B: (batch, N, L) or (batch, G, N, L); channel d uses group ``d // (dim // G)``.
+        C: same shapes as ``B``.
+        D: optional (dim,) skip weights.
+        z: optional (batch, dim, L) gate: the output is multiplied by ``silu(z)``.
+        delta_bias: optional (dim,) bias added to ``delta``.
+        delta_softplus: apply softplus to ``delta`` after the bias.
+        return_last_state: also return the final state (batch, dim, N), float32.
+        backend: 'auto' (Triton on CUDA, chunked PyTorch on CPU), 'triton' or 'torch'.
+
+    Returns:
+        ``out`` (batch, dim, L) in ``u``'s dtype, and the last state if ``return_last_state``.
+
+    Example:
+        >>> out = selective_scan_fn(u, delta, A, B, C, D, delta_bias=bias, delta_softplus=True)
+    """
+    fn = 'selective_scan_fn'
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        raise ValueError(f'{fn}: u must be a 3-D tensor (batch, dim, L), got '
+                         f'{tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__}')
+    batch, dim, length = u.shape
+    if not isinstance(A, torch.Tensor) or A.dim() != 2:
+        raise ValueError(f'{fn}: A must be a 2-D tensor (dim, N)')
+    state_dim = A.shape[1]
+    if not isinstance(B, torch.Tensor) or B.dim() not in (3, 4):
+        raise ValueError(f'{fn}: B must be (batch, N, L) or (batch, G, N, L); constant B is not supported')
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    if groups < 1 or dim % groups:
+        raise ValueError(f'{fn}: dim={dim} must be divisible by the number of B/C groups G={groups}')
+    group_shape = (batch, state_dim, length) if B.dim() == 3 else (batch, groups, state_dim, length)
+    _check_tensor(fn, 'u', u, (batch, dim, length), u.device)
+    _check_tensor(fn, 'delta', delta, (batch, dim, length), u.device)
+    _check_tensor(fn, 'A', A, (dim, state_dim), u.device)
+    _check_tensor(fn, 'B', B, group_shape, u.device)
+    _check_tensor(fn, 'C', C, group_shape, u.device)
+    _check_tensor(fn, 'D', D, (dim,), u.device, optional=True)
+    _check_tensor(fn, 'z', z, (batch, dim, length), u.device, optional=True)
+    _check_tensor(fn, 'delta_bias', delta_bias, (dim,), u.device, optional=True)
+    per_group = dim // groups
+    y, last_state = scan_routes(
+        u.reshape(batch, groups, per_group, length), delta.reshape(batch, groups, per_group, length),
+        A.reshape(groups, per_group, state_dim), B.reshape(batch, groups, state_dim, length),
+        C.reshape(batch, groups, state_dim, length),
+        D=None if D is None else D.reshape(groups, per_group),
+        delta_bias=None if delta_bias is None else delta_bias.reshape(groups, per_group),
+        delta_softplus=delta_softplus, accumulate=False, return_last_state=True, backend=backend)
+    out = y.reshape(batch, dim, length)
+    if z is not None:
+        out = out * F.silu(z.to(out.dtype))
+    out = out.to(u.dtype)
+    return (out, last_state.reshape(batch, dim, state_dim)) if return_last_state else out

@@ -1,0 +1,1 @@
+"""timm model files; importing a module registers its models."""
