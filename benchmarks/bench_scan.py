@@ -314,7 +314,7 @@ def main():
     info['correctness'] = check_correctness(kernels)
     for row in info['correctness']:
         errs = ' '.join(f'{k}={v:.1e}' for k, v in row['rel_err'].items())
-        print(f"check {row['op']:<16} {row.get('fused', ''):!s:<5} {row['dtype']:<15} N={row['N']:<2} {errs}",
+        print(f"check {row['op']:<16} {str(row.get('fused', '')):<5} {row['dtype']:<15} N={row['N']:<2} {errs}",
               flush=True)
     stages = STAGES[:1] if args.quick else STAGES
     state_dims = (1,) if args.quick else (1, 16)
