@@ -120,8 +120,9 @@ class MambaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, B, C, D, delta_bias, x = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, _, ddelta_bias, *rest = ctx.ext.bwd(
-            u, delta, A, B, C, D, None, delta_bias, dout.contiguous(), x, None, None, True, False)
+        # Without z the binding returns (du, ddelta, dA, dB, dC, dD, ddelta_bias).
+        du, ddelta, dA, dB, dC, dD, ddelta_bias = ctx.ext.bwd(
+            u, delta, A, B, C, D, None, delta_bias, dout.contiguous(), x, None, None, True, False)[:7]
         return None, du, ddelta, dA, dB, dC, dD, ddelta_bias
 
 
