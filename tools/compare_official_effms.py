@@ -168,7 +168,8 @@ def main():
         if args.flops:
             flops_official = _count_flops(official, (224, 224), flop_name, flop_handle)
             flops_ours = _count_flops(ours, (224, 224))
-            print(f'  FLOPs 224x224 (fvcore, MACs): official {flops_official / 1e9:.4f} G, ours {flops_ours / 1e9:.4f} G')
+            print(f'  FLOPs 224x224 (fvcore, MACs): official {flops_official / 1e9:.4f} G, '
+                  f'ours {flops_ours / 1e9:.4f} G')
 
 
 if __name__ == '__main__':

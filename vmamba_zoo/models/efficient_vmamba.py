@@ -344,7 +344,8 @@ def _cfg(url: str = '', **kwargs) -> Dict:
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
         'first_conv': 'stem.conv', 'classifier': 'head.fc', 'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2403.09977', 'paper_name': 'EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba',
+        'paper_ids': 'arXiv:2403.09977',
+        'paper_name': 'EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba',
         **kwargs,
     }
 
