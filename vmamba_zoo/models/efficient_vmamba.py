@@ -162,7 +162,7 @@ class SqueezeExcite(nn.Module):
         self.conv_expand = nn.Conv2d(reduced, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.conv_expand(self.act_fn(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        scale = self.conv_expand(self.act_fn(self.conv_reduce(F.adaptive_avg_pool2d(x, 1))))
         return x * torch.sigmoid(scale)
 
 

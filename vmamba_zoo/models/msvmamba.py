@@ -46,7 +46,8 @@ class SEModule(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.fc(x.mean((1, 2), keepdim=True))
+        pooled = F.adaptive_avg_pool2d(x.permute(0, 3, 1, 2), 1).permute(0, 2, 3, 1)
+        return x * self.fc(pooled)
 
 
 class MultiScaleSS2D(nn.Module):
@@ -97,9 +98,9 @@ class MultiScaleSS2D(nn.Module):
             raise ValueError(f'MultiScaleSS2D: half-resolution map {tuple(x_half.shape[2:])} does not match '
                              f'the {height}x{width} map')
         y_full = self.out_norm(self._scan(x, *self._projections(x, 1), 1, full).permute(0, 2, 3, 1))
-        # The projections are pointwise: compute them once on the half map and tile them like the map itself.
-        stacked = [t.repeat(1, 1, 3, 1) for t in (x_half, *self._projections(x_half, 0))]
-        y_half = self.out_norm(self._scan(*stacked, 0, half).permute(0, 2, 3, 1))
+        # Like the original, project the three-fold sequence (the stacked map) rather than the half map once.
+        stacked = x_half.repeat(1, 1, 3, 1)
+        y_half = self.out_norm(self._scan(stacked, *self._projections(stacked, 0), 0, half).permute(0, 2, 3, 1))
         batch, _, half_w, dim = y_half.shape
         y_half = y_half.view(batch, 3, -1, half_w, dim).sum(1).permute(0, 3, 1, 2)
         y_half = F.interpolate(y_half, size=(height, width), mode='bilinear', align_corners=False)
