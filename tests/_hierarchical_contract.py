@@ -83,9 +83,9 @@ def check_grad_checkpointing(name: str, **small):
 
 def check_bad_inputs(name: str, **small):
     model = timm.create_model(name, **small).eval()
-    with pytest.raises(ValueError, match='input channels'):
+    with pytest.raises(ValueError, match='expects in_chans=3'):
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match='4-D'):
         model(torch.randn(3, 64, 64))
-    with pytest.raises(ValueError, match='multiples of the patch size'):
+    with pytest.raises(ValueError, match='divisible by the patch stride'):
         model(torch.randn(1, 3, 66, 64))

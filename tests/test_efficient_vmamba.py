@@ -38,8 +38,8 @@ def test_atrous_pattern_rejects_unpadded_maps():
 
 
 def _official_core(op: AtrousSS2D, x: torch.Tensor) -> torch.Tensor:
-    """EfficientVMamba's cross_selective_scan written out: pad, gather 4 routes, per-route projections and
-    sequential scans, scatter back, crop."""
+    """EfficientVMamba's cross_selective_scan written out (before its out_norm): pad, gather 4 routes, per-route
+    projections and sequential scans, scatter back, crop."""
     batch, dim, height, width = x.shape
     padded = F.pad(x, (0, width % 2, 0, height % 2))
     padded_h, padded_w = padded.shape[2:]
@@ -67,7 +67,8 @@ def test_atrous_mixer_matches_the_official_scan(size):
         op.A_logs.add_(0.3 * torch.randn_like(op.A_logs))
         op.dt_projs_bias.add_(torch.randn_like(op.dt_projs_bias))
         x = torch.randn(2, op.d_inner, *size)
-        assert torch.allclose(op.forward_core(x), _official_core(op, x), atol=1e-5)
+        expected = op.out_norm(_official_core(op, x).permute(0, 2, 3, 1))
+        assert torch.allclose(op.forward_core(x), expected, atol=1e-5)
 
 
 def test_mixer_runs_on_the_shared_core():
@@ -110,7 +111,7 @@ def _to_official_layout(state_dict, depths):
     """Our keys -> the official EfficientVSSM keys (inverse of checkpoint_filter_fn)."""
     out = {}
     for key, value in state_dict.items():
-        key = key.replace('stem.conv.', 'patch_embed.0.').replace('stem.norm.', 'patch_embed.2.')
+        key = key.replace('stem.proj.', 'patch_embed.0.').replace('stem.norm.', 'patch_embed.2.')
         key = key.replace('head.fc.', 'classifier.head.')
         key = re.sub(r'^norm\.', 'classifier.norm.', key)
         match = re.match(r'stages\.(\d+)\.(downsample|blocks\.(\d+))\.(.*)', key)

@@ -115,7 +115,7 @@ def _to_official_layout(state_dict):
     """Our keys -> the official VSSM keys (inverse of checkpoint_filter_fn)."""
     out = {}
     for key, value in state_dict.items():
-        key = key.replace('stem.conv.', 'patch_embed.0.').replace('stem.norm.', 'patch_embed.2.')
+        key = key.replace('stem.proj.', 'patch_embed.0.').replace('stem.norm.', 'patch_embed.2.')
         key = key.replace('head.fc.', 'classifier.head.').replace('.ffn.', '.convFFN.')
         key = re.sub(r'^norm\.', 'classifier.norm.', key)
         key = re.sub(r'^stages\.(\d+)\.downsample\.', lambda m: f'layers.{int(m.group(1)) - 1}.downsample.', key)

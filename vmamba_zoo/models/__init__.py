@@ -1,3 +1,7 @@
 """timm model files; importing a module registers its models."""
-from .efficient_vmamba import *  # noqa: F401,F403
-from .msvmamba import *  # noqa: F401,F403
+from . import vmamba  # noqa: F401
+from .efficient_vmamba import EfficientVMamba
+from .msvmamba import MSVMamba
+from .vmamba import VMamba
+
+__all__ = ['VMamba', 'EfficientVMamba', 'MSVMamba']

@@ -1,90 +1,21 @@
-"""Pieces shared by the channel-last, four-stage VMamba-v0-style families (EfficientVMamba, MSVMamba).
+"""The timm model contract shared by the channel-last, four-stage families EfficientVMamba and MSVMamba.
 
-The stem, the v1 PatchMerging2D downsample, the official selective-scan parameter initialisation, input checks and a
-base class carrying the timm model contract (``forward_intermediates``, ``features_only`` support, grad checkpointing,
-``group_matcher``, classifier reset) for models made of ``stem`` -> ``stages`` -> ``norm`` -> ``head`` on (B, H, W, C)
-maps.
+``forward_intermediates``, ``features_only`` support, grad checkpointing, ``group_matcher`` and classifier reset for
+models made of ``stem`` -> ``stages`` -> ``norm`` -> ``head`` on (B, H, W, C) maps.
 """
-import math
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 
-__all__ = ['PatchEmbed', 'PatchMerging2D', 'init_ssm_parameters', 'check_image', 'HierarchicalNHWCModel']
+from ..layers import check_image_input
+
+__all__ = ['HierarchicalNHWCModel']
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size`` conv + LayerNorm; NCHW image in, NHWC map out."""
-
-    def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4, norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.patch_size = patch_size
-        self.conv = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = norm_layer(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
-
-
-class PatchMerging2D(nn.Module):
-    """VMamba's v1 downsample: concatenate each 2x2 neighbourhood (zero-padding odd sizes), LayerNorm, linear.
-
-    The concatenation order is (0, 0), (1, 0), (0, 1), (1, 1) in (row, column) offsets, as in Swin/VMamba, which the
-    order of the official ``reduction`` weight columns depends on.
-    """
-
-    def __init__(self, dim: int, out_dim: int, norm_layer=nn.LayerNorm):
-        super().__init__()
-        self.norm = norm_layer(4 * dim)
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[1:3]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.reduction(self.norm(x))
-
-
-def init_ssm_parameters(module: nn.Module, num_routes: int, d_inner: int, d_state: int, dt_rank: int,
-                        dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4) -> None:
-    """Create VMamba-style selective-scan parameters on ``module`` with the official names and initialisation.
-
-    ``x_proj_weight`` (K, R + 2N, D) as nn.Linear's default init, ``dt_projs_weight`` (K, D, R) uniform in
-    +-R^-0.5, ``dt_projs_bias`` (K, D) = softplus^-1 of a log-uniform step in [dt_min, dt_max], ``A_logs`` (K * D, N)
-    = log(1..N) (S4D-real), ``Ds`` (K * D) = 1.
-    """
-    bound = 1.0 / math.sqrt(d_inner)
-    module.x_proj_weight = nn.Parameter(torch.empty(num_routes, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
-    dt_std = dt_rank ** -0.5
-    module.dt_projs_weight = nn.Parameter(torch.empty(num_routes, d_inner, dt_rank).uniform_(-dt_std, dt_std))
-    dt = torch.exp(torch.rand(num_routes, d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
-    module.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-    a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(num_routes * d_inner, 1)
-    module.A_logs = nn.Parameter(a_log)
-    module.Ds = nn.Parameter(torch.ones(num_routes * d_inner))
-    module.A_logs._no_weight_decay = True
-    module.Ds._no_weight_decay = True
-
-
-def check_image(model: nn.Module, x: torch.Tensor, in_chans: int, patch_size: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f'{type(model).__name__}: expected a 4-D image batch (B, {in_chans}, H, W), got '
-                         f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
-    if x.shape[1] != in_chans:
-        raise ValueError(f'{type(model).__name__}: expected {in_chans} input channels, got {x.shape[1]} '
-                         f'(input shape {tuple(x.shape)})')
-    if x.shape[2] % patch_size or x.shape[3] % patch_size:
-        raise ValueError(f'{type(model).__name__}: input height and width must be multiples of the patch size '
-                         f'{patch_size}, got {x.shape[2]}x{x.shape[3]}')
-
-
 class HierarchicalNHWCModel(nn.Module):
     """timm model contract for ``stem -> stages -> norm -> head`` on channel-last maps.
 
@@ -156,7 +87,7 @@ class HierarchicalNHWCModel(nn.Module):
         """
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image(self, x, self.in_chans, self.patch_size)
+        check_image_input(x, self.in_chans, self.patch_size)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
         x = self.stem(x)
@@ -189,7 +120,7 @@ class HierarchicalNHWCModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised final map (B, H / 32, W / 32, C), channel-last."""
-        check_image(self, x, self.in_chans, self.patch_size)
+        check_image_input(x, self.in_chans, self.patch_size)
         return self.norm(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -18,7 +18,6 @@ Architecture (``classification/models/vmamba_efficient.py`` and the released tra
 ``efficient_vmamba_small`` is 64 channels wide, as in the released checkpoint and its training log (the yaml config
 and the paper's Table 1 say 96).
 """
-import math
 import re
 from functools import lru_cache
 from typing import Dict, Sequence, Tuple, Union
@@ -30,7 +29,8 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..kernels import atrous_pattern, scan_routes
-from ._hierarchical import HierarchicalNHWCModel, PatchEmbed, PatchMerging2D, init_ssm_parameters
+from ..layers import SS2D, PatchEmbed, PatchMerging2d
+from ._hierarchical import HierarchicalNHWCModel
 
 __all__ = ['EfficientVMamba']
 
@@ -52,8 +52,8 @@ def _atrous_phase_routes(height: int, width: int, step: int) -> Tuple[Tuple[Tupl
     return offsets, (rows // step) * sub_w + cols // step
 
 
-class AtrousSS2D(nn.Module):
-    """EfficientVMamba's ES2D mixer on the shared scan core; channel-last in and out.
+class AtrousSS2D(SS2D):
+    """EfficientVMamba's ES2D mixer: the shared ``SS2D`` with the atrous scan as its core; channel-last in and out.
 
     The padded map is split into its ``step * step`` sub-grids (a pixel-unshuffle), route k is scanned over its own
     sub-grid with its own parameters through ``scan_routes``, and the route outputs are put back in place. Every
@@ -61,55 +61,42 @@ class AtrousSS2D(nn.Module):
     """
 
     def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, dt_rank: Union[int, str] = 'auto',
-                 d_conv: int = 3, step_size: int = 2, act_layer=nn.SiLU):
-        super().__init__()
-        d_inner = int(ssm_ratio * d_model)
-        self.d_inner, self.d_state, self.step_size = d_inner, d_state, step_size
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
-        self.num_routes = step_size * step_size
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.act = act_layer()
-        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner)
-        init_ssm_parameters(self, self.num_routes, d_inner, d_state, self.dt_rank)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+                 d_conv: int = 3, step_size: int = 2):
+        super().__init__(d_model, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                         pattern='atrous', num_routes=step_size * step_size)
+        self.step_size = step_size
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) -> float32 (B, D, H, W) scan output, before the out norm."""
+        """(B, D, H, W) -> out_norm of the atrous scan, (B, H, W, D) in ``x``'s dtype."""
         batch, dim, height, width = x.shape
-        step, num_routes = self.step_size, self.num_routes
+        step, num_routes = self.step_size, self.k_group
         padded_h, padded_w = -(-height // step) * step, -(-width // step) * step
         if (padded_h, padded_w) != (height, width):
-            x = F.pad(x, (0, padded_w - width, 0, padded_h - height))
+            x_pad = F.pad(x, (0, padded_w - width, 0, padded_h - height))
+        else:
+            x_pad = x
         offsets, routes = _atrous_phase_routes(padded_h, padded_w, step)
         sub_h, sub_w = padded_h // step, padded_w // step
         positions = sub_h * sub_w
         # pixel_unshuffle channel c * step^2 + i * step + j holds sub-grid (i, j); reorder to route order.
         route_phase = [i * step + j for i, j in offsets]
-        xs = F.pixel_unshuffle(x, step).view(batch, dim, step * step, sub_h, sub_w)[:, :, route_phase]
+        xs = F.pixel_unshuffle(x_pad, step).view(batch, dim, step * step, sub_h, sub_w)[:, :, route_phase]
         xs = xs.transpose(1, 2).reshape(batch, num_routes * dim, sub_h, sub_w)
         rank, state = self.dt_rank, self.d_state
-        x_dbl = F.conv2d(xs, self.x_proj_weight.reshape(-1, dim, 1, 1), groups=num_routes)
+        x_dbl = F.conv2d(xs, self.x_proj_weight.reshape(-1, dim, 1, 1).to(xs.dtype), groups=num_routes)
         x_dbl = x_dbl.view(batch, num_routes, rank + 2 * state, positions)
         dts, Bs, Cs = torch.split(x_dbl, [rank, state, state], dim=2)
-        dts = F.conv1d(dts.reshape(batch, num_routes * rank, positions), self.dt_projs_weight.reshape(-1, rank, 1),
-                       groups=num_routes)
+        dts = F.conv1d(dts.reshape(batch, num_routes * rank, positions),
+                       self.dt_projs_weight.reshape(-1, rank, 1).to(xs.dtype), groups=num_routes)
         ys = scan_routes(
             xs.view(batch, num_routes, dim, positions), dts.view(batch, num_routes, dim, positions),
             -torch.exp(self.A_logs.float()).view(num_routes, dim, state), Bs.contiguous(), Cs.contiguous(),
             D=self.Ds.float().view(num_routes, dim), delta_bias=self.dt_projs_bias.float().view(num_routes, dim),
-            routes=routes.to(x.device), delta_softplus=True, accumulate=False)
+            routes=routes.to(x.device), delta_softplus=True, accumulate=False, backend=self.backend)
         phase_route = [route_phase.index(p) for p in range(step * step)]
         ys = ys.view(batch, num_routes, dim, sub_h, sub_w)[:, phase_route].transpose(1, 2)
-        y = F.pixel_shuffle(ys.reshape(batch, dim * num_routes, sub_h, sub_w), step)
-        return y[:, :, :height, :width]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        z = self.act(z)
-        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.out_norm(self.forward_core(x).permute(0, 2, 3, 1)).to(z.dtype)
-        return self.out_proj(y * z)
+        y = F.pixel_shuffle(ys.reshape(batch, dim * num_routes, sub_h, sub_w), step)[:, :, :height, :width]
+        return self.out_norm(y.permute(0, 2, 3, 1)).to(x.dtype)
 
 
 class BiAttn(nn.Module):
@@ -194,7 +181,7 @@ class EfficientVMambaStage(nn.Module):
         super().__init__()
         self.grad_checkpointing = False
         self.channels_first = block_type == 'mbconv'
-        self.downsample = PatchMerging2D(in_dim, dim) if downsample else nn.Identity()
+        self.downsample = PatchMerging2d(in_dim, dim) if downsample else nn.Identity()
         if block_type == 'evss':
             blocks = [EVSSBlock(dim, drop_path=drop_path[i], **block_kwargs) for i in range(depth)]
         elif block_type == 'mbconv':
@@ -296,7 +283,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EfficientVM
 
     Accepts the released files (``{'state_dict': ...}`` with ``module.module.`` prefixes), the training checkpoints of
     the original ``lib`` trainer (``{'model', 'ema_model'}``; the EMA weights are the published ones) and bare state
-    dicts. Renames ``patch_embed.{0,2}`` -> ``stem.{conv,norm}``, ``layers.i.blocks.j`` -> ``stages.i.blocks.j``,
+    dicts. Renames ``patch_embed.{0,2}`` -> ``stem.{proj,norm}``, ``layers.i.blocks.j`` -> ``stages.i.blocks.j``,
     ``layers.i.n`` (inverted-residual stages, n >= 1) -> ``stages.i.blocks.(n-1)``, each stage's trailing downsample
     -> ``stages.(i+1).downsample``, ``classifier.norm`` -> ``norm`` and ``classifier.head`` -> ``head.fc``. The
     detection backbones' ``outnorm*`` layers have no counterpart and are dropped.
@@ -305,7 +292,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EfficientVM
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
             break
-    if 'stem.conv.weight' in state_dict:
+    if 'stem.proj.weight' in state_dict:
         return state_dict
     depths = [len(stage.blocks) for stage in model.stages]
     out = {}
@@ -314,7 +301,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EfficientVM
             key = key[len('module.'):]
         if key.startswith('outnorm'):
             continue
-        key = key.replace('patch_embed.0.', 'stem.conv.').replace('patch_embed.2.', 'stem.norm.')
+        key = key.replace('patch_embed.0.', 'stem.proj.').replace('patch_embed.2.', 'stem.norm.')
         key = key.replace('classifier.norm.', 'norm.').replace('classifier.head.', 'head.fc.')
         match = re.match(r'layers\.(\d+)\.(blocks\.\d+|downsample|\d+)\.(.*)', key)
         if match:
@@ -343,7 +330,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
-        'first_conv': 'stem.conv', 'classifier': 'head.fc', 'license': 'apache-2.0',
+        'first_conv': 'stem.proj', 'classifier': 'head.fc', 'license': 'apache-2.0',
         'paper_ids': 'arXiv:2403.09977',
         'paper_name': 'EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba',
         **kwargs,

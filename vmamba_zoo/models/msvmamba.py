@@ -17,7 +17,6 @@ Architecture (``classification/models/vmamba.py`` with ``sscore_type='multiscale
   a position are summed, upsampled bilinearly and added to branch 0; then SE (reduction 8), * SiLU(z), out_proj.
   d_state is 1 in all released models.
 """
-import math
 import re
 from typing import Dict, Sequence, Union
 
@@ -28,7 +27,8 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..kernels import multi_scan_2d, multiscale_patterns
-from ._hierarchical import HierarchicalNHWCModel, PatchEmbed, PatchMerging2D, init_ssm_parameters
+from ..layers import SS2D, PatchEmbed, PatchMerging2d
+from ._hierarchical import HierarchicalNHWCModel
 
 __all__ = ['MSVMamba']
 
@@ -50,8 +50,8 @@ class SEModule(nn.Module):
         return x * self.fc(pooled)
 
 
-class MultiScaleSS2D(nn.Module):
-    """MSVMamba's MS2D mixer on the shared scan core; channel-last in and out.
+class MultiScaleSS2D(SS2D):
+    """MSVMamba's MS2D mixer: the shared ``SS2D`` with two parameter sets, a second (stride-2) branch and SE.
 
     Parameter set 0 (``x_proj_weight[0]``, ``A_logs[:D]``, ...) belongs to the half-resolution sequence and set 1 to
     the full-resolution scan, as in the official checkpoints. The half-resolution sequence is one route over the
@@ -60,19 +60,12 @@ class MultiScaleSS2D(nn.Module):
     """
 
     def __init__(self, d_model: int, d_state: int = 1, ssm_ratio: float = 2.0, dt_rank: Union[int, str] = 'auto',
-                 d_conv: int = 3, ms_kernel: int = 7, se_reduction: int = 8, act_layer=nn.SiLU):
-        super().__init__()
-        d_inner = int(ssm_ratio * d_model)
-        self.d_inner, self.d_state = d_inner, d_state
-        self.dt_rank = math.ceil(d_model / 16) if dt_rank == 'auto' else int(dt_rank)
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.se = SEModule(d_inner, reduction=se_reduction)
-        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.act = act_layer()
-        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner)
+                 d_conv: int = 3, ms_kernel: int = 7, se_reduction: int = 8):
+        super().__init__(d_model, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
+                         pattern='unidirectional', num_routes=2)
+        d_inner = self.d_inner
         self.conv2d_b1 = nn.Conv2d(d_inner, d_inner, ms_kernel, stride=2, padding=ms_kernel // 2, groups=d_inner)
-        init_ssm_parameters(self, 2, d_inner, d_state, self.dt_rank)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.se = SEModule(d_inner, reduction=se_reduction)
 
     def _projections(self, x: torch.Tensor, index: int):
         """x_proj and dt_proj of parameter set ``index`` on a (B, D, H, W) map, as 1x1 convs."""
@@ -88,7 +81,7 @@ class MultiScaleSS2D(nn.Module):
         return multi_scan_2d(
             x, dts.unsqueeze(1), -torch.exp(self.A_logs[params].float()), Bs.unsqueeze(1), Cs.unsqueeze(1),
             D=self.Ds[params].float(), delta_bias=self.dt_projs_bias[index].float(), delta_softplus=True,
-            pattern=pattern)
+            pattern=pattern, backend=self.backend)
 
     def forward_core(self, x: torch.Tensor, x_half: torch.Tensor) -> torch.Tensor:
         """Full-resolution map (B, D, H, W) and half-resolution map -> normalised (B, H, W, D) sum of both branches."""
@@ -111,7 +104,7 @@ class MultiScaleSS2D(nn.Module):
         z = self.act(z)
         x = x.permute(0, 3, 1, 2)
         y = self.forward_core(self.act(self.conv2d(x)), self.act(self.conv2d_b1(x))).to(z.dtype)
-        return self.out_proj(self.se(y) * z)
+        return self.dropout(self.out_proj(self.se(y) * z))
 
 
 class ConvFFN(nn.Module):
@@ -156,7 +149,7 @@ class MSVMambaStage(nn.Module):
                  **block_kwargs):
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = PatchMerging2D(in_dim, dim) if downsample else nn.Identity()
+        self.downsample = PatchMerging2d(in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[MSVSSBlock(dim, drop_path=drop_path[i], **block_kwargs) for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +230,7 @@ class MSVMamba(HierarchicalNHWCModel):
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MSVMamba) -> Dict[str, torch.Tensor]:
     """Map an official MSVMamba checkpoint (``{'model': ...}``, optionally ``model_ema``) to this implementation.
 
-    Renames ``patch_embed.{0,2}`` -> ``stem.{conv,norm}``, ``layers.i.blocks.j`` -> ``stages.i.blocks.j``,
+    Renames ``patch_embed.{0,2}`` -> ``stem.{proj,norm}``, ``layers.i.blocks.j`` -> ``stages.i.blocks.j``,
     ``layers.i.downsample`` -> ``stages.(i+1).downsample``, ``convFFN`` -> ``ffn``, ``classifier.norm`` -> ``norm``
     and ``classifier.head`` -> ``head.fc``; drops the detection backbones' ``outnorm*`` layers.
     """
@@ -245,7 +238,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MSVMamba) -
         if isinstance(state_dict.get(key), dict):
             state_dict = state_dict[key]
             break
-    if 'stem.conv.weight' in state_dict:
+    if 'stem.proj.weight' in state_dict:
         return state_dict
     out = {}
     for key, value in state_dict.items():
@@ -253,7 +246,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MSVMamba) -
             key = key[len('module.'):]
         if key.startswith('outnorm'):
             continue
-        key = key.replace('patch_embed.0.', 'stem.conv.').replace('patch_embed.2.', 'stem.norm.')
+        key = key.replace('patch_embed.0.', 'stem.proj.').replace('patch_embed.2.', 'stem.norm.')
         key = key.replace('classifier.norm.', 'norm.').replace('classifier.head.', 'head.fc.')
         key = key.replace('.convFFN.', '.ffn.')
         key = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) + 1}.downsample.', key)
@@ -276,7 +269,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
     return {
         'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
-        'first_conv': 'stem.conv', 'classifier': 'head.fc', 'license': 'unknown',
+        'first_conv': 'stem.proj', 'classifier': 'head.fc', 'license': 'unknown',
         'paper_ids': 'arXiv:2405.14174',
         'paper_name': 'Multi-Scale VMamba: Hierarchy in Hierarchy Visual State Space Model',
         **kwargs,
