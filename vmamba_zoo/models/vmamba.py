@@ -311,7 +311,7 @@ class VMamba(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool)
 
     def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.channel_first else x.permute(0, 3, 1, 2).contiguous()
+        return (x if self.channel_first else x.permute(0, 3, 1, 2)).contiguous()
 
     def forward_intermediates(
             self,
