@@ -1,1 +1,2 @@
 """timm model files; importing a module registers its models."""
+from . import vim  # noqa: F401
