@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import vmamba_zoo  # noqa: F401  (registers the models)
+from timm.models._features import FeatureGetterNet
 from vmamba_zoo.kernels import bidirectional_pattern, selective_scan_ref
-from vmamba_zoo.layers import BiMambaMixer, add_rms_norm
+from vmamba_zoo.layers import BiMambaMixer, add_rms_norm, rms_norm
 from vmamba_zoo.layers import mamba_mixer as mamba_mixer_module
 from vmamba_zoo.models.vim import VisionMamba, checkpoint_filter_fn, resample_vim_pos_embed
 
@@ -288,6 +289,11 @@ def test_forward_intermediates():
                                model._strip_prefix(model.forward_features(x))[0])
     with_cls = model.forward_intermediates(x, indices=[3], return_prefix_tokens=True, intermediates_only=True)
     assert with_cls[0][1].shape == (1, 1, 32)
+    model.intermediate_source = 'residual'  # official Vim-S segmentation taps the residual stream
+    stream = model.forward_intermediates(x, indices=[3], output_fmt='NLC', intermediates_only=True)[0]
+    torch.testing.assert_close(rms_norm(stream, model.norm_f.weight), model._strip_prefix(model.forward_features(x))[0])
+    with pytest.raises(ValueError, match='intermediate_source'):
+        _tiny(img_size=32, intermediate_source='hidden')
     kept = model.prune_intermediate_layers([1])
     assert kept == [1] and len(model.layers) == 2 and model.num_classes == 0
 
@@ -300,6 +306,8 @@ def test_features_only_pyramid(name, grids):
     model = timm.create_model(name, features_only=True, img_size=64, **TINY).eval()
     assert model.feature_info.reduction() == [4, 8, 16, 32] and model.feature_info.channels() == [32] * 4
     assert model.block_indices == [0, 1, 2, 3]
+    assert model.feature_info.module_name() == ['layers.0', 'layers.1', 'layers.2', 'layers.3']
+    assert isinstance(model, FeatureGetterNet) and 'model.pos_embed' in model.state_dict()
     feats = model(torch.randn(1, 3, 64, 96))
     assert [tuple(f.shape[-2:]) for f in feats] == grids and all(f.shape[1] == 32 for f in feats)
     two = timm.create_model(name, features_only=True, out_indices=(1, 3), img_size=64, **TINY)

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, lecun_normal_, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, FeatureInfo, feature_take_indices
 from timm.models._registry import register_model_deprecations
 
 from vmamba_zoo.layers import BiMambaMixer, RMSNorm, add_rms_norm
@@ -142,6 +142,9 @@ class VisionMamba(nn.Module):
         divide_out: average the two scan directions (official ``if_divide_out=True``).
         layer_scale_init: optional mixer output layer-scale init (official ``init_layer_scale``; unused by releases).
         pyramid_block_indices: blocks tapped by ``features_only``; default: the last block of each quarter.
+        intermediate_source: what ``forward_intermediates`` returns per block: ``'mixer'`` (the block's mixer output,
+            official Vim-Ti segmentation) or ``'residual'`` (the residual stream after the block, official Vim-S
+            segmentation with ``use_residual_as_feature=True``).
         scan_backend: selective-scan backend ('auto', 'triton', 'torch').
     """
 
@@ -166,6 +169,7 @@ class VisionMamba(nn.Module):
             divide_out: bool = True,
             layer_scale_init: Optional[float] = None,
             pyramid_block_indices: Optional[Sequence[int]] = None,
+            intermediate_source: str = 'mixer',
             scan_backend: str = 'auto',
     ):
         super().__init__()
@@ -202,6 +206,9 @@ class VisionMamba(nn.Module):
         if pyramid_block_indices is None:
             pyramid_block_indices = [(i + 1) * depth // 4 - 1 for i in range(4)]
         self.pyramid_block_indices = list(pyramid_block_indices)
+        if intermediate_source not in ('mixer', 'residual'):
+            raise ValueError(f"Vim: intermediate_source must be 'mixer' or 'residual', got {intermediate_source!r}")
+        self.intermediate_source = intermediate_source
         reduction = self.patch_embed.stride[0]
         self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'layers.{i}') for i in range(depth)]
         self.init_weights()
@@ -308,8 +315,9 @@ class VisionMamba(nn.Module):
     ):
         """Block outputs for dense tasks, as Vim's segmentation backbone taps them.
 
-        An intermediate is block ``i``'s mixer output (the official seg backbone's ``hidden_states``); with ``norm``
-        it is instead the final RMSNorm applied to the residual stream after block ``i``.
+        An intermediate is block ``i``'s mixer output (the official seg backbone's ``hidden_states``), or with
+        ``intermediate_source='residual'`` the residual stream after block ``i``; with ``norm`` it is the final
+        RMSNorm applied to the residual stream after block ``i``.
 
         Args:
             x: (B, C, H, W) images.
@@ -337,6 +345,8 @@ class VisionMamba(nn.Module):
                 if norm:
                     out = add_rms_norm(hidden, residual, self.norm_f.weight if isinstance(self.norm_f, RMSNorm)
                                        else None, getattr(self.norm_f, 'eps', 1e-5), False)[0]
+                elif self.intermediate_source == 'residual':
+                    out = hidden if residual is None else (hidden.float() + residual.float()).to(hidden.dtype)
                 else:
                     out = hidden
                 intermediates.append(out)
@@ -465,7 +475,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VisionMamba
     return out
 
 
-class VimFeaturePyramid(nn.Module):
+class VimFeaturePyramid(FeatureGetterNet):
     """``features_only`` wrapper: Vim's ViTDet-like pyramid (strides 4, 8, 16, 32) as in ``seg/backbone/vim.py``.
 
     The four tapped block outputs (``model.pyramid_block_indices``, default the last block of each quarter, i.e.
@@ -475,8 +485,11 @@ class VimFeaturePyramid(nn.Module):
     ``nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training). The pyramid convs are new weights (the
     classification checkpoints do not contain them), as in the official segmentation fine-tuning.
 
-    Chosen over ``feature_cls='getter'`` because the pyramid needs parameters of its own; ``feature_cls='getter'``
-    still works and returns the raw stride-16 (or 8) block maps with ``out_indices`` naming blocks.
+    A ``FeatureGetterNet`` (trunk at ``self.model``, fed through ``forward_intermediates``) with the pyramid convs
+    added, so tools that understand timm's getter wrapper (e.g. ``vmamba_zoo.mm.ZooBackbone``) map checkpoint keys
+    to ``model.*``. A dedicated class rather than plain ``feature_cls='getter'`` because the pyramid has parameters
+    of its own; ``feature_cls='getter'`` still works and returns the raw stride-16 (or 8) block maps with
+    ``out_indices`` naming blocks. ``feature_info`` names the tapped blocks (``layers.N``) as each level's module.
 
     Args:
         model: the trunk (pruned after the last tapped block, head and final norm removed).
@@ -486,7 +499,7 @@ class VimFeaturePyramid(nn.Module):
 
     def __init__(self, model: VisionMamba, out_indices: Union[int, Sequence[int]] = (0, 1, 2, 3),
                  output_fmt: str = 'NCHW', **kwargs):
-        super().__init__()
+        nn.ModuleDict.__init__(self)  # FeatureGetterNet's own setup assumes block-level out_indices
         if output_fmt != 'NCHW':
             raise ValueError("Vim features_only gives NCHW maps only")
         if isinstance(out_indices, int):
@@ -512,9 +525,11 @@ class VimFeaturePyramid(nn.Module):
             self.fpn4 = nn.MaxPool2d(4, 4)
         else:
             raise ValueError(f'Vim features_only supports token strides 16 and 8, got {token_stride}')
-        from timm.models._features import FeatureInfo
-        info = [dict(num_chs=dim, reduction=r, module=f'fpn{i + 1}') for i, r in enumerate((4, 8, 16, 32))]
+        info = [dict(num_chs=dim, reduction=r, module=f'layers.{b}')
+                for r, b in zip((4, 8, 16, 32), self.block_indices)]
         self.feature_info = FeatureInfo(info, out_indices)
+        self.out_map, self.return_dict, self.norm = None, False, False
+        self.output_fmt = output_fmt
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         maps = self.model.forward_intermediates(x, indices=self.block_indices, intermediates_only=True)
