@@ -214,6 +214,20 @@ if HAS_TRITON:
         return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
     @triton.jit
+    def _program_coordinates(D, BLOCK_D: tl.constexpr):
+        """(chunk, batch, channels, route) of this program and its channel mask / flattened (K * D) parameter rows.
+
+        Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
+        should run together and hit in L2.
+        """
+        chunk = tl.program_id(0)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        k = tl.program_id(2).to(tl.int64)
+        return chunk, b, d, k, tl.num_programs(2), d < D, k * D + d
+
+    @triton.jit
     def _load_chunk(u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L,
                     stride_u_b, stride_u_k, num_routes, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     IDENTITY: tl.constexpr, CHUNK: tl.constexpr):
@@ -254,16 +268,7 @@ if HAS_TRITON:
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
             CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
-        # should run together and hit in L2.
-        chunk = tl.program_id(0)
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(2).to(tl.int64)
-        num_routes = tl.num_programs(2)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -310,16 +315,7 @@ if HAS_TRITON:
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
             ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
-        # should run together and hit in L2.
-        chunk = tl.program_id(0)
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(2).to(tl.int64)
-        num_routes = tl.num_programs(2)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -386,16 +382,7 @@ if HAS_TRITON:
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr, HAS_DSTATES: tl.constexpr,
             HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
-        # should run together and hit in L2.
-        chunk = tl.program_id(0)
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(2).to(tl.int64)
-        num_routes = tl.num_programs(2)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -433,16 +420,7 @@ if HAS_TRITON:
             HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr, SCATTER_ATOMIC: tl.constexpr,
             CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
-        # should run together and hit in L2.
-        chunk = tl.program_id(0)
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(2).to(tl.int64)
-        num_routes = tl.num_programs(2)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
