@@ -19,8 +19,7 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
