@@ -361,6 +361,27 @@ def test_checkpoint_round_trip_official_layout(tmp_path):
                           pretrained_cfg_overlay=dict(file=str(tmp_path / 'bad.pth'), custom_load=True), **TINY)
 
 
+def test_default_pretrained_route_reads_official_hub_file(tmp_path, monkeypatch):
+    """pretrained=True with the registered cfg: Hub file name from the cfg, loaded by VisionMamba.load_pretrained."""
+    import timm.models._hub as timm_hub
+
+    src = _tiny(img_size=64)
+    _perturb(src)
+    path = tmp_path / 'downloaded.pth'
+    torch.save({'model': src.state_dict(), 'args': argparse.Namespace(model='vim')}, path)
+    requested = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        requested.append((repo_id, filename))
+        return str(path)
+
+    monkeypatch.setattr(timm_hub, 'hf_hub_download', fake_download)
+    model = timm.create_model('vim_tiny_patch16_224', pretrained=True, img_size=64, **TINY).eval()
+    assert requested == [('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth')]
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), src(x))
+
+
 def test_checkpoint_filter_resizes_and_drops_class_token():
     src = _tiny(img_size=64)
     sd = {'model': {('module.' + k): v for k, v in src.state_dict().items()}}
