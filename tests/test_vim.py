@@ -12,7 +12,7 @@ from timm.models._features import FeatureGetterNet
 from vmamba_zoo.kernels import bidirectional_pattern, selective_scan_ref
 from vmamba_zoo.layers import BiMambaMixer, add_rms_norm, rms_norm
 from vmamba_zoo.layers import mamba_mixer as mamba_mixer_module
-from vmamba_zoo.models.vim import VisionMamba, checkpoint_filter_fn, resample_vim_pos_embed
+from vmamba_zoo.models.vim import checkpoint_filter_fn, resample_vim_pos_embed
 
 TINY = dict(embed_dim=32, depth=4, d_state=4, drop_path_rate=0.)
 VIM_NAMES = ['vim_tiny_patch16_224', 'vim_tiny_patch16_stride8_224', 'vim_small_patch16_224',
