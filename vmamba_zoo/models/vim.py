@@ -7,7 +7,8 @@ Architecture as in the official ``vim/models_mamba.py``
 (``*_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2``): a conv patch embed (patch 16, stride 16 or 8),
 the class token inserted in the middle of the token sequence, an absolute position embedding, 24 blocks
 "add -> RMSNorm -> bidirectional Mamba mixer" with a float32 residual stream and no MLP, a final add + RMSNorm and
-a linear head on the class token. The mixer is :class:`vmamba_zoo.layers.BiMambaMixer`, one ``scan_routes`` call for both directions on the shared kernel core.
+a linear head on the class token. The mixer is :class:`vmamba_zoo.layers.BiMambaMixer`: one ``scan_routes`` call
+for both directions on the shared kernel core.
 
 Module and parameter names follow the official checkpoints (``layers.N.mixer.*``, ``norm_f``, ``head``), so the
 released Hugging Face files load without renaming. ``features_only=True`` builds the multi-scale pyramid of Vim's
