@@ -244,7 +244,7 @@ def test_position_embedding_resample_keeps_class_entry_and_identity():
 
 
 @pytest.mark.parametrize('bad,match', [
-    (torch.randn(3, 64, 64), '4-D'), (torch.randn(1, 1, 64, 64), '3 input channels'),
+    (torch.randn(3, 64, 64), '4-D'), (torch.randn(1, 1, 64, 64), 'in_chans=3'),
     (torch.randn(1, 3, 64, 70), 'width 70'), (torch.randn(1, 3, 8, 64), 'height 8')])
 def test_bad_input_errors(bad, match):
     model = _tiny(img_size=64)

@@ -31,7 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import FeatureGetterNet, FeatureInfo, feature_take_indices
 from timm.models._registry import register_model_deprecations
 
-from vmamba_zoo.layers import BiMambaMixer, RMSNorm, add_rms_norm
+from vmamba_zoo.layers import BiMambaMixer, RMSNorm, add_rms_norm, check_image_input
 
 __all__ = ['VisionMamba', 'VimBlock', 'VimPatchEmbed', 'VimFeaturePyramid', 'checkpoint_filter_fn']
 
@@ -72,11 +72,7 @@ class VimPatchEmbed(nn.Module):
         return grid[0], grid[1]
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f'Vim expects a 4-D image batch (B, C, H, W), got '
-                             f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f'Vim expects {self.in_chans} input channels, got {x.shape[1]} (input {tuple(x.shape)})')
+        check_image_input(x, self.in_chans, stride=1, name='Vim input')  # rank and channels; tiling below
         grid = self.feat_size(x.shape[-2:])
         x = self.proj(x)
         return x.flatten(2).transpose(1, 2), grid
