@@ -256,10 +256,14 @@ if HAS_TRITON:
             return [triton.Config({'BLOCK_D': 8}, num_warps=1)]
         return [triton.Config({'BLOCK_D': bd}, num_warps=w) for bd, w in ((16, 2), (16, 4), (32, 4), (64, 4), (64, 8))]
 
+    def _quick_bench(fn, quantiles=None, **kwargs):
+        # Autotuning runs once per new shape inside the first model step: a short measurement keeps that step short.
+        return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
     def _chunk_size() -> int:
         return 16 if triton_interpreting() else 64
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'])
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'], do_bench=_quick_bench)
     @triton.jit(do_not_specialize=['P', 'L'])
     def _chunk_summary_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, routes_ptr, total_decay_ptr, chunk_end_ptr,
@@ -305,7 +309,7 @@ if HAS_TRITON:
         if final_ptr is not None:
             tl.store(final_ptr + rows, h, mask=mask)
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], reset_to_zero=['y_ptr'])
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], do_bench=_quick_bench, reset_to_zero=['y_ptr'])
     @triton.jit(do_not_specialize=['P', 'L'])
     def _scan_chunk_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr, entering_ptr,
@@ -372,7 +376,7 @@ if HAS_TRITON:
             g += tl.where(steps[None, :] == L - 1, dlast[:, None], 0.0)
         return tl.where(mask, g, 0.0)
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'])
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'], do_bench=_quick_bench)
     @triton.jit(do_not_specialize=['P', 'L'])
     def _chunk_summary_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, C_ptr, bias_ptr, routes_ptr, dy_ptr, dstates_ptr, dlast_ptr,
@@ -407,7 +411,7 @@ if HAS_TRITON:
             total = tl.where(ends_route, 0.0, tl.exp(A_n * total_next))
             tl.store(total_decay_ptr + out_rows + n, total, mask=mask_d)
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'],
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], do_bench=_quick_bench,
                      reset_to_zero=['du_ptr', 'ddelta_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
     @triton.jit(do_not_specialize=['P', 'L'])
     def _scan_chunk_bwd_kernel(
