@@ -26,7 +26,8 @@ setup(
         'fvcore',
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6', 'scikit-learn'],
+        'test': ['pytest>=8', 'hypothesis>=6', 'scikit-learn', 'matplotlib>=3.5'],
+        'tools': ['matplotlib>=3.5', 'tqdm'],
         'mm': [
             'mmengine>=0.10,<1.0',
             'mmcv==2.1.0',
