@@ -126,8 +126,8 @@ def next_batch_size(batch_size: int) -> int:
 
 
 def _free_device_memory():
-    gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()  # drop reference cycles that hold device tensors before returning blocks to the driver
         torch.cuda.empty_cache()
 
 
