@@ -28,8 +28,8 @@ TIMM_ATTN_MODEL = 'test_vit'  # conv stem + linear + scaled_dot_product_attentio
 TIMM_CONV_MODEL = 'test_convnext'
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', REPO / 'tools' / f'{name}.py')
+def _load_tool(name, folder='tools'):
+    spec = importlib.util.spec_from_file_location(f'{folder}_{name}', REPO / folder / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -84,7 +84,7 @@ def test_flops_cli_json_on_timm_model():
     out = subprocess.run(
         [sys.executable, str(REPO / 'tools' / 'flops.py'), '--model', TIMM_ATTN_MODEL, '--img-size', '64', '64',
          '--json'], capture_output=True, text=True, check=True, timeout=300,
-        env={**os.environ, 'PYTHONPATH': str(REPO)})
+        env={**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))})
     report = json.loads(out.stdout)
     assert report['model'] == TIMM_ATTN_MODEL and report['input_size'] == [3, 64, 64]
     assert report['params'] == count_params(create_model_at_size(TIMM_ATTN_MODEL, (64, 64)))
@@ -330,3 +330,42 @@ def test_model_card_index_detects_stale_entries(tmp_path):
     assert log == [f'{TIMM_CONV_MODEL}: cached']
     assert rebuilt['models'][TIMM_CONV_MODEL]['top1'] == 72.0
     assert rebuilt['models'][TIMM_CONV_MODEL]['fvcore_g'] == index['models'][TIMM_CONV_MODEL]['fvcore_g']
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Headline summary
+# ---------------------------------------------------------------------------------------------------------------------
+def test_summarize_headline_table_and_targets(tmp_path):
+    """Formatting and target verdicts on a hand-written results file (these are inputs, not measurements)."""
+    summarize = _load_tool('summarize_headline', folder='benchmarks')
+
+    def row(model, source, mode, dtype, img_s, memory=None, **extra):
+        return dict(model=model, source=source, role='peer' if source == 'timm' else 'model', mode=mode,
+                    amp_dtype=dtype, samples_per_sec=img_s, requested_batch_size=128, batch_size=128,
+                    param_count_m=30.0, gflops=4.9, peak_memory_mib=memory, **extra)
+
+    rows = []
+    for mode, dtype, ours, official, peer in (('inference', 'bfloat16', 5000, 1800, 4000),
+                                              ('inference', 'float32', 3000, 1000, 3500),
+                                              ('train', 'bfloat16', 1500, 500, 1400)):
+        rows += [row('vmamba_tiny_s1l8', 'zoo', mode, dtype, ours, 8000 if mode == 'train' else None),
+                 row('official:vmamba_tiny_s1l8', 'official', mode, dtype, official,
+                     10000 if mode == 'train' else None),
+                 row('convnext_tiny', 'timm', mode, dtype, peer)]
+    rows.append(dict(row('swin_tiny_patch4_window7_224', 'timm', 'train', 'bfloat16', None),
+                     error='skipped: time budget'))
+    path = tmp_path / 'headline.json'
+    path.write_text(json.dumps(dict(meta=dict(date='2026-11-28T17:00:00+00:00', gpu_name='NVIDIA H200',
+                                              settings=dict(batch_size=[128], img_size=[224, 224])),
+                                    results=rows)))
+    text = summarize.summarize(summarize.load([str(path)]))
+    table = [line for line in text.splitlines() if line.startswith('| `')]
+    assert [line.split('|')[1].strip() for line in table[:4]] == [
+        '`vmamba_tiny_s1l8`', '`official:vmamba_tiny_s1l8`', '`convnext_tiny`', '`swin_tiny_patch4_window7_224`']
+    assert '| 5,000 | 3,000 | 1,500 | 7.81 |' in table[0]
+    assert 'NVIDIA H200' in text and '2026-11-28' in text
+    assert '| `vmamba_tiny_s1l8` | 2.78x | 3.00x | 3.00x | 0.80x |' in text
+    assert '- Infer bf16: met vs `convnext_tiny` (1.25x); met vs official (2.78x' in text
+    assert '- Infer fp32/TF32: MISSED vs `convnext_tiny` (0.86x); met vs official (3.00x' in text
+    assert 'Training peak memory vs official: 0.80x (met' in text
+    assert 'n/a[^1]' in text and '[^1]: swin_tiny_patch4_window7_224 train bfloat16: skipped: time budget' in text

@@ -16,6 +16,7 @@ Results go to JSON (with date, GPU, versions and all settings), CSV and a PNG of
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ def parse_args(argv=None):
                        help='official factory names (default: the --model names the official vmamba.py defines)')
     group.add_argument('--official-ext-dir', nargs='*', default=[],
                        help='folders holding the compiled official scan extensions (added to sys.path)')
+    group.add_argument('--skip-missing', action='store_true',
+                       help='warn about and skip model names that are not registered (default: error)')
     group = parser.add_argument_group('settings')
     group.add_argument('--bench', nargs='+', default=['inference'], choices=['inference', 'train', 'both'],
                        help='modes to time (default: inference)')
@@ -53,6 +56,12 @@ def parse_args(argv=None):
                        help="input size (default: each model's own on GPU, 64x64 on CPU)")
     group.add_argument('--num-warm-iter', type=int, default=None, help='warm-up steps (default: 10 GPU, 1 CPU)')
     group.add_argument('--num-bench-iter', type=int, default=None, help='timed steps (default: 40 GPU, 2 CPU)')
+    group.add_argument('--train-num-warm-iter', type=int, default=None,
+                       help='warm-up steps of training runs (default: --num-warm-iter)')
+    group.add_argument('--train-num-bench-iter', type=int, default=None,
+                       help='timed steps of training runs (default: --num-bench-iter)')
+    group.add_argument('--time-budget-s', type=float, default=None,
+                       help='start no new measurement after this many seconds (the rest are recorded as skipped)')
     group.add_argument('--channels-last', action='store_true', help='channels_last model and input')
     group.add_argument('--compile', action='store_true', help='torch.compile the model (off by default)')
     group.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'max-autotune'")
@@ -74,7 +83,9 @@ def parse_args(argv=None):
     group.add_argument('--flops-index', default=str(REPO_ROOT / 'model_cards' / 'index.json'),
                        help='model-card index JSON with cached GFLOPs')
     group.add_argument('--no-flops', action='store_true', help='do not count GFLOPs of models missing from the index')
-    group.add_argument('--no-progress', action='store_true', help='no progress bar')
+    group.add_argument('--progress', default='auto', choices=['auto', 'bar', 'lines', 'none'],
+                       help='tqdm bar, one line per measurement, or nothing (auto: bar on a terminal, else lines)')
+    group.add_argument('--no-progress', dest='progress', action='store_const', const='none', help='--progress none')
     args = parser.parse_args(argv)
     defaults = CPU_DEFAULTS if torch.device(args.device).type == 'cpu' else GPU_DEFAULTS
     for key, value in defaults.items():
@@ -99,8 +110,8 @@ def resolve_runs(args):
     return [(mode, dtype) for mode in modes for dtype in dict.fromkeys(args.amp_dtype)]
 
 
-def resolve_model_names(patterns):
-    """Expand 'zoo' and wildcards; unknown names are an error."""
+def resolve_model_names(patterns, skip_missing=False):
+    """Expand 'zoo' and wildcards; unknown names are an error (a warning with ``skip_missing``)."""
     import timm
     from vmamba_zoo.utils.registry import list_zoo_models
 
@@ -113,43 +124,47 @@ def resolve_model_names(patterns):
         else:
             found = timm.list_models(pattern)
         if not found:
-            raise SystemExit(f"no model matches '{pattern}'" + (' (no zoo model is registered)' if pattern == 'zoo'
-                                                                 else ''))
+            message = f"no model matches '{pattern}'" + (' (no zoo model is registered)' if pattern == 'zoo' else '')
+            if not skip_missing:
+                raise SystemExit(message)
+            print(f'warning: {message}; skipped', file=sys.stderr)
         names.extend(name for name in found if name not in names)
     return names
 
 
 class _Progress:
-    """A tqdm bar over the measurements (plain lines on stderr if tqdm is missing)."""
+    """A tqdm bar over the measurements, or one line per measurement on stderr (logs, non-terminals)."""
 
-    def __init__(self, total, disable):
-        self.bar = None
-        self.disable = disable
-        if not disable:
+    def __init__(self, total, style):
+        self.bar, self.count, self.total = None, 0, total
+        if style == 'auto':
+            style = 'bar' if sys.stderr.isatty() else 'lines'
+        if style == 'bar':
             try:
                 from tqdm import tqdm
                 self.bar = tqdm(total=total, file=sys.stderr, dynamic_ncols=True)
             except ImportError:
-                pass
-        self.count, self.total = 0, total
+                style = 'lines'
+        self.style, self.label = style, ''
 
     def describe(self, text):
+        self.label = text
         if self.bar is not None:
             self.bar.set_description(text)
-        elif not self.disable:
-            print(f'[{self.count + 1}/{self.total}] {text}', file=sys.stderr, flush=True)
 
     def note(self, text):
         if self.bar is not None:
             self.bar.set_postfix_str(text)
+        elif self.style == 'lines' and 'retrying' in text:
+            print(f'    {self.label}: {text}', file=sys.stderr, flush=True)
 
     def advance(self, text):
         self.count += 1
         if self.bar is not None:
             self.bar.set_postfix_str(text)
             self.bar.update(1)
-        elif not self.disable:
-            print(f'    {text}', file=sys.stderr, flush=True)
+        elif self.style == 'lines':
+            print(f'[{self.count}/{self.total}] {self.label}: {text}', file=sys.stderr, flush=True)
 
     def close(self):
         if self.bar is not None:
@@ -193,8 +208,8 @@ def main(argv=None):
 
     import vmamba_zoo  # noqa: F401  (registers the zoo's models with timm)
 
-    names = resolve_model_names(args.model)
-    peers = [name for name in resolve_model_names(args.compare) if name not in names] if args.compare else []
+    names = resolve_model_names(args.model, args.skip_missing)
+    peers = [n for n in resolve_model_names(args.compare, args.skip_missing) if n not in names] if args.compare else []
     specs = [bench.timm_model_spec(name) for name in names]
     if args.official_vmamba:
         specs += bench.official_vmamba_specs(args.official_vmamba, args.official_models, args.official_ext_dir,
@@ -202,41 +217,56 @@ def main(argv=None):
     specs += [bench.timm_model_spec(name, role='peer') for name in peers]
     runs = resolve_runs(args)
     img_size = tuple(args.img_size) if args.img_size else None
+    train_warm = args.num_warm_iter if args.train_num_warm_iter is None else args.train_num_warm_iter
+    train_iters = args.num_bench_iter if args.train_num_bench_iter is None else args.train_num_bench_iter
     configs = [bench.BenchConfig(
         mode=mode, amp_dtype=dtype, tf32=args.tf32, channels_last=args.channels_last, compile=args.compile,
-        compile_mode=args.compile_mode, img_size=img_size, num_warm_iter=args.num_warm_iter,
-        num_bench_iter=args.num_bench_iter, opt=args.opt, lr=args.lr, drop_path=args.drop_path,
-        device=args.device) for mode, dtype in runs]
+        compile_mode=args.compile_mode, img_size=img_size,
+        num_warm_iter=train_warm if mode == 'train' else args.num_warm_iter,
+        num_bench_iter=train_iters if mode == 'train' else args.num_bench_iter,
+        opt=args.opt, lr=args.lr, drop_path=args.drop_path, device=args.device) for mode, dtype in runs]
     torch.backends.cudnn.benchmark = True
 
-    progress = _Progress(len(configs) * len(specs) * len(args.batch_size), args.no_progress)
-    rows = []
+    settings = dict(vars(args), runs=[f'{mode}:{dtype}' for mode, dtype in runs])
+    meta = dict(bench.environment_info(args.device, str(REPO_ROOT)), settings=settings,
+                timing='CUDA events between steps, one synchronisation at the end' if torch.device(
+                    args.device).type == 'cuda' else 'time.perf_counter per step')
+    progress = _Progress(len(configs) * len(specs) * len(args.batch_size), args.progress)
+    rows, start = [], time.perf_counter()
     for config in configs:
         for spec in specs:
             for batch_size in args.batch_size:
                 progress.describe(f'{spec.name} {config.mode} {config.amp_dtype} b{batch_size}')
-                row = bench.benchmark_model(spec, config, batch_size, args.min_batch_size, progress.note)
+                if args.time_budget_s is not None and time.perf_counter() - start > args.time_budget_s:
+                    row = dict(model=spec.name, source=spec.source, role=spec.role, mode=config.mode,
+                               amp_dtype=config.amp_dtype, requested_batch_size=batch_size, batch_size=None,
+                               error=f'skipped: time budget of {args.time_budget_s:.0f} s used up')
+                else:
+                    row = bench.benchmark_model(spec, config, batch_size, args.min_batch_size, progress.note)
                 rows.append(row)
-                progress.advance(row['error'][:60] if row.get('error') else f"{row['samples_per_sec']:.1f} img/s")
+                progress.advance(row['error'][:80] if row.get('error') else
+                                 f"{row['samples_per_sec']:.1f} img/s, {row['step_time_ms']:.1f} ms/step")
+                # Saved after every measurement: a run stopped half-way keeps what it measured.
+                bench.write_results(dict(meta=meta, results=rows), json_path)
     progress.close()
 
     if not args.no_flops or Path(args.flops_index).is_file():
         index = bench.load_index(args.flops_index)
         cache = {}
-        for spec in specs:
+        for spec in sorted(specs, key=lambda sp: sp.source == 'official'):
             size = img_size or spec.default_img_size
-            cache[spec.name] = bench.resolve_gflops(spec, size, index, measure=not args.no_flops)
+            gflops = bench.resolve_gflops(spec, size, index, measure=not args.no_flops)
+            twin = cache.get(spec.flops_name)
+            if spec.source == 'official' and gflops[0] is None and twin is not None and twin[0] is not None:
+                gflops = (twin[0], f'{twin[1]} (zoo {spec.flops_name})')  # same architecture as our model
+            cache[spec.name] = gflops
         for row in rows:
             row['gflops'], row['gflops_source'] = cache[row['model']]
             if row['gflops'] is not None:
                 row['gflops'] = round(row['gflops'], 3)
 
-    settings = {key: value for key, value in vars(args).items()}
-    settings['runs'] = [f'{mode}:{dtype}' for mode, dtype in runs]
-    results = dict(meta=dict(bench.environment_info(args.device), settings=settings,
-                             timing='CUDA events between steps, one sync at the end' if torch.device(
-                                 args.device).type == 'cuda' else 'time.perf_counter per step'),
-                   results=rows)
+    meta['elapsed_s'] = round(time.perf_counter() - start, 1)
+    results = dict(meta=meta, results=rows)
     bench.write_results(results, json_path, csv_path)
     print_table(rows)
     for label, path in (('json', json_path), ('csv', csv_path)):

@@ -224,7 +224,7 @@ def _load_official_vmamba_module(repo: Path, ext_dirs: Sequence[str] = ()) -> ty
 
 
 def official_vmamba_specs(repo: str, names: Optional[Sequence[str]] = None, ext_dirs: Sequence[str] = (),
-                          candidates: Sequence[str] = ()) -> List[ModelSpec]:
+                          candidates: Sequence[str] = (), allow_torch_scan: bool = False) -> List[ModelSpec]:
     """Specs for official VMamba models (factory functions of the official ``vmamba.py``, e.g.
     'vmamba_tiny_s1l8'), named 'official:<name>' and sharing FLOPs with the zoo model of the same name.
 
@@ -234,6 +234,7 @@ def official_vmamba_specs(repo: str, names: Optional[Sequence[str]] = None, ext_
         ext_dirs: folders added to ``sys.path`` so the compiled scan extensions (``selective_scan_cuda_oflex``...)
             import. Which of them imported is recorded in each result (``official_kernels``).
         candidates: names to look for when ``names`` is None (typically the zoo models being timed).
+        allow_torch_scan: build the models even if no compiled kernel imported (else each build raises).
     """
     module = _load_official_vmamba_module(Path(repo), ext_dirs)
     scan_module = sys.modules.get('csms6s')
@@ -248,6 +249,10 @@ def official_vmamba_specs(repo: str, names: Optional[Sequence[str]] = None, ext_
             raise ValueError(f"official vmamba.py has no model function '{name}'")
 
         def factory(img_size, drop_path, factory_fn=factory_fn):
+            if not any(kernels.values()) and not allow_torch_scan:
+                raise RuntimeError('none of the official compiled scan kernels (selective_scan_cuda_oflex/_core, '
+                                   'selective_scan_cuda) imported; pass their folder with ext_dirs (timing the '
+                                   "official PyTorch fallback scan would be meaningless)")
             model = factory_fn()
             if drop_path is not None:
                 _scale_drop_path(model, drop_path)
@@ -320,7 +325,9 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         _free_device_memory()
         torch.cuda.reset_peak_memory_stats(device)
 
-    model = spec.factory(img_size, config.drop_path if train else None)
+    # Built under the device context: initialising a large model on the GPU takes far less time than on the CPU.
+    with torch.device(device):
+        model = spec.factory(img_size, config.drop_path if train else None)
     param_count = sum(p.numel() for p in model.parameters())
     model = model.to(device=device, memory_format=memory_format).train(train)
     num_classes = getattr(model, 'num_classes', None) or 1000
@@ -468,17 +475,23 @@ def _git_commit(path: Path) -> Optional[str]:
         return None
 
 
-def environment_info(device: str) -> Dict[str, Any]:
-    """Date, host platform, device name and library versions recorded with every results file."""
+def environment_info(device: str, repo: Optional[str] = None) -> Dict[str, Any]:
+    """Date, host platform, device name and library versions recorded with every results file.
+
+    Args:
+        device: the benchmark device.
+        repo: checkout whose git commit to record (default: the one ``vmamba_zoo`` is imported from).
+    """
     import vmamba_zoo
 
     device = torch.device(device)
+    repo = Path(repo) if repo else Path(vmamba_zoo.__file__).resolve().parents[1]
     info = dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         device=str(device), python=platform.python_version(), platform=platform.platform(),
         torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
         triton=_version('triton'), timm=_version('timm'), vmamba_zoo=getattr(vmamba_zoo, '__version__', None),
-        vmamba_zoo_commit=_git_commit(Path(vmamba_zoo.__file__).resolve().parents[1]),
+        vmamba_zoo_commit=_git_commit(repo), vmamba_zoo_path=str(Path(vmamba_zoo.__file__).resolve().parent),
         cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
     )
     if device.type == 'cuda' and torch.cuda.is_available():
