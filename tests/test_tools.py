@@ -288,6 +288,31 @@ def test_committed_model_card_index_is_current():
         assert entry['params'] > 0 and entry['fvcore_g'] > 0
 
 
+# VMamba README / assets/performance.md @ 2ed52ea (ImageNet-1k, 224x224, FLOPs and params include the head).
+PUBLISHED_VMAMBA = {
+    'vmamba_tiny_s1l8': (30, 4.9), 'vmamba_small_s1l20': (49, 8.6), 'vmamba_base_s1l20': (87, 15.2),
+    'vmamba_tiny_s2l5': (31, 4.9), 'vmamba_small_s2l15': (50, 8.7), 'vmamba_base_s2l15': (89, 15.4),
+    'vanilla_vmamba_tiny': (23, 5.6), 'vanilla_vmamba_small': (44, 11.2), 'vanilla_vmamba_base': (76, 18.0),
+}
+
+
+def test_index_figures_match_published_vmamba():
+    """Measured (cached in the index, whose currency the test above checks) params and GFLOPs of every registered
+    VMamba model within 1% of the published figure, or within its rounding (0.5 M, 0.05 G) where that is larger."""
+    _, index_path, _ = model_index.default_paths()
+    cached = json.loads(index_path.read_text())['models']
+    checked = []
+    for name, (params_m, gflops) in PUBLISHED_VMAMBA.items():
+        if name not in cached:
+            assert name not in list_zoo_models(), f'{name} is registered but not indexed'
+            continue
+        entry = cached[name]
+        assert abs(entry['params_m'] - params_m) <= max(0.01 * params_m, 0.5), (name, entry['params_m'], params_m)
+        assert abs(entry['fvcore_g'] - gflops) <= max(0.01 * gflops, 0.05), (name, entry['fvcore_g'], gflops)
+        checked.append(name)
+    assert checked or not any(name in PUBLISHED_VMAMBA for name in list_zoo_models())
+
+
 def test_model_card_index_detects_stale_entries(tmp_path):
     names = [TIMM_CONV_MODEL]
     (tmp_path / f'{TIMM_CONV_MODEL}.md').write_text(

@@ -325,9 +325,15 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         _free_device_memory()
         torch.cuda.reset_peak_memory_stats(device)
 
-    # Built under the device context: initialising a large model on the GPU takes far less time than on the CPU.
-    with torch.device(device):
-        model = spec.factory(img_size, config.drop_path if train else None)
+    drop_path = config.drop_path if train else None
+    try:
+        # Built under the device context: initialising a large model on the GPU is far faster than on the CPU.
+        with torch.device(device):
+            model = spec.factory(img_size, drop_path)
+    except Exception as error:  # noqa: BLE001 - some constructors need CPU tensors (numpy, .item() loops)
+        if is_oom_error(error) or device.type == 'cpu':
+            raise
+        model = spec.factory(img_size, drop_path)
     param_count = sum(p.numel() for p in model.parameters())
     model = model.to(device=device, memory_format=memory_format).train(train)
     num_classes = getattr(model, 'num_classes', None) or 1000
