@@ -8,7 +8,7 @@
 # Needs torch, triton and timm; not fvcore (GFLOPs come from model_cards/index.json, or torch's flop counter).
 # OFFICIAL_VMAMBA_CHECKOUT is the root of a MzeroMiko/VMamba checkout; EXTENSION_DIRs hold its compiled scan
 # extensions (selective_scan_cuda_oflex*.so, and selective_scan_cuda*.so for vanilla VMamba). Environment knobs:
-# TIME_BUDGET_S (default 420: no new measurement starts after it), WARM/ITERS (inference, default 5/20),
+# TIME_BUDGET_S (default 360: no new measurement starts after it), WARM/ITERS (inference, default 5/20),
 # TRAIN_WARM/TRAIN_ITERS (default 3/10), BATCH (128), EXTRA_ARGS (passed to tools/throughput.py).
 set -euo pipefail
 
@@ -47,7 +47,7 @@ for module, members in sorted(families.items()):
     if any(n in names for n in members):
         continue
     tiny = [n for n in members if 'tiny' in n]
-    names.append(sorted(tiny)[0] if tiny else min(members, key=count_params_by_name))
+    names.append(sorted(tiny)[0] if tiny else min(members, key=count_params_by_name(members).get))
 print(' '.join(names))
 PY
 )
@@ -61,6 +61,12 @@ if [ -n "$OFFICIAL" ]; then
     if [ ${#EXT_DIRS[@]} -gt 0 ]; then OFFICIAL_ARGS+=(--official-ext-dir "${EXT_DIRS[@]}"); fi
 fi
 
+# Measurement order (model-major, so a run cut short by the time budget still has complete rows): the target trio
+# first, then each zoo model next to its official twin, then the other peers and families.
+FIRST=(vmamba_tiny_s1l8 official:vmamba_tiny_s1l8 convnext_tiny vmamba_small_s1l20 official:vmamba_small_s1l20
+       vmamba_base_s1l20 official:vmamba_base_s1l20 vanilla_vmamba_tiny official:vanilla_vmamba_tiny
+       swin_tiny_patch4_window7_224 deit_small_patch16_224)
+
 # shellcheck disable=SC2086
 "$PYTHON" -u "$REPO/tools/throughput.py" \
     --model $MODELS \
@@ -70,7 +76,8 @@ fi
     --batch-size "${BATCH:-128}" --img-size 224 224 \
     --num-warm-iter "${WARM:-5}" --num-bench-iter "${ITERS:-20}" \
     --train-num-warm-iter "${TRAIN_WARM:-3}" --train-num-bench-iter "${TRAIN_ITERS:-10}" \
-    --drop-path 0 --opt sgd --time-budget-s "${TIME_BUDGET_S:-420}" --progress lines \
+    --drop-path 0 --opt sgd --time-budget-s "${TIME_BUDGET_S:-360}" --progress lines \
+    --order model --first "${FIRST[@]}" \
     --output-dir "$OUT_DIR" --tag headline ${EXTRA_ARGS:-}
 
 "$PYTHON" "$REPO/benchmarks/summarize_headline.py" "$OUT_DIR/headline.json" | tee "$OUT_DIR/headline.md"

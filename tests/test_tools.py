@@ -37,7 +37,10 @@ def _load_tool(name, folder='tools'):
 
 def _cheapest_zoo_model():
     names = list_zoo_models()
-    return min(names, key=count_params_by_name) if names else None
+    if not names:
+        return None
+    counts = count_params_by_name(names)
+    return min(names, key=counts.get)
 
 
 ZOO_MODEL = _cheapest_zoo_model()
@@ -322,9 +325,11 @@ def test_model_card_index_detects_stale_entries(tmp_path):
     index = model_index.build_index(names, tmp_path)
     entry = index['models'][TIMM_CONV_MODEL]
     assert entry['top1'] == 71.5 and entry['top1_source'] == 'paper https://example.org/paper'
-    assert entry['card'] == f'{TIMM_CONV_MODEL}.md' and entry['params'] == count_params_by_name(TIMM_CONV_MODEL)
+    assert entry['card'] == f'{TIMM_CONV_MODEL}.md' and entry['params'] == count_params_by_name(names)[TIMM_CONV_MODEL]
     assert entry['fvcore_g'] == pytest.approx(measure_flops(TIMM_CONV_MODEL, counters=('fvcore',))['fvcore_g'],
                                               abs=1e-4)
+    assert entry['check_fvcore_g'] == pytest.approx(
+        measure_flops(TIMM_CONV_MODEL, img_size=(64, 64), counters=('fvcore',))['fvcore_g'], abs=1e-6)
     index_path, readme_path = tmp_path / 'index.json', tmp_path / 'README.md'
 
     def save(index_data):
@@ -337,9 +342,10 @@ def test_model_card_index_detects_stale_entries(tmp_path):
 
     # a cached figure that no longer matches a fresh measurement
     tampered = json.loads(json.dumps(index))
-    tampered['models'][TIMM_CONV_MODEL]['fvcore_g'] *= 1.1
+    tampered['models'][TIMM_CONV_MODEL]['check_fvcore_g'] *= 1.1
     save(tampered)
-    assert any('fvcore_g' in p for p in model_index.check_index(index_path, readme_path, tmp_path, names=names))
+    assert any('GFLOPs at 64x64' in p for p in model_index.check_index(index_path, readme_path, tmp_path,
+                                                                        names=names))
     # a card whose accuracy changed, a README edited by hand, a model added without regenerating
     save(index)
     card = tmp_path / f'{TIMM_CONV_MODEL}.md'

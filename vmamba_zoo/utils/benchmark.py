@@ -175,8 +175,14 @@ def timm_model_spec(name: str, role: str = 'model') -> ModelSpec:
     from .registry import create_model_at_size, default_input_size, is_zoo_model
 
     def factory(img_size, drop_path):
-        kwargs = {} if drop_path is None else dict(drop_path_rate=drop_path)
-        return create_model_at_size(name, img_size, **kwargs)
+        if drop_path is None:
+            return create_model_at_size(name, img_size)
+        try:
+            return create_model_at_size(name, img_size, drop_path_rate=drop_path)
+        except TypeError:  # a model without the argument: rescale its DropPath modules instead
+            model = create_model_at_size(name, img_size)
+            _scale_drop_path(model, drop_path)
+            return model
 
     return ModelSpec(name=name, factory=factory, source='zoo' if is_zoo_model(name) else 'timm', role=role,
                      flops_name=name, default_img_size=tuple(default_input_size(name)[1:]))

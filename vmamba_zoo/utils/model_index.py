@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 INDEX_VERSION = 1
+CHECK_SIZE = (64, 64)  # input size of the quick re-measurement in ``check_index``
 REGENERATE = 'python tools/gen_model_card_index.py'
 
 
@@ -106,14 +107,20 @@ def model_metadata(name: str, cards_dir: Path) -> Dict[str, Any]:
 
 
 def measure_entry(name: str) -> Dict[str, Any]:
-    """Measured fields of a row: params and fvcore GFLOPs/GMACs at the default input size, batch 1, CPU."""
+    """Measured fields of a row: params and fvcore GFLOPs/GMACs at the default input size, batch 1, CPU; and the
+    GFLOPs at the small ``CHECK_SIZE`` that the staleness check can recompute in seconds (None if the model cannot
+    run at that size)."""
     from .flops import measure_flops
 
     report = measure_flops(name, counters=('fvcore',))
+    try:
+        check_g = round(measure_flops(name, img_size=CHECK_SIZE, counters=('fvcore',))['fvcore_g'], 6)
+    except Exception:  # noqa: BLE001 - e.g. a model that needs larger inputs
+        check_g = None
     return dict(params=report['params'], params_m=round(report['params'] / 1e6, 3),
                 fvcore_g=round(report['fvcore_g'], 4), gmacs=round(report['gmacs'], 4),
                 fvcore_scan_g=round(report['fvcore_scan'] / 1e9, 4),
-                fvcore_unsupported=report['fvcore_unsupported'])
+                fvcore_unsupported=report['fvcore_unsupported'], check_fvcore_g=check_g)
 
 
 def build_index(names: List[str], cards_dir: Path, cached: Optional[Dict[str, Any]] = None,
@@ -124,12 +131,13 @@ def build_index(names: List[str], cards_dir: Path, cached: Optional[Dict[str, An
     from .registry import count_params_by_name
 
     cached_models = (cached or {}).get('models', {})
+    params_now = count_params_by_name([name for name in names if name in cached_models]) if not recompute else {}
     models = {}
     for name in names:
         entry = model_metadata(name, cards_dir)
         previous = cached_models.get(name)
         reuse = (not recompute and previous is not None and previous.get('input_size') == entry['input_size']
-                 and previous.get('params') == count_params_by_name(name))
+                 and all(key in previous for key in _MEASURED) and previous.get('params') == params_now.get(name))
         if log is not None:
             log(f"{name}: {'cached' if reuse else 'measuring'}")
         measured = {k: previous[k] for k in _MEASURED} if reuse else measure_entry(name)
@@ -140,7 +148,7 @@ def build_index(names: List[str], cards_dir: Path, cached: Optional[Dict[str, An
                 convention=CONVENTION, models=models)
 
 
-_MEASURED = ('params', 'params_m', 'fvcore_g', 'gmacs', 'fvcore_scan_g', 'fvcore_unsupported')
+_MEASURED = ('params', 'params_m', 'fvcore_g', 'gmacs', 'fvcore_scan_g', 'fvcore_unsupported', 'check_fvcore_g')
 
 
 def _cell(value, fmt='{}') -> str:
@@ -181,7 +189,7 @@ def check_index(index_path: Path, readme_path: Path, cards_dir: Path, recompute_
     """Problems that make the committed index stale (empty list = current).
 
     Fast: compares the registered model list, parameter counts (built on the meta device), metadata and the README
-    text; re-measures FLOPs only for the ``recompute_sample`` cheapest cached models.
+    text; re-measures FLOPs only for the ``recompute_sample`` cheapest cached models, at ``CHECK_SIZE``.
 
     Args:
         index_path: the index JSON.
@@ -190,6 +198,7 @@ def check_index(index_path: Path, readme_path: Path, cards_dir: Path, recompute_
         recompute_sample: how many models (cheapest first) to measure again.
         names: the models that should be indexed; default: every registered zoo model.
     """
+    from .flops import measure_flops
     from .registry import count_params_by_name, list_zoo_models
 
     index_path, readme_path = Path(index_path), Path(readme_path)
@@ -205,21 +214,23 @@ def check_index(index_path: Path, readme_path: Path, cards_dir: Path, recompute_
         problems.append(f'{name} is registered but missing from the index')
     for name in sorted(set(cached) - set(registered)):
         problems.append(f'{name} is in the index but no longer registered')
+    params_now = count_params_by_name(sorted(set(registered) & set(cached)))
     for name in sorted(set(registered) & set(cached)):
         entry = cached[name]
         fresh = model_metadata(name, cards_dir)
         for key, value in fresh.items():
             if entry.get(key) != value:
                 problems.append(f'{name}: {key} is {entry.get(key)!r} in the index, {value!r} now')
-        params = count_params_by_name(name)
+        params = params_now[name]
         if entry.get('params') != params:
             problems.append(f"{name}: params {entry.get('params')} in the index, {params} now")
-    sample = sorted((n for n in set(registered) & set(cached) if cached[n].get('fvcore_g') is not None),
-                    key=lambda n: cached[n]['fvcore_g'])[:recompute_sample]
+    sample = sorted((n for n in set(registered) & set(cached) if cached[n].get('check_fvcore_g') is not None),
+                    key=lambda n: cached[n]['check_fvcore_g'])[:recompute_sample]
     for name in sample:
-        measured = measure_entry(name)
-        if abs(measured['fvcore_g'] - cached[name]['fvcore_g']) > 1e-4 * max(1.0, measured['fvcore_g']):
-            problems.append(f"{name}: fvcore_g {cached[name]['fvcore_g']} in the index, {measured['fvcore_g']} now")
+        measured = round(measure_flops(name, img_size=CHECK_SIZE, counters=('fvcore',))['fvcore_g'], 6)
+        if abs(measured - cached[name]['check_fvcore_g']) > 1e-6 + 1e-6 * measured:
+            problems.append(f"{name}: GFLOPs at {CHECK_SIZE[0]}x{CHECK_SIZE[1]} {cached[name]['check_fvcore_g']} in "
+                            f'the index, {measured} now')
     expected = render_readme(index)
     if not readme_path.is_file() or readme_path.read_text(encoding='utf-8') != expected:
         problems.append(f'{readme_path} does not match index.json')

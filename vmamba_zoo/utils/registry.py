@@ -1,5 +1,9 @@
 """Model lookup shared by the tools: which timm names belong to the zoo, default input sizes, creation at a size."""
-from typing import List, Optional, Sequence, Tuple
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -64,12 +68,37 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_params_by_name(name: str, **kwargs) -> int:
-    """Parameter count of a registered model, built on the meta device (no memory, no init cost) when possible."""
-    _import_zoo()
+_COUNT_PARAMS_CHILD = """
+import json, sys
+import timm, torch
+import vmamba_zoo
+counts = {}
+for name in json.loads(sys.argv[1]):
     try:
         with torch.device('meta'):
-            model = timm.create_model(name, **kwargs)
-    except Exception:  # some inits need real tensors (e.g. ``.item()``); fall back to a CPU build
-        model = timm.create_model(name, **kwargs)
-    return count_params(model)
+            model = timm.create_model(name)
+    except Exception:  # some constructors need real tensors (numpy, .item() loops)
+        model = timm.create_model(name)
+    counts[name] = sum(p.numel() for p in model.parameters())
+print(json.dumps(counts))
+"""
+
+
+def count_params_by_name(names: Sequence[str]) -> Dict[str, int]:
+    """Parameter counts of registered models, built on the meta device (no memory, no init cost).
+
+    The models are built in a child process: a constructor run under ``torch.device('meta')`` can leave meta tensors
+    in module-level caches (e.g. scan patterns cached by size) that would break later real forwards in this process.
+
+    Returns:
+        ``{name: number of parameters}``.
+    """
+    names = list(names)
+    if not names:
+        return {}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, '-c', _COUNT_PARAMS_CHILD, json.dumps(names)], capture_output=True,
+                         text=True, env=env, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f'counting parameters of {names} failed:\n{out.stderr[-2000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
