@@ -214,6 +214,20 @@ if HAS_TRITON:
         return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
     @triton.jit
+    def _program_coordinates(D, BLOCK_D: tl.constexpr):
+        """(chunk, batch, channels, route) of this program and its channel mask / flattened (K * D) parameter rows.
+
+        Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
+        should run together and hit in L2.
+        """
+        chunk = tl.program_id(0)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        k = tl.program_id(2).to(tl.int64)
+        return chunk, b, d, k, tl.num_programs(2), d < D, k * D + d
+
+    @triton.jit
     def _load_chunk(u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L,
                     stride_u_b, stride_u_k, num_routes, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     IDENTITY: tl.constexpr, CHUNK: tl.constexpr):
@@ -254,14 +268,7 @@ if HAS_TRITON:
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
             CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(1).to(tl.int64)
-        chunk = tl.program_id(2)
-        num_routes = tl.num_programs(1)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -308,14 +315,7 @@ if HAS_TRITON:
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
             ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(1).to(tl.int64)
-        chunk = tl.program_id(2)
-        num_routes = tl.num_programs(1)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -382,14 +382,7 @@ if HAS_TRITON:
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr, HAS_DSTATES: tl.constexpr,
             HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(1).to(tl.int64)
-        chunk = tl.program_id(2)
-        num_routes = tl.num_programs(1)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -427,14 +420,7 @@ if HAS_TRITON:
             HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr, SCATTER_ATOMIC: tl.constexpr,
             CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        k = tl.program_id(1).to(tl.int64)
-        chunk = tl.program_id(2)
-        num_routes = tl.num_programs(1)
-        mask_d = d < D
-        kd = k * D + d
+        chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
         steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
@@ -510,7 +496,7 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
     summary = torch.empty(2, batch, num_routes, dim, num_chunks, state_dim, device=u.device, dtype=torch.float32)
 
     def grid(meta):
-        return batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes, num_chunks
+        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
 
     _chunk_summary_fwd_kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1],
                                     dim, positions, length, state_dim, num_chunks, *stride_u, **flags)
@@ -546,7 +532,7 @@ def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, enteri
     dlast = dlast.contiguous() if dlast is not None else None
 
     def grid(meta):
-        return batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes, num_chunks
+        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
 
     summary = torch.empty(2, *entering.shape, device=u.device, dtype=torch.float32)
     _chunk_summary_bwd_kernel[grid](u, delta, A, C, delta_bias, routes, dy, dstates, dlast, summary[0], summary[1],
