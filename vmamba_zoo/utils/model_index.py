@@ -15,7 +15,8 @@ Card front matter read for the accuracy (Hugging Face ``model-index`` layout)::
         - {type: accuracy, name: Top-1, value: 82.6}
         source: {name: VMamba paper / README, url: https://github.com/MzeroMiko/VMamba}
 
-(a flat ``top1: 82.6`` with ``top1_source: ...`` is accepted as well).
+(a flat ``top1: 82.6`` with ``top1_source: ...`` is accepted as well; without either, the first markdown table of the
+body with a "top-1" column is read, with its "source" column).
 """
 import json
 import re
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = [
-    'INDEX_VERSION', 'read_card_front_matter', 'card_top1', 'model_metadata', 'measure_entry', 'build_index',
-    'render_readme', 'check_index', 'default_paths',
+    'INDEX_VERSION', 'read_card', 'read_card_front_matter', 'card_top1', 'model_metadata', 'measure_entry',
+    'build_index', 'render_readme', 'check_index', 'default_paths',
 ]
 
 INDEX_VERSION = 1
@@ -38,19 +39,46 @@ def default_paths() -> Tuple[Path, Path, Path]:
     return cards, cards / 'index.json', cards / 'README.md'
 
 
-def read_card_front_matter(path: Path) -> Dict[str, Any]:
-    """The YAML front matter of a markdown card as a dict ({} if the file or the front matter is missing)."""
+def read_card(path: Path) -> Tuple[Dict[str, Any], str]:
+    """(YAML front matter as a dict, markdown body) of a card; ({}, '') if the file is missing."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        return {}
+        return {}, ''
     text = path.read_text(encoding='utf-8')
     match = re.match(r'^---\s*\n(.*?)\n---\s*(\n|$)', text, re.S)
     if not match:
-        return {}
+        return {}, text
     data = yaml.safe_load(match.group(1))
-    return data if isinstance(data, dict) else {}
+    return (data if isinstance(data, dict) else {}), text[match.end():]
+
+
+def read_card_front_matter(path: Path) -> Dict[str, Any]:
+    """The YAML front matter of a markdown card as a dict ({} if the file or the front matter is missing)."""
+    return read_card(path)[0]
+
+
+def _table_top1(body: str) -> Tuple[Optional[float], Optional[str]]:
+    """First value under a 'top-1' column of a markdown table in the card body, with that row's 'source' cell."""
+    lines = body.splitlines()
+    for index, line in enumerate(lines[:-2]):
+        if not line.lstrip().startswith('|') or not re.match(r'^\s*\|[\s:|-]+\|\s*$', lines[index + 1]):
+            continue
+        header = [cell.strip().lower() for cell in line.strip().strip('|').split('|')]
+        column = next((i for i, cell in enumerate(header) if re.search(r'top-?1\b', cell)), None)
+        if column is None:
+            continue
+        source_column = next((i for i, cell in enumerate(header) if 'source' in cell), None)
+        for row in lines[index + 2:]:
+            if not row.lstrip().startswith('|'):
+                break
+            cells = [cell.strip() for cell in row.strip().strip('|').split('|')]
+            number = re.search(r'\d+(\.\d+)?', cells[column]) if column < len(cells) else None
+            if number:
+                source = cells[source_column] if source_column is not None and source_column < len(cells) else None
+                return float(number.group(0)), source
+    return None, None
 
 
 def _is_top1(metric: Dict[str, Any]) -> bool:
@@ -58,8 +86,9 @@ def _is_top1(metric: Dict[str, Any]) -> bool:
     return 'top1' in label or (label.strip().startswith('accuracy') and 'top5' not in label)
 
 
-def card_top1(front: Dict[str, Any]) -> Tuple[Optional[float], Optional[str]]:
-    """Published ImageNet top-1 (%) and its source from a card's front matter; (None, None) if absent."""
+def card_top1(front: Dict[str, Any], body: str = '') -> Tuple[Optional[float], Optional[str]]:
+    """Published ImageNet top-1 (%) and its source: from the front matter (``top1:`` or ``model-index``), else from
+    the first markdown table of the body with a 'top-1' column; (None, None) if absent."""
     for key in ('top1', 'imagenet_top1', 'top1_accuracy'):
         if front.get(key) is not None:
             return float(front[key]), front.get('top1_source')
@@ -71,7 +100,7 @@ def card_top1(front: Dict[str, Any]) -> Tuple[Optional[float], Optional[str]]:
                     if isinstance(source, dict):
                         source = ' '.join(str(v) for v in (source.get('name'), source.get('url')) if v)
                     return float(metric['value']), source
-    return None, None
+    return _table_top1(body)
 
 
 def _weight_url(cfg) -> Optional[str]:
@@ -93,8 +122,8 @@ def model_metadata(name: str, cards_dir: Path) -> Dict[str, Any]:
     cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
     tags = sorted(timm.models.get_arch_pretrained_cfgs(name))
     card = Path(cards_dir) / f'{name}.md'
-    front = read_card_front_matter(card)
-    top1, top1_source = card_top1(front)
+    front, body = read_card(card)
+    top1, top1_source = card_top1(front, body)
     return dict(
         module=timm.models.model_entrypoint(name).__module__,
         input_size=list(default_input_size(name)),
@@ -126,18 +155,22 @@ def measure_entry(name: str) -> Dict[str, Any]:
 def build_index(names: List[str], cards_dir: Path, cached: Optional[Dict[str, Any]] = None,
                 recompute: bool = False, log=None) -> Dict[str, Any]:
     """Index of ``names``: metadata read fresh, measurements reused from ``cached`` when the model's parameter count
-    and input size are unchanged (``recompute`` measures everything again)."""
+    and input size are unchanged (``recompute`` measures everything again). A name that builds another registered
+    architecture (an alias kept for an official name) is listed under ``aliases`` instead of measured again."""
     from .flops import CONVENTION
-    from .registry import count_params_by_name
+    from .registry import describe_models
 
     cached_models = (cached or {}).get('models', {})
-    params_now = count_params_by_name([name for name in names if name in cached_models]) if not recompute else {}
+    info = describe_models(names)
+    aliases = _aliases(names, info)
     models = {}
     for name in names:
+        if name in aliases:
+            continue
         entry = model_metadata(name, cards_dir)
         previous = cached_models.get(name)
         reuse = (not recompute and previous is not None and previous.get('input_size') == entry['input_size']
-                 and all(key in previous for key in _MEASURED) and previous.get('params') == params_now.get(name))
+                 and all(key in previous for key in _MEASURED) and previous.get('params') == info[name]['params'])
         if log is not None:
             log(f"{name}: {'cached' if reuse else 'measuring'}")
         measured = {k: previous[k] for k in _MEASURED} if reuse else measure_entry(name)
@@ -145,7 +178,13 @@ def build_index(names: List[str], cards_dir: Path, cached: Optional[Dict[str, An
     return dict(version=INDEX_VERSION,
                 method='vmamba_zoo.utils.flops.measure_flops(name, counters=("fvcore",)): batch 1, CPU, random '
                        'weights, default input size of the pretrained cfg',
-                convention=CONVENTION, models=models)
+                convention=CONVENTION, models=models, aliases=aliases)
+
+
+def _aliases(names: List[str], info: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
+    """``{alias: target}`` for names whose model is another registered name's architecture."""
+    return {name: info[name]['architecture'] for name in names
+            if info[name].get('architecture') not in (None, name) and info[name]['architecture'] in names}
 
 
 _MEASURED = ('params', 'params_m', 'fvcore_g', 'gmacs', 'fvcore_scan_g', 'fvcore_unsupported', 'check_fvcore_g')
@@ -180,6 +219,10 @@ def render_readme(index: Dict[str, Any]) -> str:
                      f"{_cell(entry.get('top1'), '{:.1f}')} | {weights} | {_cell(entry.get('license'))} | {card} |")
     if not models:
         lines.append('| (no zoo model registered yet) | | | | | | | |')
+    aliases = index.get('aliases') or {}
+    if aliases:
+        lines += ['', 'Aliases (same model under the official name): ' + ', '.join(
+            f'`{alias}` = `{target}`' for alias, target in sorted(aliases.items())) + '.']
     lines.append('')
     return '\n'.join(lines)
 
@@ -199,7 +242,7 @@ def check_index(index_path: Path, readme_path: Path, cards_dir: Path, recompute_
         names: the models that should be indexed; default: every registered zoo model.
     """
     from .flops import measure_flops
-    from .registry import count_params_by_name, list_zoo_models
+    from .registry import describe_models, list_zoo_models
 
     index_path, readme_path = Path(index_path), Path(readme_path)
     if not index_path.is_file():
@@ -210,18 +253,22 @@ def check_index(index_path: Path, readme_path: Path, cards_dir: Path, recompute_
         problems.append(f"index version {index.get('version')} != {INDEX_VERSION}")
     cached = index.get('models', {})
     registered = list_zoo_models() if names is None else list(names)
+    info = describe_models(registered)
+    aliases = _aliases(registered, info)
+    if (index.get('aliases') or {}) != aliases:
+        problems.append(f"aliases {index.get('aliases')} in the index, {aliases} now")
+    registered = [name for name in registered if name not in aliases]
     for name in sorted(set(registered) - set(cached)):
         problems.append(f'{name} is registered but missing from the index')
     for name in sorted(set(cached) - set(registered)):
         problems.append(f'{name} is in the index but no longer registered')
-    params_now = count_params_by_name(sorted(set(registered) & set(cached)))
     for name in sorted(set(registered) & set(cached)):
         entry = cached[name]
         fresh = model_metadata(name, cards_dir)
         for key, value in fresh.items():
             if entry.get(key) != value:
                 problems.append(f'{name}: {key} is {entry.get(key)!r} in the index, {value!r} now')
-        params = params_now[name]
+        params = info[name]['params']
         if entry.get('params') != params:
             problems.append(f"{name}: params {entry.get('params')} in the index, {params} now")
     sample = sorted((n for n in set(registered) & set(cached) if cached[n].get('check_fvcore_g') is not None),

@@ -3,7 +3,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 __all__ = [
     'list_zoo_models', 'is_zoo_model', 'default_input_size', 'create_model_at_size', 'count_params',
-    'count_params_by_name',
+    'count_params_by_name', 'describe_models',
 ]
 
 ZOO_MODULE_PREFIX = 'vmamba_zoo.'
@@ -68,37 +68,44 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-_COUNT_PARAMS_CHILD = """
+_DESCRIBE_CHILD = """
 import json, sys
 import timm, torch
 import vmamba_zoo
-counts = {}
+info = {}
 for name in json.loads(sys.argv[1]):
     try:
         with torch.device('meta'):
             model = timm.create_model(name)
     except Exception:  # some constructors need real tensors (numpy, .item() loops)
         model = timm.create_model(name)
-    counts[name] = sum(p.numel() for p in model.parameters())
-print(json.dumps(counts))
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    info[name] = dict(params=sum(p.numel() for p in model.parameters()), architecture=cfg.get('architecture'))
+print(json.dumps(info))
 """
 
 
-def count_params_by_name(names: Sequence[str]) -> Dict[str, int]:
-    """Parameter counts of registered models, built on the meta device (no memory, no init cost).
+def describe_models(names: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Parameter count and built architecture (``pretrained_cfg['architecture']``; differs from the name for an
+    alias) of registered models, built on the meta device (no memory, no init cost).
 
     The models are built in a child process: a constructor run under ``torch.device('meta')`` can leave meta tensors
     in module-level caches (e.g. scan patterns cached by size) that would break later real forwards in this process.
 
     Returns:
-        ``{name: number of parameters}``.
+        ``{name: {'params': int, 'architecture': str or None}}``.
     """
     names = list(names)
     if not names:
         return {}
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    out = subprocess.run([sys.executable, '-c', _COUNT_PARAMS_CHILD, json.dumps(names)], capture_output=True,
-                         text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, '-c', _DESCRIBE_CHILD, json.dumps(names)], capture_output=True,
+                         text=True, env=env, timeout=900)
     if out.returncode != 0:
-        raise RuntimeError(f'counting parameters of {names} failed:\n{out.stderr[-2000:]}')
+        raise RuntimeError(f'building {names} on the meta device failed:\n{out.stderr[-2000:]}')
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def count_params_by_name(names: Sequence[str]) -> Dict[str, int]:
+    """``{name: number of parameters}`` of registered models (see ``describe_models``)."""
+    return {name: info['params'] for name, info in describe_models(names).items()}
