@@ -119,7 +119,7 @@ def scan_routes_ref(u, delta, A, B, C, D=None, delta_bias=None, routes=None, del
 # ---------------------------------------------------------------------------------------------------------------------
 # Vectorised PyTorch path (CPU): chunked parallel scan.
 # ---------------------------------------------------------------------------------------------------------------------
-_CHUNK_BUDGET = 1 << 22  # elements of the (chunk x chunk) decay tensor held at once
+_BLOCK = 256  # steps scanned at once; the blocks run one after another with the state carried between them
 
 
 def _gather_routes(t: torch.Tensor, routes: Optional[torch.Tensor], num_routes: int) -> torch.Tensor:
@@ -134,10 +134,9 @@ def _gather_routes(t: torch.Tensor, routes: Optional[torch.Tensor], num_routes: 
 
 
 def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
-    """Chunked scan: inside a chunk, h_i = sum_j exp(S_i - S_j) b_j + exp(S_i) h_0 with S the cumulative delta*A.
-
-    The exponent is masked to -inf above the diagonal before ``exp``, so every factor is <= 1 and the path is as
-    stable as the recurrence. Returns (y, last_state, states) like the op.
+    """Blocked scan: inside a block of steps, a Hillis-Steele inclusive scan composes the maps h -> a h + b in
+    log2(block) vectorised steps (every decay factor stays <= 1, as in the recurrence); blocks run in order with the
+    state carried between them. Returns (y, last_state, states) like the op.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, _, dim, positions = u.shape
@@ -151,21 +150,21 @@ def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
     if delta_softplus:
         delta_r = F.softplus(delta_r)
     length = delta_r.shape[-1]
-    log_decay = delta_r[..., None] * A.to(compute)[None, :, :, None, :]  # (B, K, D, L, N)
-    drive = (delta_r * u_r)[..., None] * B_r[:, :, None]  # (B, K, D, L, N)
-    per_row = batch * num_routes * dim * state_dim
-    chunk = int(max(1, min(64, math.isqrt(max(1, _CHUNK_BUDGET // per_row)))))
+    A_r = A.to(compute)[None, :, :, None, :]
     state = u_r.new_zeros(batch, num_routes, dim, state_dim)
     ys, hs = [], []
-    for start in range(0, length, chunk):
-        stop = min(length, start + chunk)
-        cum = log_decay[:, :, :, start:stop].cumsum(3)
-        diff = cum[:, :, :, :, None, :] - cum[:, :, :, None, :, :]  # (B, K, D, i, j, N) = S_i - S_j
-        causal = torch.ones(stop - start, stop - start, dtype=torch.bool, device=u.device).tril()
-        weights = torch.where(causal[:, :, None], diff, diff.new_tensor(-math.inf)).exp()
-        h = torch.einsum('bkdijn,bkdjn->bkdin', weights, drive[:, :, :, start:stop])
-        h = h + cum.exp() * state[:, :, :, None]
-        ys.append(torch.einsum('bkdin,bkin->bkdi', h, C_r[:, :, start:stop]))
+    for start in range(0, length, _BLOCK):
+        stop = min(length, start + _BLOCK)
+        decay = torch.exp(delta_r[:, :, :, start:stop, None] * A_r)  # (B, K, D, T, N)
+        drive = (delta_r[:, :, :, start:stop] * u_r[:, :, :, start:stop])[..., None] * B_r[:, :, None, start:stop]
+        shift = 1
+        while shift < stop - start:
+            # Compose each step with the one `shift` earlier (identity before the block start).
+            drive = drive + decay * F.pad(drive[:, :, :, :-shift], (0, 0, shift, 0))
+            decay = decay * F.pad(decay[:, :, :, :-shift], (0, 0, shift, 0), value=1.0)
+            shift *= 2
+        h = decay * state[:, :, :, None] + drive
+        ys.append(torch.einsum('bkdtn,bktn->bkdt', h, C_r[:, :, start:stop]))
         if return_states:
             hs.append(h)
         state = h[:, :, :, -1]

@@ -12,7 +12,7 @@ from timm.models._features import FeatureGetterNet
 from vmamba_zoo.kernels import bidirectional_pattern, selective_scan_ref
 from vmamba_zoo.layers import BiMambaMixer, add_rms_norm, rms_norm
 from vmamba_zoo.layers import mamba_mixer as mamba_mixer_module
-from vmamba_zoo.models.vim import VisionMamba, checkpoint_filter_fn, resample_vim_pos_embed
+from vmamba_zoo.models.vim import checkpoint_filter_fn, resample_vim_pos_embed
 
 TINY = dict(embed_dim=32, depth=4, d_state=4, drop_path_rate=0.)
 VIM_NAMES = ['vim_tiny_patch16_224', 'vim_tiny_patch16_stride8_224', 'vim_small_patch16_224',
@@ -244,7 +244,7 @@ def test_position_embedding_resample_keeps_class_entry_and_identity():
 
 
 @pytest.mark.parametrize('bad,match', [
-    (torch.randn(3, 64, 64), '4-D'), (torch.randn(1, 1, 64, 64), '3 input channels'),
+    (torch.randn(3, 64, 64), '4-D'), (torch.randn(1, 1, 64, 64), 'in_chans=3'),
     (torch.randn(1, 3, 64, 70), 'width 70'), (torch.randn(1, 3, 8, 64), 'height 8')])
 def test_bad_input_errors(bad, match):
     model = _tiny(img_size=64)
@@ -359,6 +359,27 @@ def test_checkpoint_round_trip_official_layout(tmp_path):
     with pytest.raises(RuntimeError):
         timm.create_model('vim_tiny_patch16_224', pretrained=True, img_size=64,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / 'bad.pth'), custom_load=True), **TINY)
+
+
+def test_default_pretrained_route_reads_official_hub_file(tmp_path, monkeypatch):
+    """pretrained=True with the registered cfg: Hub file name from the cfg, loaded by VisionMamba.load_pretrained."""
+    import timm.models._hub as timm_hub
+
+    src = _tiny(img_size=64)
+    _perturb(src)
+    path = tmp_path / 'downloaded.pth'
+    torch.save({'model': src.state_dict(), 'args': argparse.Namespace(model='vim')}, path)
+    requested = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        requested.append((repo_id, filename))
+        return str(path)
+
+    monkeypatch.setattr(timm_hub, 'hf_hub_download', fake_download)
+    model = timm.create_model('vim_tiny_patch16_224', pretrained=True, img_size=64, **TINY).eval()
+    assert requested == [('hustvl/Vim-tiny-midclstok', 'vim_t_midclstok_76p1acc.pth')]
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), src(x))
 
 
 def test_checkpoint_filter_resizes_and_drops_class_token():

@@ -19,8 +19,7 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
@@ -79,8 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument('--resume', default='', help='checkpoint to resume from (e.g. work_dirs/train_cls/last.pth)')
     run.add_argument('--seed', type=int, default=0)
     run.add_argument('--device', default='', help="'cpu', 'cuda' (default: cuda when available)")
-    run.add_argument('--threads', type=int, default=0,
-                     help='CPU threads per process (0: torch default; 1 avoids spin-waiting on a busy machine)')
+    run.add_argument('--threads', type=int, default=None,
+                     help='CPU threads per process (default: 1 for the digits run, whose small tensors gain little '
+                          'from more and lose much to spin-waiting on a busy machine; torch default otherwise)')
     run.add_argument('--no-progress', action='store_true', help='disable the progress bar')
     return parser.parse_args(argv)
 
@@ -226,11 +226,12 @@ def main(argv=None) -> Dict[str, float]:
     args = parse_args(argv)
     device, rank, world_size = setup_distributed(args.device)
     is_main = rank == 0
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    digits = not args.data_dir
+    threads = args.threads if args.threads is not None else (1 if digits else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(args.seed + rank)
 
-    digits = not args.data_dir
     if digits:
         train_set, val_set, num_classes, in_chans = digits_datasets(args.img_size, args.val_fraction, args.seed)
     else:

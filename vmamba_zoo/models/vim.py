@@ -3,11 +3,12 @@
 Paper: "Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model"
 (Zhu et al., ICML 2024, https://arxiv.org/abs/2401.09417). Official code: https://github.com/hustvl/Vim.
 
-Architecture as in the official ``vim/models_mamba.py`` (``*_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2``):
-a conv patch embed (patch 16, stride 16 or 8), the class token inserted in the middle of the token sequence, an
-absolute position embedding, 24 blocks "add -> RMSNorm -> bidirectional Mamba mixer" with a float32 residual stream
-and no MLP, a final add + RMSNorm and a linear head on the class token. The mixer is
-:class:`vmamba_zoo.layers.BiMambaMixer`, one ``scan_routes`` call for both directions on the shared kernel core.
+Architecture as in the official ``vim/models_mamba.py``
+(``*_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2``): a conv patch embed (patch 16, stride 16 or 8),
+the class token inserted in the middle of the token sequence, an absolute position embedding, 24 blocks
+"add -> RMSNorm -> bidirectional Mamba mixer" with a float32 residual stream and no MLP, a final add + RMSNorm and
+a linear head on the class token. The mixer is :class:`vmamba_zoo.layers.BiMambaMixer`: one ``scan_routes`` call
+for both directions on the shared kernel core.
 
 Module and parameter names follow the official checkpoints (``layers.N.mixer.*``, ``norm_f``, ``head``), so the
 released Hugging Face files load without renaming. ``features_only=True`` builds the multi-scale pyramid of Vim's
@@ -30,7 +31,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import FeatureGetterNet, FeatureInfo, feature_take_indices
 from timm.models._registry import register_model_deprecations
 
-from vmamba_zoo.layers import BiMambaMixer, RMSNorm, add_rms_norm
+from vmamba_zoo.layers import BiMambaMixer, RMSNorm, add_rms_norm, check_image_input
 
 __all__ = ['VisionMamba', 'VimBlock', 'VimPatchEmbed', 'VimFeaturePyramid', 'checkpoint_filter_fn']
 
@@ -63,18 +64,15 @@ class VimPatchEmbed(nn.Module):
         grid = []
         for size, patch, stride, axis in zip(img_size, self.patch_size, self.stride, ('height', 'width')):
             if size < patch or (size - patch) % stride:
+                nearest = patch + stride * max(0, round((size - patch) / stride))
                 raise ValueError(
                     f'Vim: input {axis} {size} is not covered exactly by patches of {patch} with stride {stride}; '
-                    f'use a size of the form {patch} + k * {stride} (e.g. {patch + stride * max(0, round((size - patch) / stride))})')
+                    f'use a size of the form {patch} + k * {stride} (e.g. {nearest})')
             grid.append((size - patch) // stride + 1)
         return grid[0], grid[1]
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f'Vim expects a 4-D image batch (B, C, H, W), got '
-                             f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f'Vim expects {self.in_chans} input channels, got {x.shape[1]} (input {tuple(x.shape)})')
+        check_image_input(x, self.in_chans, stride=1, name='Vim input')  # rank and channels; tiling below
         grid = self.feat_size(x.shape[-2:])
         x = self.proj(x)
         return x.flatten(2).transpose(1, 2), grid
@@ -128,7 +126,8 @@ class VisionMamba(nn.Module):
         stride: patch stride (16, or 8 for the "+" models).
         in_chans: input channels.
         num_classes: classifier classes (0 for no head).
-        global_pool: ``'token'`` (class token, the official head), ``'avg'`` (mean of patch tokens) or ``''``.
+        global_pool: ``'token'`` (class token, the official head), ``'avg'`` (mean of patch tokens) or ``''``;
+            ``'token'`` becomes ``'avg'`` when ``class_token=False``.
         embed_dim: model width.
         depth: number of blocks.
         d_state: SSM state size.
@@ -136,7 +135,8 @@ class VisionMamba(nn.Module):
         expand: mixer inner-width multiplier.
         class_token: insert the class token in the middle of the sequence.
         drop_rate: dropout after the position embedding (``pos_drop``).
-        drop_path_rate: stochastic depth; block i uses the linear ramp's entry i-1 (official), the final add uses it all.
+        drop_path_rate: stochastic depth; block i uses the linear ramp's entry i-1 (official), the final add uses the
+            full rate.
         norm_eps: RMSNorm epsilon.
         residual_in_fp32: keep the residual stream in float32 (official: True).
         divide_out: average the two scan directions (official ``if_divide_out=True``).
@@ -231,7 +231,8 @@ class VisionMamba(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
-        return dict(stem=r'^cls_token|pos_embed|patch_embed', blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', (99999,))])
+        return dict(stem=r'^cls_token|pos_embed|patch_embed',
+                    blocks=[(r'^layers\.(\d+)', None), (r'^norm_f', (99999,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
@@ -384,7 +385,11 @@ class VisionMamba(nn.Module):
         ``argparse.Namespace``). They are read with ``weights_only=True`` plus ``argparse.Namespace`` as the only
         extra allowed global; the ``model`` weights are used, as the official evaluation does.
         """
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        if hasattr(torch.serialization, 'safe_globals'):
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
+        else:  # torch 2.4: no context manager, only the process-wide allow-list
+            torch.serialization.add_safe_globals([argparse.Namespace])
             state = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
         state = checkpoint_filter_fn(state, self)
         head_matches = isinstance(self.head, nn.Linear) and 'head.weight' in state and \
@@ -506,7 +511,8 @@ class VimFeaturePyramid(FeatureGetterNet):
             out_indices = tuple(range(4 - out_indices, 4))
         out_indices = tuple(i % 4 if -4 <= i < 4 else i for i in out_indices)
         if any(i not in (0, 1, 2, 3) for i in out_indices):
-            raise ValueError(f'Vim features_only: out_indices must be pyramid levels in (0, 1, 2, 3), got {out_indices}')
+            raise ValueError(f'Vim features_only: out_indices must be pyramid levels in (0, 1, 2, 3), '
+                             f'got {out_indices}')
         self.out_indices = out_indices
         self.block_indices = list(model.pyramid_block_indices)
         model.prune_intermediate_layers(self.block_indices, prune_norm=True, prune_head=True)
