@@ -39,6 +39,10 @@ def parse_args(argv=None):
                        help='official factory names (default: the --model names the official vmamba.py defines)')
     group.add_argument('--official-ext-dir', nargs='*', default=[],
                        help='folders holding the compiled official scan extensions (added to sys.path)')
+    group.add_argument('--first', nargs='*', default=[],
+                       help="measure these models (result names, e.g. official:vmamba_tiny_s1l8) before the others")
+    group.add_argument('--order', default='config', choices=['config', 'model'],
+                       help='loop order: every model per setting (config), or every setting per model (model)')
     group.add_argument('--skip-missing', action='store_true',
                        help='warn about and skip model names that are not registered (default: error)')
     group = parser.add_argument_group('settings')
@@ -231,23 +235,27 @@ def main(argv=None):
     meta = dict(bench.environment_info(args.device, str(REPO_ROOT)), settings=settings,
                 timing='CUDA events between steps, one synchronisation at the end' if torch.device(
                     args.device).type == 'cuda' else 'time.perf_counter per step')
-    progress = _Progress(len(configs) * len(specs) * len(args.batch_size), args.progress)
+    first = [name for name in args.first if name in {spec.name for spec in specs}]
+    specs.sort(key=lambda spec: first.index(spec.name) if spec.name in first else len(first))  # stable
+    if args.order == 'config':
+        jobs = [(config, spec, batch) for config in configs for spec in specs for batch in args.batch_size]
+    else:
+        jobs = [(config, spec, batch) for spec in specs for config in configs for batch in args.batch_size]
+    progress = _Progress(len(jobs), args.progress)
     rows, start = [], time.perf_counter()
-    for config in configs:
-        for spec in specs:
-            for batch_size in args.batch_size:
-                progress.describe(f'{spec.name} {config.mode} {config.amp_dtype} b{batch_size}')
-                if args.time_budget_s is not None and time.perf_counter() - start > args.time_budget_s:
-                    row = dict(model=spec.name, source=spec.source, role=spec.role, mode=config.mode,
-                               amp_dtype=config.amp_dtype, requested_batch_size=batch_size, batch_size=None,
-                               error=f'skipped: time budget of {args.time_budget_s:.0f} s used up')
-                else:
-                    row = bench.benchmark_model(spec, config, batch_size, args.min_batch_size, progress.note)
-                rows.append(row)
-                progress.advance(row['error'][:80] if row.get('error') else
-                                 f"{row['samples_per_sec']:.1f} img/s, {row['step_time_ms']:.1f} ms/step")
-                # Saved after every measurement: a run stopped half-way keeps what it measured.
-                bench.write_results(dict(meta=meta, results=rows), json_path)
+    for config, spec, batch_size in jobs:
+        progress.describe(f'{spec.name} {config.mode} {config.amp_dtype} b{batch_size}')
+        if args.time_budget_s is not None and time.perf_counter() - start > args.time_budget_s:
+            row = dict(model=spec.name, source=spec.source, role=spec.role, mode=config.mode,
+                       amp_dtype=config.amp_dtype, requested_batch_size=batch_size, batch_size=None,
+                       error=f'skipped: time budget of {args.time_budget_s:.0f} s used up')
+        else:
+            row = bench.benchmark_model(spec, config, batch_size, args.min_batch_size, progress.note)
+        rows.append(row)
+        progress.advance(row['error'][:80] if row.get('error') else
+                         f"{row['samples_per_sec']:.1f} img/s, {row['step_time_ms']:.1f} ms/step")
+        # Saved after every measurement: a run stopped half-way keeps what it measured.
+        bench.write_results(dict(meta=meta, results=rows), json_path)
     progress.close()
 
     if not args.no_flops or Path(args.flops_index).is_file():
