@@ -8,16 +8,32 @@ The plain pair ``cross_scan`` (gather each route into a (B, K, D, L) copy) and `
 route outputs back onto the map) is the readable reference for the fused path and a debugging aid.
 """
 from dataclasses import dataclass
-from functools import lru_cache
+import functools
 from typing import Callable, Dict, Sequence, Tuple
 
 import torch
 
 __all__ = [
-    'ScanPattern', 'register_pattern', 'get_pattern', 'list_patterns', 'cross_scan', 'cross_merge',
+    'cached_outside_inference_mode', 'ScanPattern', 'register_pattern', 'get_pattern', 'list_patterns', 'cross_scan', 'cross_merge',
     'cross_pattern', 'bidirectional_pattern', 'unidirectional_pattern', 'atrous_pattern', 'multiscale_patterns',
     'custom_pattern',
 ]
+
+
+def cached_outside_inference_mode(maxsize=None):
+    """``functools.lru_cache`` for functions that build index tensors, which are always built outside inference mode.
+
+    A tensor created under ``torch.inference_mode()`` and cached would be reused by later training steps, where
+    autograd refuses to save it ("Inference tensors cannot be saved for backward").
+    """
+    def wrap(fn):
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def cached(*args, **kwargs):
+            with torch.inference_mode(False):
+                return fn(*args, **kwargs)
+        return cached
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class ScanPattern:
         return self is other
 
 
-@lru_cache(maxsize=256)
+@cached_outside_inference_mode(maxsize=256)
 def _routes_on_device(pattern: ScanPattern, device: torch.device) -> torch.Tensor:
     return pattern.routes.to(device=device, dtype=torch.int32).contiguous()
 
@@ -77,27 +93,27 @@ def _column_major(height: int, width: int) -> torch.Tensor:
     return torch.arange(height * width).view(height, width).t().reshape(-1)
 
 
-@lru_cache(maxsize=None)
+@cached_outside_inference_mode()
 def cross_pattern(height: int, width: int) -> ScanPattern:
     """VMamba's four routes: row-major, column-major, then each reversed (the order of its cross-scan)."""
     row, col = _raster(height, width), _column_major(height, width)
     return ScanPattern('cross', height, width, torch.stack([row, col, row.flip(0), col.flip(0)]))
 
 
-@lru_cache(maxsize=None)
+@cached_outside_inference_mode()
 def bidirectional_pattern(height: int, width: int = 1) -> ScanPattern:
     """Vim's forward and backward pass over a token sequence (pass ``height=L`` for a 1D sequence)."""
     row = _raster(height, width)
     return ScanPattern('bidirectional', height, width, torch.stack([row, row.flip(0)]))
 
 
-@lru_cache(maxsize=None)
+@cached_outside_inference_mode()
 def unidirectional_pattern(height: int, width: int = 1) -> ScanPattern:
     """One raster scan."""
     return ScanPattern('unidirectional', height, width, _raster(height, width)[None])
 
 
-@lru_cache(maxsize=None)
+@cached_outside_inference_mode()
 def atrous_pattern(height: int, width: int, step: int = 2) -> ScanPattern:
     """EfficientVMamba's atrous routes: the ``step * step`` stride-``step`` sub-grids, each scanned once.
 
@@ -120,7 +136,7 @@ def atrous_pattern(height: int, width: int, step: int = 2) -> ScanPattern:
     return ScanPattern(f'atrous{step}', height, width, torch.stack(routes))
 
 
-@lru_cache(maxsize=None)
+@cached_outside_inference_mode()
 def multiscale_patterns(height: int, width: int) -> Tuple[ScanPattern, ScanPattern]:
     """MSVMamba's routes (``multiscale_4scan_12``): one raster scan at full resolution plus three scans at half
     resolution that form ONE sequence.
@@ -168,7 +184,9 @@ def custom_pattern(routes: torch.Tensor, height: int, width: int, name: str = 'c
     if int(routes.min()) < 0 or int(routes.max()) >= height * width:
         raise ValueError(f'custom_pattern: routes must hold positions in [0, {height * width}) for a '
                          f'{height}x{width} map')
-    return ScanPattern(name, height, width, routes.to(torch.int64).cpu())
+    with torch.inference_mode(False):
+        routes = routes.to(torch.int64).cpu().clone()
+    return ScanPattern(name, height, width, routes)
 
 
 _PATTERNS: Dict[str, Callable[..., ScanPattern]] = {}

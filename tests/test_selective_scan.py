@@ -318,3 +318,17 @@ def test_kernels_import_without_triton_and_no_top_level_module(tmp_path):
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path,
                           env={'PATH': '', 'TRITON_INTERPRET': '0'})
     assert done.returncode == 0 and done.stdout.strip().endswith('ok'), done.stderr[-2000:]
+
+
+@pytest.mark.parametrize('model_name', ['vmamba_tiny_s1l8', 'efficient_vmamba_tiny', 'vim_tiny_patch16_224'])
+def test_inference_mode_then_training_in_one_process(model_name):
+    """Index tensors cached during an inference-mode forward must not break a later training step."""
+    import timm
+
+    model = timm.create_model(model_name, num_classes=3)
+    x = torch.randn(1, 3, 80, 48)  # a size no other test uses, so the caches are built under inference mode here
+    with torch.inference_mode():
+        model.eval()(x)
+    loss = model.train()(x).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

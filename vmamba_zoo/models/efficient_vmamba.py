@@ -19,7 +19,6 @@ Architecture (``classification/models/vmamba_efficient.py`` and the released tra
 and the paper's Table 1 say 96).
 """
 import re
-from functools import lru_cache
 from typing import Dict, Sequence, Tuple, Union
 
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from ..kernels import atrous_pattern, scan_routes
+from ..kernels import atrous_pattern, cached_outside_inference_mode, scan_routes
 from ..layers import SS2D, PatchEmbed, PatchMerging2d
 from ._hierarchical import HierarchicalNHWCModel
 
@@ -38,7 +37,7 @@ __all__ = ['EfficientVMamba']
 # ---------------------------------------------------------------------------------------------------------------------
 # EfficientVMamba layers.
 # ---------------------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
+@cached_outside_inference_mode(maxsize=64)
 def _atrous_phase_routes(height: int, width: int, step: int) -> Tuple[Tuple[Tuple[int, int], ...], torch.Tensor]:
     """The atrous pattern re-expressed on its sub-grids.
 
