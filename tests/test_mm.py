@@ -201,6 +201,33 @@ def test_pretrained_not_strict_warns_through_the_logger(tmp_path):
     assert any(r.levelname == 'WARNING' and 'stem_0.weight' in r.getMessage() for r in records)
 
 
+def test_pretrained_official_style_checkpoint_with_pickled_config(tmp_path, monkeypatch):
+    import types
+    # official VMamba checkpoints pickle a yacs CfgNode next to 'model'/'model_ema'; mimic a class the reader lacks
+    fake_yacs = types.ModuleType('fake_yacs_config')
+
+    class CfgNode(dict):
+        pass
+
+    CfgNode.__module__, CfgNode.__qualname__ = 'fake_yacs_config', 'CfgNode'
+    fake_yacs.CfgNode = CfgNode
+    monkeypatch.setitem(sys.modules, 'fake_yacs_config', fake_yacs)
+    source = timm.create_model(TINY['model_name'], **TINY['model_kwargs']).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in source.items()}
+    state = {'model': source, 'model_ema': ema, 'config': CfgNode(MODEL=CfgNode(TYPE='vssm')), 'epoch': 264}
+    torch.save(state, tmp_path / 'official.pth')
+    monkeypatch.delitem(sys.modules, 'fake_yacs_config')
+
+    from vmamba_zoo.mm import ZooBackbone
+    with pytest.raises(RuntimeError, match='weights_only=False'):
+        ZooBackbone(**TINY).load_pretrained(str(tmp_path / 'official.pth'))
+    trusted = ZooBackbone(**TINY)
+    trusted.load_pretrained(str(tmp_path / 'official.pth'), weights_only=False)
+    assert torch.equal(trusted.body.stem_0.weight, source['stem.0.weight'])  # non-EMA 'model', as official loaders
+    trusted.load_pretrained(str(tmp_path / 'official.pth'), weights_only=False, state_dict_key='model_ema')
+    assert torch.equal(trusted.body.stem_0.weight, ema['stem.0.weight'])
+
+
 def test_pretrained_dense_checkpoint_with_prefix_round_trips(tmp_path):
     from vmamba_zoo.mm import ZooBackbone
     trained = ZooBackbone(out_norm='ln2d', **TINY)

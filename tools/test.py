@@ -21,6 +21,7 @@ from mmengine.evaluator import DumpResults
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from vmamba_zoo.mm.checkpoint import trust_local_checkpoints
 from vmamba_zoo.mm.launch import setup_cpu_distributed
 
 
@@ -67,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """Run the test loop; returns the metrics dict."""
     args = parse_args(argv)
     cfg = build_config(args)
+    trust_local_checkpoints()  # resume/load_from read checkpoints this project's runs wrote
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):

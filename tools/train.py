@@ -22,6 +22,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from vmamba_zoo.mm.checkpoint import trust_local_checkpoints
 from vmamba_zoo.mm.launch import setup_cpu_distributed
 
 
@@ -84,6 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Runner:
     """Train; returns the Runner (its ``message_hub`` and ``work_dir`` hold the results)."""
     args = parse_args(argv)
     cfg = build_config(args)
+    trust_local_checkpoints()  # resume/load_from read checkpoints this project's runs wrote
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     return runner

@@ -7,5 +7,5 @@ model = dict(
     backbone=dict(
         model_name='vmamba_base_s2l15',
         drop_path_rate=0.6,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, weights_only=False)),
     neck=dict(in_channels=[128, 256, 512, 1024]))

@@ -8,7 +8,8 @@ _base_ = [
     '../_base_/datasets/coco_instance.py',
     '../_base_/det_runtime.py',
 ]
-# Official ImageNet-1K classification checkpoint, converted by the model's checkpoint_filter_fn on load.
+# Official ImageNet-1K classification checkpoint, converted by the model's checkpoint_filter_fn on load. It also
+# pickles its yacs training config, hence weights_only=False (trusted source: the VMamba GitHub release).
 checkpoint = 'https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth'  # noqa
 
 model = dict(
@@ -17,7 +18,7 @@ model = dict(
         out_indices=(0, 1, 2, 3),
         out_norm='ln2d',
         drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, weights_only=False)),
     neck=dict(in_channels=[96, 192, 384, 768]))
 
 max_epochs = 12

@@ -16,7 +16,7 @@ model = dict(
         out_indices=(1, 2, 3),
         out_norm='ln2d',
         drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, weights_only=False)),
     neck=dict(in_channels=[192, 384, 768], start_level=0, add_extra_convs='on_input', num_outs=5))
 
 max_epochs = 12

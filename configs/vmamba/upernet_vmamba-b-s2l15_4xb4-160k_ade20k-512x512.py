@@ -7,6 +7,6 @@ model = dict(
     backbone=dict(
         model_name='vmamba_base_s2l15',
         drop_path_rate=0.6,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
+        init_cfg=dict(type='Pretrained', checkpoint=checkpoint, weights_only=False)),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
     auxiliary_head=dict(in_channels=512))

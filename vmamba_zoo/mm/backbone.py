@@ -7,7 +7,6 @@ import timm
 import torch
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
-from mmengine.runner.checkpoint import CheckpointLoader
 from timm.layers import LayerNorm2d
 from timm.models import model_entrypoint, split_model_name_tag
 from timm.models._features import FeatureGetterNet
@@ -15,6 +14,7 @@ from timm.models._helpers import clean_state_dict
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checkpoint import read_checkpoint
 from .registry import register_everywhere
 
 __all__ = ['ZooBackbone', 'build_out_norm']
@@ -84,8 +84,10 @@ class ZooBackbone(BaseModule):
       ours) and ones saved from this class.
 
     Extra ``init_cfg`` keys: ``prefix`` (keep only keys under it, stripped), ``state_dict_key`` (e.g. ``'model_ema'``
-    to take EMA weights), ``map_location``. Missing, unexpected and mis-shaped keys raise a ``RuntimeError`` that lists
-    them; with ``pretrained_strict=False`` they are logged as a warning instead (never silently dropped).
+    to take EMA weights), ``map_location``, ``weights_only`` (default ``True``; ``False`` for trusted checkpoints that
+    pickle more than tensors, as official VMamba ones do). Missing, unexpected and mis-shaped keys raise a
+    ``RuntimeError`` that lists them; with ``pretrained_strict=False`` they are logged as a warning instead (never
+    silently dropped).
 
     Args:
         model_name: timm model name, e.g. ``'vmamba_tiny_s1l8'``.
@@ -208,7 +210,7 @@ class ZooBackbone(BaseModule):
         self._is_init = True
 
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None, state_dict_key: Optional[str] = None,
-                        map_location: str = 'cpu') -> Dict[str, List[str]]:
+                        map_location: str = 'cpu', weights_only: bool = True) -> Dict[str, List[str]]:
         """Load a classification or dense-prediction checkpoint into the backbone.
 
         Args:
@@ -216,6 +218,9 @@ class ZooBackbone(BaseModule):
             prefix: Keep only keys starting with this and strip it (``'backbone.'`` for detector checkpoints).
             state_dict_key: Entry of the checkpoint holding the weights; default ``state_dict``, then ``model``.
             map_location: Where tensors are loaded.
+            weights_only: ``False`` also reads checkpoints that pickle other objects (official VMamba ones pickle
+                their yacs config); it runs pickled code, so only for trusted files. See
+                :func:`vmamba_zoo.mm.checkpoint.read_checkpoint`.
 
         Returns:
             A report dict with ``loaded``, ``missing``, ``unexpected``, ``mismatched``, ``skipped`` (parts of the
@@ -224,7 +229,7 @@ class ZooBackbone(BaseModule):
         Raises:
             RuntimeError: On missing, unexpected or mis-shaped keys when ``pretrained_strict`` is set.
         """
-        raw = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        raw = read_checkpoint(checkpoint, map_location=map_location, weights_only=weights_only)
         state_dict = _unwrap_checkpoint(raw, state_dict_key) if isinstance(raw, dict) else raw
         if prefix:
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
