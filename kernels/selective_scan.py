@@ -190,7 +190,17 @@ def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Triton kernels.
+# Triton kernels: chunk-parallel scan.
+#
+# A route of L steps is cut into chunks of CHUNK steps and every chunk runs in its own program, so the GPU sees
+# B * K * D / BLOCK_D * L / CHUNK independent programs instead of a sequential walk per channel block.
+#   forward : (1) per-chunk summaries (total decay, state reached from zero)    - parallel over chunks
+#             (2) state passing: the state entering every chunk                   - sequential over chunks, tiny
+#             (3) per-chunk outputs from the entering state                       - parallel over chunks
+#   backward: (1) per-chunk summaries of the reverse (adjoint) recurrence        - parallel over chunks
+#             (2) reverse state passing: the adjoint entering every chunk         - sequential over chunks, tiny
+#             (3) per-chunk gradients from the entering state and adjoint         - parallel over chunks
+# The entering states of (2) are kept for the backward pass, so nothing is recomputed sequentially.
 # ---------------------------------------------------------------------------------------------------------------------
 if HAS_TRITON:
 
@@ -200,300 +210,370 @@ if HAS_TRITON:
         return a_left * a_right, b_left * a_right + b_right
 
     @triton.jit
-    def _column(tile, cols, index):
-        # Column ``index`` of a register tile, as a vector over its rows.
-        return tl.sum(tl.where(cols[None, :] == index, tile, 0.0), axis=1)
-
-    @triton.jit
     def _softplus(x):
         return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
-    def _fwd_configs():
-        if triton_interpreting():
-            return [triton.Config({'BLOCK_D': 8, 'BLOCK_L': 16}, num_warps=1)]
-        return [
-            triton.Config({'BLOCK_D': bd, 'BLOCK_L': bl}, num_warps=w)
-            for bd, bl, w in ((16, 128, 4), (32, 128, 4), (32, 64, 4), (64, 64, 4), (16, 256, 4), (32, 256, 8))
-        ]
-
-    def _bwd_configs():
-        if triton_interpreting():
-            return [triton.Config({'BLOCK_D': 8, 'BLOCK_L': 16}, num_warps=1)]
-        return [
-            triton.Config({'BLOCK_D': bd, 'BLOCK_L': bl}, num_warps=w)
-            for bd, bl, w in ((16, 64, 4), (32, 64, 4), (16, 128, 4), (32, 128, 8), (64, 64, 8))
-        ]
-
-    @triton.autotune(configs=_fwd_configs(), key=['D', 'L', 'N', 'P'], reset_to_zero=['y_ptr'])
-    @triton.jit(do_not_specialize=['P', 'L'])
-    def _scan_routes_fwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr,
-            y_ptr, last_state_ptr, chunk_states_ptr, states_ptr,
-            D, P, L, N, NUM_CHUNK_STATES,
-            stride_u_b, stride_u_k, stride_y_b, stride_y_k,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
-            ACCUMULATE: tl.constexpr, SAVE_CHUNKS: tl.constexpr, STORE_STATES: tl.constexpr,
-            SAVE_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    ):
-        pid = tl.program_id(0)
-        k = tl.program_id(1).to(tl.int64)
-        num_routes = tl.num_programs(1)
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (pid // num_dblocks).to(tl.int64)
-        d = (pid % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        mask_d = d < D
-        cols_n = tl.arange(0, BLOCK_N)
-        cols_l = tl.arange(0, BLOCK_L)
-        kd = k * D + d  # row of the flattened (K * D) parameters
-        A = tl.load(A_ptr + kd[:, None] * N + cols_n[None, :], mask=mask_d[:, None] & (cols_n[None, :] < N), other=0.0)
-        if HAS_D:
-            Dskip = tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)
+    @triton.jit
+    def _load_chunk(u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L,
+                    stride_u_b, stride_u_k, num_routes, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    IDENTITY: tl.constexpr, CHUNK: tl.constexpr):
+        """Positions, input and step sizes of one chunk; steps past L get delta = 0 (an identity step)."""
+        steps = chunk * CHUNK + tl.arange(0, CHUNK)
+        mask_l = steps < L
+        if IDENTITY:
+            pos = steps.to(tl.int64)
+        else:
+            pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+        mask = mask_d[:, None] & mask_l[None, :]
+        u = tl.load(u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P + pos[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        dt_raw = tl.load(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos[None, :], mask=mask,
+                         other=0.0).to(tl.float32)
         if HAS_BIAS:
-            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)
-        u_rows = u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P
-        delta_rows = delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P
-        y_rows = y_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P
-        bc_base = (b * num_routes + k) * N * P
-        chunk_rows = (((b * num_routes + k) * D + d[:, None]) * NUM_CHUNK_STATES) * N
-        state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        for chunk in range(0, tl.cdiv(L, BLOCK_L)):
-            steps = chunk * BLOCK_L + cols_l
-            mask_l = steps < L
-            if IDENTITY:
-                pos = steps.to(tl.int64)
-            else:
-                pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
-            mask = mask_d[:, None] & mask_l[None, :]
-            u = tl.load(u_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
-            dt = tl.load(delta_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias[:, None]
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt_u = dt * u
-            y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-            for n in range(0, N):
-                A_n = _column(A, cols_n, n)
-                B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-                C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-                # Steps past L become the identity map so the last column carries the chunk's final state.
-                decay = tl.where(mask_l[None, :], tl.exp(dt * A_n[:, None]), 1.0)
-                drive = dt_u * B_n[None, :]
-                decay_cum, drive_cum = tl.associative_scan((decay, drive), 1, _linear_recurrence_combine)
-                h_start = _column(state, cols_n, n)
-                h = decay_cum * h_start[:, None] + drive_cum
-                if SAVE_CHUNKS:
-                    # The backward pass restarts every SAVE_L steps from these states, whatever BLOCK_L it uses.
-                    for part in tl.static_range(BLOCK_L // SAVE_L):
-                        saved = chunk * (BLOCK_L // SAVE_L) + part
-                        if part == 0:
-                            h_saved = h_start
-                        else:
-                            h_saved = _column(h, cols_l, part * SAVE_L - 1)
-                        tl.store(chunk_states_ptr + chunk_rows + saved * N + n, h_saved[:, None],
-                                 mask=mask_d[:, None] & (saved < NUM_CHUNK_STATES))
-                y += h * C_n[None, :]
-                if STORE_STATES:
-                    state_rows = states_ptr + (((b * num_routes + k) * D + d[:, None]) * N + n) * P
-                    tl.store(state_rows + pos[None, :], h, mask=mask)
-                state = tl.where(cols_n[None, :] == n, _column(h, cols_l, BLOCK_L - 1)[:, None], state)
-            if HAS_D:
-                y += Dskip[:, None] * u
-            if ACCUMULATE:
-                tl.atomic_add(y_rows + pos[None, :], y, mask=mask, sem='relaxed')
-            else:
-                tl.store(y_rows + pos[None, :], y, mask=mask)
-        last_rows = last_state_ptr + ((b * num_routes + k) * D + d[:, None]) * N
-        tl.store(last_rows + cols_n[None, :], state, mask=mask_d[:, None] & (cols_n[None, :] < N))
+            dt_raw += tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        dt = tl.where(mask, dt, 0.0)
+        return steps, mask_l, pos, mask, u, dt_raw, dt
 
-    @triton.autotune(configs=_bwd_configs(), key=['D', 'L', 'N', 'P'],
+    def _configs():
+        if triton_interpreting():
+            return [triton.Config({'BLOCK_D': 8}, num_warps=1)]
+        return [triton.Config({'BLOCK_D': bd}, num_warps=w) for bd, w in ((16, 2), (16, 4), (32, 4), (64, 4), (64, 8))]
+
+    def _chunk_size() -> int:
+        return 16 if triton_interpreting() else 64
+
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'])
+    @triton.jit(do_not_specialize=['P', 'L'])
+    def _chunk_summary_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, routes_ptr, total_decay_ptr, chunk_end_ptr,
+            D, P, L, N, NUM_CHUNKS, stride_u_b, stride_u_k,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
+            CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
+        # should run together and hit in L2.
+        chunk = tl.program_id(0)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        k = tl.program_id(2).to(tl.int64)
+        num_routes = tl.num_programs(2)
+        mask_d = d < D
+        kd = k * D + d
+        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+            u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
+            num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
+        cum_dt = tl.cumsum(dt, axis=1)
+        total_dt = tl.sum(dt, axis=1)
+        dt_u = dt * u
+        out_rows = (((b * num_routes + k) * D + d) * NUM_CHUNKS + chunk) * N
+        bc_base = (b * num_routes + k) * N * P
+        for n in range(0, N):
+            A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
+            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            # State reached at the chunk end from a zero start: sum_j exp(A (S_end - S_j)) dt_j u_j B_j (factors <= 1).
+            weights = tl.exp(A_n[:, None] * (total_dt[:, None] - cum_dt))
+            tl.store(chunk_end_ptr + out_rows + n, tl.sum(weights * dt_u * B_n[None, :], axis=1), mask=mask_d)
+            tl.store(total_decay_ptr + out_rows + n, tl.exp(A_n * total_dt), mask=mask_d)
+
+    @triton.jit
+    def _chunk_state_passing_kernel(decay_ptr, drive_ptr, entering_ptr, final_ptr, ROWS, NUM_CHUNKS, N,
+                                    REVERSE: tl.constexpr, BLOCK_R: tl.constexpr):
+        """h_{c+1} = decay_c h_c + drive_c over the chunks of every (b, k, d, n) row; stores the state entering each
+        chunk (and the final state). REVERSE walks the chunks from the last, for the adjoint recurrence."""
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        mask = rows < ROWS
+        base = (rows // N) * NUM_CHUNKS * N + rows % N
+        h = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for i in range(0, NUM_CHUNKS):
+            if REVERSE:
+                chunk = NUM_CHUNKS - 1 - i
+            else:
+                chunk = i
+            offsets = base + chunk * N
+            tl.store(entering_ptr + offsets, h, mask=mask)
+            h = tl.load(decay_ptr + offsets, mask=mask, other=0.0) * h + tl.load(drive_ptr + offsets, mask=mask,
+                                                                                 other=0.0)
+        if final_ptr is not None:
+            tl.store(final_ptr + rows, h, mask=mask)
+
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], reset_to_zero=['y_ptr'])
+    @triton.jit(do_not_specialize=['P', 'L'])
+    def _scan_chunk_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr, entering_ptr,
+            y_ptr, states_ptr,
+            D, P, L, N, NUM_CHUNKS, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
+            ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
+        # should run together and hit in L2.
+        chunk = tl.program_id(0)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        k = tl.program_id(2).to(tl.int64)
+        num_routes = tl.num_programs(2)
+        mask_d = d < D
+        kd = k * D + d
+        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+            u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
+            num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
+        dt_u = dt * u
+        entering_rows = (((b * num_routes + k) * D + d) * NUM_CHUNKS + chunk) * N
+        bc_base = (b * num_routes + k) * N * P
+        y = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        for n in range(0, N):
+            A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
+            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A_n[:, None]), dt_u * B_n[None, :]), 1,
+                                                       _linear_recurrence_combine)
+            h_start = tl.load(entering_ptr + entering_rows + n, mask=mask_d, other=0.0)
+            h = decay_cum * h_start[:, None] + drive_cum
+            y += h * C_n[None, :]
+            if STORE_STATES:
+                state_rows = states_ptr + (((b * num_routes + k) * D + d[:, None]) * N + n) * P
+                tl.store(state_rows + pos[None, :], h, mask=mask)
+        if HAS_D:
+            y += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None] * u
+        y_ptrs = y_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P + pos[None, :]
+        if ACCUMULATE:
+            tl.atomic_add(y_ptrs, y, mask=mask, sem='relaxed')
+        else:
+            tl.store(y_ptrs, y, mask=mask)
+
+    @triton.jit
+    def _load_next_dt(delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, steps, D, P, L, num_routes,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr):
+        """Step size at the route step after each step (0 past the end), for the adjoint recurrence."""
+        mask_next = (steps + 1) < L
+        if IDENTITY:
+            pos_next = (steps + 1).to(tl.int64)
+        else:
+            pos_next = tl.load(routes_ptr + k * L + steps + 1, mask=mask_next, other=0).to(tl.int64)
+        dt_next = tl.load(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos_next[None, :],
+                          mask=mask_d[:, None] & mask_next[None, :], other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_next += tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
+        if SOFTPLUS:
+            dt_next = _softplus(dt_next)
+        return mask_next, dt_next
+
+    @triton.jit
+    def _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes, D,
+                       HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr):
+        """g_l: what position l's outputs send into the adjoint of its state."""
+        g = dy * C_n[None, :]
+        if HAS_DSTATES:
+            dstate_rows = dstates_ptr + (((b * num_routes + k) * D + d[:, None]) * N + n) * P
+            g += tl.load(dstate_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_DLAST:
+            dlast = tl.load(dlast_ptr + ((b * num_routes + k) * D + d) * N + n, mask=d < D, other=0.0)
+            g += tl.where(steps[None, :] == L - 1, dlast[:, None], 0.0)
+        return tl.where(mask, g, 0.0)
+
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'])
+    @triton.jit(do_not_specialize=['P', 'L'])
+    def _chunk_summary_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, C_ptr, bias_ptr, routes_ptr, dy_ptr, dstates_ptr, dlast_ptr,
+            total_decay_ptr, chunk_start_ptr,
+            D, P, L, N, NUM_CHUNKS, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr, HAS_DSTATES: tl.constexpr,
+            HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
+        # should run together and hit in L2.
+        chunk = tl.program_id(0)
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        k = tl.program_id(2).to(tl.int64)
+        num_routes = tl.num_programs(2)
+        mask_d = d < D
+        kd = k * D + d
+        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+            u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
+            num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
+        mask_next, dt_next = _load_next_dt(delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, steps, D, P, L,
+                                           num_routes, HAS_BIAS, SOFTPLUS, IDENTITY)
+        dy = tl.load(dy_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P + pos[None, :],
+                     mask=mask, other=0.0).to(tl.float32)
+        # The adjoint at the chunk start is sum_l exp(A (S_l - dt_start)) g_l plus exp(A sum dt_next) times the
+        # adjoint entering from the right; the last chunk has no right neighbour.
+        cum_dt = tl.cumsum(dt, axis=1)
+        first_dt = tl.sum(tl.where(tl.arange(0, CHUNK)[None, :] == 0, dt, 0.0), axis=1)
+        total_next = tl.sum(tl.where(mask_d[:, None] & mask_next[None, :], dt_next, 0.0), axis=1)
+        ends_route = (chunk + 1) * CHUNK >= L
+        out_rows = (((b * num_routes + k) * D + d) * NUM_CHUNKS + chunk) * N
+        bc_base = (b * num_routes + k) * N * P
+        for n in range(0, N):
+            A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
+            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            g = _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes,
+                               D, HAS_DSTATES, HAS_DLAST)
+            weights = tl.exp(A_n[:, None] * (cum_dt - first_dt[:, None]))
+            tl.store(chunk_start_ptr + out_rows + n, tl.sum(weights * g, axis=1), mask=mask_d)
+            total = tl.where(ends_route, 0.0, tl.exp(A_n * total_next))
+            tl.store(total_decay_ptr + out_rows + n, total, mask=mask_d)
+
+    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'],
                      reset_to_zero=['du_ptr', 'ddelta_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
     @triton.jit(do_not_specialize=['P', 'L'])
-    def _scan_routes_bwd_kernel(
+    def _scan_chunk_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr,
-            dy_ptr, chunk_states_ptr, dstates_ptr, dlast_ptr,
+            dy_ptr, entering_ptr, dentering_ptr, dstates_ptr, dlast_ptr,
             du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
-            D, P, L, N, NUM_CHUNK_STATES,
-            stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            D, P, L, N, NUM_CHUNKS, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr,
             HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr, SCATTER_ATOMIC: tl.constexpr,
-            SAVE_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+            CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
-        pid = tl.program_id(0)
-        k = tl.program_id(1).to(tl.int64)
-        num_routes = tl.num_programs(1)
+        # Chunks vary fastest in launch order: neighbouring chunks of a column route share memory sectors, so they
+        # should run together and hit in L2.
+        chunk = tl.program_id(0)
         num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (pid // num_dblocks).to(tl.int64)
-        d = (pid % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        b = (tl.program_id(1) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(1) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        k = tl.program_id(2).to(tl.int64)
+        num_routes = tl.num_programs(2)
         mask_d = d < D
-        cols_n = tl.arange(0, BLOCK_N)
-        cols_l = tl.arange(0, BLOCK_L)
         kd = k * D + d
-        mask_dn = mask_d[:, None] & (cols_n[None, :] < N)
-        A = tl.load(A_ptr + kd[:, None] * N + cols_n[None, :], mask=mask_dn, other=0.0)
+        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+            u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
+            num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
+        mask_next, dt_next = _load_next_dt(delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, steps, D, P, L,
+                                           num_routes, HAS_BIAS, SOFTPLUS, IDENTITY)
+        dy = tl.load(dy_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P + pos[None, :],
+                     mask=mask, other=0.0).to(tl.float32)
+        dt_u = dt * u
+        du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
+        ddt = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
         if HAS_D:
             Dskip = tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)
-        u_rows = u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P
-        du_rows = du_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P
-        delta_rows = delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P
-        ddelta_rows = ddelta_ptr + ((b * num_routes + k) * D + d[:, None]) * P
-        dy_rows = dy_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P
+            du += Dskip[:, None] * dy
+            tl.atomic_add(dDskip_ptr + kd, tl.sum(u * dy, axis=1), mask=mask_d, sem='relaxed')
+        entering_rows = (((b * num_routes + k) * D + d) * NUM_CHUNKS + chunk) * N
         bc_base = (b * num_routes + k) * N * P
-        chunk_rows = (((b * num_routes + k) * D + d[:, None]) * NUM_CHUNK_STATES) * N
-        if HAS_DLAST:
-            dlast = tl.load(dlast_ptr + ((b * num_routes + k) * D + d[:, None]) * N + cols_n[None, :],
-                            mask=mask_dn, other=0.0)
-        dstate = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)  # adjoint entering the chunk from the right
-        dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        num_chunks = tl.cdiv(L, BLOCK_L)
-        for rev in range(0, num_chunks):
-            chunk = num_chunks - 1 - rev
-            steps = chunk * BLOCK_L + cols_l
-            mask_l = steps < L
-            mask_next = (steps + 1) < L
-            if IDENTITY:
-                pos = steps.to(tl.int64)
-                pos_next = pos + 1
-            else:
-                pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
-                pos_next = tl.load(routes_ptr + k * L + steps + 1, mask=mask_next, other=0).to(tl.int64)
-            mask = mask_d[:, None] & mask_l[None, :]
-            u = tl.load(u_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
-            dt_raw = tl.load(delta_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
-            dt_next = tl.load(delta_rows + pos_next[None, :], mask=mask_d[:, None] & mask_next[None, :],
-                              other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt_raw += bias[:, None]
-                dt_next += bias[:, None]
-            if SOFTPLUS:
-                dt = _softplus(dt_raw)
-                dt_next = _softplus(dt_next)
-            else:
-                dt = dt_raw
-            dy = tl.load(dy_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
-            dt_u = dt * u
-            du = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-            ddt = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
-            if HAS_D:
-                du += Dskip[:, None] * dy
-                dD_acc += tl.sum(u * dy, axis=1)
-            for n in range(0, N):
-                A_n = _column(A, cols_n, n)
-                B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-                C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-                decay = tl.where(mask_l[None, :], tl.exp(dt * A_n[:, None]), 1.0)
-                drive = dt_u * B_n[None, :]
-                decay_cum, drive_cum = tl.associative_scan((decay, drive), 1, _linear_recurrence_combine)
-                saved = chunk * (BLOCK_L // SAVE_L)
-                h_start = tl.load(chunk_states_ptr + chunk_rows + saved * N + n, mask=mask_d[:, None], other=0.0)
-                h = decay_cum * h_start + drive_cum
-                # Adjoint: dh_l = g_l + decay_{l+1} dh_{l+1}, a reverse linear recurrence.
-                g = dy * C_n[None, :]
-                if HAS_DSTATES:
-                    dstate_rows = dstates_ptr + (((b * num_routes + k) * D + d[:, None]) * N + n) * P
-                    g += tl.load(dstate_rows + pos[None, :], mask=mask, other=0.0).to(tl.float32)
-                if HAS_DLAST:
-                    g += tl.where(steps[None, :] == L - 1, _column(dlast, cols_n, n)[:, None], 0.0)
-                decay_next = tl.where(mask_next[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
-                decay_rcum, g_rcum = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine,
-                                                         reverse=True)
-                dh = g_rcum + decay_rcum * _column(dstate, cols_n, n)[:, None]
-                dh = tl.where(mask, dh, 0.0)
-                # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
-                dh_prev_term = dh * (h - drive)
-                tl.atomic_add(dC_ptr + bc_base + n * P + pos, tl.sum(dy * h, axis=0), mask=mask_l, sem='relaxed')
-                tl.atomic_add(dB_ptr + bc_base + n * P + pos, tl.sum(dh * dt_u, axis=0), mask=mask_l,
-                              sem='relaxed')
-                du += dh * dt * B_n[None, :]
-                ddt += dh * u * B_n[None, :] + dh_prev_term * A_n[:, None]
-                dA_acc += tl.where(cols_n[None, :] == n, tl.sum(dh_prev_term * dt, axis=1)[:, None], 0.0)
-                dstate = tl.where(cols_n[None, :] == n, _column(dh, cols_l, 0)[:, None], dstate)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
-            ddt = tl.where(mask, ddt, 0.0)
-            if HAS_BIAS:
-                dbias_acc += tl.sum(ddt, axis=1)
-            if SCATTER_ATOMIC:
-                tl.atomic_add(ddelta_rows + pos[None, :], ddt, mask=mask, sem='relaxed')
-                tl.atomic_add(du_rows + pos[None, :], du, mask=mask, sem='relaxed')
-            else:
-                tl.store(ddelta_rows + pos[None, :], ddt, mask=mask)
-                tl.store(du_rows + pos[None, :], du, mask=mask)
-        tl.atomic_add(dA_ptr + kd[:, None] * N + cols_n[None, :], dA_acc, mask=mask_dn, sem='relaxed')
-        if HAS_D:
-            tl.atomic_add(dDskip_ptr + kd, dD_acc, mask=mask_d, sem='relaxed')
+        for n in range(0, N):
+            A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
+            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            drive = dt_u * B_n[None, :]
+            decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A_n[:, None]), drive), 1,
+                                                       _linear_recurrence_combine)
+            h = decay_cum * tl.load(entering_ptr + entering_rows + n, mask=mask_d, other=0.0)[:, None] + drive_cum
+            # Adjoint: dh_l = g_l + decay_{l+1} dh_{l+1}, a reverse linear recurrence.
+            g = _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes,
+                               D, HAS_DSTATES, HAS_DLAST)
+            decay_next = tl.where(mask_next[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
+            decay_rcum, g_rcum = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine, reverse=True)
+            dh_entering = tl.load(dentering_ptr + entering_rows + n, mask=mask_d, other=0.0)
+            dh = tl.where(mask, g_rcum + decay_rcum * dh_entering[:, None], 0.0)
+            # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
+            dh_decay = dh * (h - drive)
+            tl.atomic_add(dC_ptr + bc_base + n * P + pos, tl.sum(dy * h, axis=0), mask=mask_l, sem='relaxed')
+            tl.atomic_add(dB_ptr + bc_base + n * P + pos, tl.sum(dh * dt_u, axis=0), mask=mask_l, sem='relaxed')
+            du += dh * dt * B_n[None, :]
+            ddt += dh * u * B_n[None, :] + dh_decay * A_n[:, None]
+            tl.atomic_add(dA_ptr + kd * N + n, tl.sum(dh_decay * dt, axis=1), mask=mask_d, sem='relaxed')
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + kd, dbias_acc, mask=mask_d, sem='relaxed')
+            tl.atomic_add(dbias_ptr + kd, tl.sum(ddt, axis=1), mask=mask_d, sem='relaxed')
+        ddelta_ptrs = ddelta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos[None, :]
+        du_ptrs = du_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P + pos[None, :]
+        if SCATTER_ATOMIC:
+            tl.atomic_add(ddelta_ptrs, ddt, mask=mask, sem='relaxed')
+            tl.atomic_add(du_ptrs, du, mask=mask, sem='relaxed')
+        else:
+            tl.store(ddelta_ptrs, ddt, mask=mask)
+            tl.store(du_ptrs, du, mask=mask)
 
 
-def _save_every() -> int:
-    # Chunk-state granularity: the smallest BLOCK_L of every forward and backward config, which all others divide.
-    return 16 if triton_interpreting() else 64
+def _pass_states(decay, drive, reverse, final=None):
+    """Launch the sequential-over-chunks state passing on (B, K, D, C, N) summaries."""
+    entering = torch.empty_like(decay)
+    batch, num_routes, dim, num_chunks, state_dim = decay.shape
+    rows = batch * num_routes * dim * state_dim
+    block = 128
+    _chunk_state_passing_kernel[(triton.cdiv(rows, block),)](
+        decay, drive, entering, final, rows, num_chunks, state_dim, REVERSE=reverse, BLOCK_R=block)
+    return entering
 
 
-def _block_n(state_dim: int) -> int:
-    return triton.next_power_of_2(state_dim)
-
-
-def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, save_chunks):
+def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     length = positions if routes is None else routes.shape[1]
-    y_routes = 1 if accumulate else num_routes
-    y = torch.zeros(batch, y_routes, dim, positions, device=u.device, dtype=torch.float32)
-    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
-    num_saved = -(-length // _save_every()) if save_chunks else 0
-    chunk_states = torch.empty(batch, num_routes, dim, num_saved, state_dim, device=u.device, dtype=torch.float32)
-    states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
-                         dtype=torch.float32)
+    chunk = _chunk_size()
+    num_chunks = triton.cdiv(length, chunk)
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
+    stride_u = (u.stride(0), u.stride(1) if k_u > 1 else 0)
+    summary = torch.empty(2, batch, num_routes, dim, num_chunks, state_dim, device=u.device, dtype=torch.float32)
 
     def grid(meta):
-        return batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
 
-    _scan_routes_fwd_kernel[grid](
-        u, delta, A, B, C, D, delta_bias, routes,
-        y, last_state, chunk_states, states,
-        dim, positions, length, state_dim, max(num_saved, 1),
-        u.stride(0), u.stride(1) if k_u > 1 else 0, y.stride(0), y.stride(1) if y_routes > 1 else 0,
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None,
-        ACCUMULATE=accumulate, SAVE_CHUNKS=save_chunks, STORE_STATES=return_states, SAVE_L=_save_every(),
-        BLOCK_N=_block_n(state_dim),
-    )
-    return (y[:, 0] if accumulate else y), last_state, chunk_states, states
+    _chunk_summary_fwd_kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1],
+                                    dim, positions, length, state_dim, num_chunks, *stride_u, **flags)
+    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
+    entering = _pass_states(summary[0], summary[1], reverse=False, final=last_state)
+    y_routes = 1 if accumulate else num_routes
+    # Accumulated outputs are summed with atomics, and unvisited positions must read 0.
+    full_cover = routes is None and not accumulate
+    y = (torch.empty if full_cover else torch.zeros)(batch, y_routes, dim, positions, device=u.device,
+                                                     dtype=torch.float32)
+    states = (torch.empty if routes is None else torch.zeros)(
+        batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device, dtype=torch.float32)
+    _scan_chunk_fwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, routes, entering, y, states,
+        dim, positions, length, state_dim, num_chunks, *stride_u, y.stride(0), y.stride(1) if y_routes > 1 else 0,
+        HAS_D=D is not None, ACCUMULATE=accumulate, STORE_STATES=return_states, **flags)
+    return (y[:, 0] if accumulate else y), last_state, entering, states
 
 
-def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates, dlast,
+def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, entering, dy, dstates, dlast,
                 scatter_atomic):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     length = positions if routes is None else routes.shape[1]
+    chunk = _chunk_size()
+    num_chunks = entering.shape[3]
     accumulate = dy.dim() == 3
     dy = dy.contiguous()
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk,
+                 HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None)
+    strides = (u.stride(0), u.stride(1) if k_u > 1 else 0, dy.stride(0), 0 if accumulate else dy.stride(1))
+    dstates = dstates.contiguous() if dstates is not None else None
+    dlast = dlast.contiguous() if dlast is not None else None
+
+    def grid(meta):
+        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+
+    summary = torch.empty(2, *entering.shape, device=u.device, dtype=torch.float32)
+    _chunk_summary_bwd_kernel[grid](u, delta, A, C, delta_bias, routes, dy, dstates, dlast, summary[0], summary[1],
+                                    dim, positions, length, state_dim, num_chunks, *strides, **flags)
+    dentering = _pass_states(summary[0], summary[1], reverse=True)
     du = torch.zeros(u.shape, device=u.device, dtype=torch.float32)
-    ddelta = torch.zeros(delta.shape, device=u.device, dtype=torch.float32)
+    ddelta = (torch.zeros if scatter_atomic else torch.empty)(delta.shape, device=u.device, dtype=torch.float32)
+    if not scatter_atomic and routes is not None:
+        ddelta.zero_()  # positions no route visits have zero gradient
     dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
     dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
     dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
     dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
-
-    def grid(meta):
-        return batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
-
-    _scan_routes_bwd_kernel[grid](
-        u, delta, A, B, C, D, delta_bias, routes,
-        dy, chunk_states, dstates, dlast,
+    _scan_chunk_bwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, routes, dy, entering, dentering, dstates, dlast,
         du, ddelta, dA, dB, dC, dD, dbias,
-        dim, positions, length, state_dim, chunk_states.shape[3],
-        u.stride(0), u.stride(1) if k_u > 1 else 0, dy.stride(0), 0 if accumulate else dy.stride(1),
-        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None,
-        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, SCATTER_ATOMIC=scatter_atomic,
-        SAVE_L=_save_every(), BLOCK_N=_block_n(state_dim),
-    )
+        dim, positions, length, state_dim, num_chunks, *strides,
+        HAS_D=D is not None, SCATTER_ATOMIC=scatter_atomic, **flags)
     return du, ddelta, dA, dB, dC, dD, dbias
 
 
@@ -519,11 +599,10 @@ def _resolve_backend(backend: str, *tensors) -> str:
 def _scan_routes_fwd_op(
         u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
-        delta_softplus: bool, accumulate: bool, return_states: bool, save_chunks: bool, backend: str,
+        delta_softplus: bool, accumulate: bool, return_states: bool, backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == 'triton':
-        return _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states,
-                           save_chunks)
+        return _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states)
     with torch.no_grad():
         y, last_state, states = _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
                                                    accumulate, return_states)
@@ -531,7 +610,7 @@ def _scan_routes_fwd_op(
 
 
 @_scan_routes_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, save_chunks, backend):
+def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, backend):
     batch, _, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     out_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -540,8 +619,8 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
     last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
     if backend == 'triton':
         length = positions if routes is None else routes.shape[1]
-        num_saved = -(-length // _save_every()) if save_chunks else 0
-        chunk_states = u.new_empty(batch, num_routes, dim, num_saved, state_dim, dtype=torch.float32)
+        chunk_states = u.new_empty(batch, num_routes, dim, -(-length // _chunk_size()), state_dim,
+                                   dtype=torch.float32)
         states = u.new_empty(batch, num_routes, dim, state_dim, positions if return_states else 0,
                              dtype=torch.float32)
     else:
@@ -590,8 +669,7 @@ def _(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast
 
 
 def _setup_context(ctx, inputs, output):
-    (u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, save_chunks,
-     backend) = inputs
+    u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, backend = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, output[2])
     ctx.delta_softplus, ctx.return_states, ctx.backend = delta_softplus, return_states, backend
     ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
@@ -611,7 +689,7 @@ def _backward(ctx, dy, dlast, dchunk, dstates):
     du, ddelta, dA, dB, dC, dD, dbias = grads
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.to(D.dtype) if D is not None else None, dbias.to(delta_bias.dtype) if delta_bias is not None else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None)
 
 
 _scan_routes_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -761,10 +839,8 @@ def scan_routes(
         # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
     y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
-                                                   accumulate, return_states, needs_grad, backend)
+                                                   accumulate, return_states, backend)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
     return outputs if len(outputs) > 1 else y
 

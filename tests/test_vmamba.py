@@ -1,0 +1,402 @@
+"""VMamba: shared layers, the 9 registered configs, the timm contract and official checkpoint conversion.
+
+Everything that runs a forward uses tiny configs, except one fvcore FLOP count at 224x224.
+"""
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import timm
+from timm.models._manipulate import group_parameters
+
+import vmamba_zoo  # noqa: F401  (registers the models)
+from vmamba_zoo.layers import (
+    SS2D, ConvDownsample, LayerNorm2d, Linear2d, Mlp, OverlapPatchEmbed, PatchEmbed, PatchMerging2d,
+)
+from vmamba_zoo.models.vmamba import VMamba, checkpoint_filter_fn
+
+# Published parameter counts (MzeroMiko/VMamba README and assets/performance.md, with head).
+PUBLISHED_PARAMS_M = {
+    'vmamba_tiny_s1l8': 30, 'vmamba_small_s1l20': 49, 'vmamba_base_s1l20': 87,
+    'vmamba_tiny_s2l5': 31, 'vmamba_small_s2l15': 50, 'vmamba_base_s2l15': 89,
+    'vanilla_vmamba_tiny': 23, 'vanilla_vmamba_small': 44, 'vanilla_vmamba_base': 76,
+}
+# Tiny versions of the two architectures (v2: channel-first, overlap stem, conv downsample; v0: channel-last,
+# patch stem, patch merging, z gate, no MLP).
+# The vanilla tiny config uses d_state 4 instead of 16 to keep the CPU scan cheap.
+TINY_ARGS = {
+    'vmamba_tiny_s1l8': dict(depths=(1, 1, 1, 1), dims=16, num_classes=10),
+    'vanilla_vmamba_tiny': dict(depths=(1, 1, 1, 1), dims=16, num_classes=10, ssm_d_state=4),
+}
+TINY_MODELS = tuple(TINY_ARGS)
+
+
+def _tiny(name, **kwargs):
+    torch.manual_seed(0)
+    return timm.create_model(name, **dict(TINY_ARGS[name], **kwargs)).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------------------------
+def test_ss2d_channel_first_equals_channel_last():
+    torch.manual_seed(0)
+    first = SS2D(16, d_state=4, ssm_ratio=1.5, channel_first=True)
+    last = SS2D(16, d_state=4, ssm_ratio=1.5, channel_first=False)
+    last.load_state_dict(first.state_dict())
+    x = torch.randn(2, 16, 5, 7)
+    torch.testing.assert_close(first(x), last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_ss2d_matches_unfused_reference_with_gradients():
+    """The map-layout projections + fused scan equal an explicit cross-scan -> per-route projections -> scan -> merge.
+    """
+    from vmamba_zoo.kernels import cross_merge, cross_pattern, cross_scan, selective_scan_ref
+
+    torch.manual_seed(0)
+    m = SS2D(8, d_state=2, ssm_ratio=1.0, channel_first=True, use_z_gate=False, out_norm='none')
+    x = torch.randn(1, 8, 3, 4, requires_grad=True)
+    h = m.act(m.conv2d(m.in_proj(x)))
+    pattern = cross_pattern(3, 4)
+    xs = cross_scan(h, pattern)  # (B, K, D, L)
+    ys = []
+    for k in range(4):
+        x_dbl = torch.einsum('bdl,cd->bcl', xs[:, k], m.x_proj_weight[k])
+        dts, Bs, Cs = x_dbl.split([m.dt_rank, m.d_state, m.d_state], dim=1)
+        dts = torch.einsum('brl,dr->bdl', dts, m.dt_projs_weight[k])
+        ys.append(selective_scan_ref(
+            xs[:, k], dts, -m.A_logs.view(4, 8, -1)[k].exp(), Bs, Cs, m.Ds.view(4, 8)[k],
+            delta_bias=m.dt_projs_bias[k], delta_softplus=True))
+    expected = m.out_proj(cross_merge(torch.stack(ys, 1), pattern))
+    out = m(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    grad, = torch.autograd.grad(out.square().sum(), x)
+    grad_ref, = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_ss2d_init_matches_official():
+    torch.manual_seed(0)
+    m = SS2D(96, d_state=16, ssm_ratio=2.0, dt_min=0.001, dt_max=0.1)
+    d_inner, rank = 192, 6
+    assert m.dt_rank == rank and tuple(m.x_proj_weight.shape) == (4, rank + 32, d_inner)
+    torch.testing.assert_close(m.A_logs, torch.log(torch.arange(1., 17.)).repeat(4 * d_inner, 1))
+    assert torch.all(m.Ds == 1)
+    dt = F.softplus(m.dt_projs_bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    assert m.dt_projs_weight.abs().max() <= rank ** -0.5
+    assert m.x_proj_weight.abs().max() <= d_inner ** -0.5
+    assert m.A_logs._no_weight_decay and m.Ds._no_weight_decay
+
+
+def test_model_init_matches_official():
+    model = timm.create_model('vmamba_tiny_s1l8', depths=(1, 1, 2, 1))
+    linear_weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Linear)])
+    assert abs(linear_weights.std().item() - 0.02) < 0.002
+    assert all(torch.all(m.bias == 0) for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None)
+    assert all(torch.all(m.weight == 1) for m in model.modules() if isinstance(m, nn.LayerNorm))
+
+
+def test_patch_merging_neighbour_order_and_layouts():
+    merge = PatchMerging2d(1, 1, channel_first=False)
+    with torch.no_grad():
+        merge.norm.weight.fill_(1)
+        merge.reduction.weight.copy_(torch.tensor([[1., 10., 100., 1000.]]))
+    merge.norm = nn.Identity()
+    x = torch.tensor([[0., 1.], [2., 3.]]).view(1, 2, 2, 1)  # (row, col) values 0, 1 / 2, 3
+    # order (0,0), (1,0), (0,1), (1,1) -> 0*1 + 2*10 + 1*100 + 3*1000
+    assert merge(x).item() == 3120.
+    torch.manual_seed(0)
+    last, first = PatchMerging2d(8, channel_first=False), PatchMerging2d(8, channel_first=True)
+    first.load_state_dict(last.state_dict())
+    x = torch.randn(2, 8, 5, 7)  # odd sizes are zero-padded
+    y = first(x)
+    assert y.shape == (2, 16, 3, 4)
+    torch.testing.assert_close(y, last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('module_cls', [PatchEmbed, OverlapPatchEmbed])
+def test_stems_layouts(module_cls):
+    torch.manual_seed(0)
+    first, last = module_cls(3, 16, channel_first=True), module_cls(3, 16, channel_first=False)
+    last.load_state_dict(first.state_dict())
+    x = torch.randn(2, 3, 16, 24)
+    y = first(x)
+    assert y.shape == (2, 16, 4, 6)
+    torch.testing.assert_close(y, last(x).permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_linear2d_mlp_and_conv_downsample_layouts():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 5)
+    mlp_first, mlp_last = Mlp(8, 32, channel_first=True), Mlp(8, 32)
+    mlp_first.load_state_dict(mlp_last.state_dict())
+    torch.testing.assert_close(mlp_first(x), mlp_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    down_first, down_last = ConvDownsample(8, 16, channel_first=True), ConvDownsample(8, 16)
+    down_first.load_state_dict(down_last.state_dict())
+    assert down_first(x).shape == (2, 16, 3, 3)
+    torch.testing.assert_close(down_first(x), down_last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    linear = Linear2d(8, 4)
+    linear.load_state_dict({'weight': torch.ones(4, 8, 1, 1), 'bias': torch.zeros(4)})  # conv-shaped weight
+    assert linear.weight.shape == (4, 8)
+    torch.testing.assert_close(LayerNorm2d(8)(x), F.layer_norm(x.permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Full-size configs (cheap checks)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('name', sorted(PUBLISHED_PARAMS_M))
+def test_param_counts_match_published(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(params_m - PUBLISHED_PARAMS_M[name]) <= 0.01 * PUBLISHED_PARAMS_M[name], params_m
+
+
+def test_fvcore_flops_vmamba_tiny_s1l8_224():
+    """Published 4.9G (fvcore, scan counted as 9BLDN + BDL); one real forward at 224x224."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from vmamba_zoo.kernels import fvcore_op_handles
+
+    model = timm.create_model('vmamba_tiny_s1l8').eval()
+    analysis = FlopCountAnalysis(model, torch.randn(1, 3, 224, 224)).set_op_handle(**fvcore_op_handles())
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    gflops = analysis.total() / 1e9
+    assert abs(gflops - 4.9) <= 0.049, gflops
+    assert analysis.by_operator()['scan_routes_fwd'] > 0
+
+
+def test_registered_hyper_parameters():
+    with torch.device('meta'):
+        s1l8 = timm.create_model('vmamba_tiny_s1l8')
+        vanilla = timm.create_model('vanilla_vmamba_base')
+    block = s1l8.stages[2].blocks[0]
+    assert [len(s.blocks) for s in s1l8.stages] == [2, 2, 8, 2] and s1l8.dims == [96, 192, 384, 768]
+    assert (block.op.d_state, block.op.d_inner, block.op.dt_rank) == (1, 384, 24)
+    assert not block.op.use_z_gate and block.op.conv2d.bias is None and block.mlp.fc1.out_features == 4 * 384
+    assert isinstance(s1l8.stem, OverlapPatchEmbed) and isinstance(s1l8.stages[1].downsample, ConvDownsample)
+    assert s1l8.stages[3].blocks[1].drop_path.drop_prob == pytest.approx(0.2)
+    block = vanilla.stages[2].blocks[0]
+    assert [len(s.blocks) for s in vanilla.stages] == [2, 2, 27, 2] and vanilla.dims == [128, 256, 512, 1024]
+    assert (block.op.d_state, block.op.d_inner, block.op.dt_rank) == (16, 1024, 32)
+    assert block.op.use_z_gate and block.op.scan_fp32 and block.op.conv2d.bias is not None
+    assert not block.mlp_branch and isinstance(vanilla.stages[1].downsample, PatchMerging2d)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# timm contract (tiny configs)
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True, **TINY_ARGS[name]).eval()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.feature_info.channels() == [16, 32, 64, 128]
+    features = model(torch.randn(2, 3, 32, 64))
+    assert [tuple(f.shape) for f in features] == [(2, 16, 8, 16), (2, 32, 4, 8), (2, 64, 2, 4), (2, 128, 1, 2)]
+    assert all(f.is_contiguous() for f in features)
+    subset = timm.create_model(name, features_only=True, out_indices=(1, 3), **TINY_ARGS[name]).eval()
+    assert [f.shape[1] for f in subset(torch.randn(1, 3, 32, 32))] == [32, 128]
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_forward_features_head_and_intermediates(name):
+    model = _tiny(name)
+    x = torch.randn(2, 3, 64, 32)
+    features = model.forward_features(x)
+    channel_dim = 1 if model.output_fmt == 'NCHW' else 3
+    assert features.shape[channel_dim] == model.num_features == 128
+    spatial = features.shape[2:] if channel_dim == 1 else features.shape[1:3]
+    assert tuple(spatial) == (2, 1)
+    assert model.forward_head(features, pre_logits=True).shape == (2, model.head_hidden_size)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    torch.testing.assert_close(model.forward_head(features), logits)
+
+    final, intermediates = model.forward_intermediates(x)
+    torch.testing.assert_close(final, features)
+    assert [tuple(t.shape) for t in intermediates] == [(2, 16, 16, 8), (2, 32, 8, 4), (2, 64, 4, 2), (2, 128, 2, 1)]
+    normed = model.forward_intermediates(x, indices=[3], norm=True, intermediates_only=True)
+    expected = features if channel_dim == 1 else features.permute(0, 3, 1, 2)
+    torch.testing.assert_close(normed[0], expected)
+    early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(early[1], intermediates[1])
+    with pytest.raises(ValueError, match='NCHW'):
+        model.forward_intermediates(x, output_fmt='NHWC')
+
+
+def test_reset_classifier_and_unpooled_model():
+    model = _tiny('vmamba_tiny_s1l8')
+    x = torch.randn(2, 3, 32, 32)
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5) and model.get_classifier().out_features == 5
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 128)
+    model.reset_classifier(0, '')
+    assert model(x).dim() == 4
+    unpooled = timm.create_model('vanilla_vmamba_tiny', **dict(TINY_ARGS['vanilla_vmamba_tiny'], num_classes=0,
+                                                                global_pool=''))
+    assert unpooled(x).shape == (2, 1, 1, 128)  # channel-last model: NHWC map
+
+
+def test_grad_checkpointing_same_result_and_grads():
+    model = _tiny('vmamba_tiny_s1l8').train()
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(1)
+    reference = model(x)
+    reference.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    torch.manual_seed(1)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, reference)
+    for grad, param in zip(grads, model.parameters()):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_group_matcher_covers_every_parameter():
+    model = _tiny('vmamba_tiny_s1l8')
+    for coarse in (True, False):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        grouped = {name for names in groups.values() for name in names}
+        assert grouped == {name for name, _ in model.named_parameters()}
+    deeper = timm.create_model('vmamba_tiny_s1l8', depths=(1, 1, 3, 1), dims=16)
+    fine = group_parameters(deeper, deeper.group_matcher(coarse=False))
+    assert len(fine) > len(group_parameters(deeper, deeper.group_matcher(coarse=True)))
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED_PARAMS_M))
+def test_pretrained_cfg(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    cfg = model.pretrained_cfg
+    state = model.state_dict()
+    assert cfg['first_conv'] + '.weight' in state and cfg['classifier'] + '.weight' in state
+    assert cfg['url'].startswith('https://github.com/MzeroMiko/VMamba/releases/download/') and cfg['url'].endswith('.pth')
+    assert cfg['license'] == 'mit' and cfg['num_classes'] == 1000 and cfg['input_size'] == (3, 224, 224)
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_channels_last_input(name):
+    model = _tiny(name)
+    x = torch.randn(2, 3, 32, 48)
+    torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), model(x))
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_non_square_256x320_input(name):
+    model = _tiny(name, ssm_d_state=1)
+    final, features = model.forward_intermediates(torch.randn(1, 3, 256, 320))
+    assert [tuple(f.shape[-2:]) for f in features] == [(64, 80), (32, 40), (16, 20), (8, 10)]
+    assert model.forward_head(final).shape == (1, 10)
+
+
+def test_bad_input_raises_clear_errors():
+    model = _tiny('vmamba_tiny_s1l8')
+    with pytest.raises(ValueError, match='channels but the model expects in_chans=3'):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match='4-D'):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match='divisible by the patch stride 4'):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match='channels but the model expects'):  # NHWC-shaped tensor
+        model(torch.randn(1, 32, 32, 3))
+
+
+def test_torch_compile_fullgraph():
+    model = _tiny('vmamba_tiny_s1l8')
+    x = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Official checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+def _to_official_layout(state_dict, model: VMamba):
+    """Our layout -> the official one (MzeroMiko/VMamba classification/models/vmamba.py module tree)."""
+    overlap = isinstance(model.stem, OverlapPatchEmbed)
+    stem_index = {'conv1': 0, 'norm1': 2, 'conv2': 5, 'norm2': 7} if overlap else {'proj': 0, 'norm': 2}
+    out = {}
+    for key, value in state_dict.items():
+        match = re.match(r'^stem\.(\w+)\.(.*)$', key)
+        if match:
+            key = f'patch_embed.{stem_index[match.group(1)]}.{match.group(2)}'
+        match = re.match(r'^stages\.(\d+)\.downsample\.(\w+)\.(.*)$', key)
+        if match:
+            stage, name = int(match.group(1)), match.group(2)
+            name = {'conv': '1', 'norm': '3'}[name] if isinstance(model.stages[stage].downsample, ConvDownsample) \
+                else name
+            key = f'layers.{stage - 1}.downsample.{name}.{match.group(3)}'
+        key = re.sub(r'^stages\.(\d+)\.blocks\.', r'layers.\1.blocks.', key)
+        key = re.sub(r'^norm\.', 'classifier.norm.', key)
+        key = re.sub(r'^head\.fc\.', 'classifier.head.', key)
+        out[key] = value.clone()
+    return out
+
+
+# Keys the official module tree has for the tiny configs (read off the official VSSM definition).
+OFFICIAL_KEYS = {
+    'vmamba_tiny_s1l8': ['patch_embed.0.weight', 'patch_embed.2.weight', 'patch_embed.5.bias', 'patch_embed.7.bias',
+                         'layers.0.downsample.1.weight', 'layers.2.downsample.3.bias',
+                         'layers.0.blocks.0.op.x_proj_weight', 'layers.3.blocks.0.op.dt_projs_bias',
+                         'layers.1.blocks.0.op.out_norm.weight', 'layers.1.blocks.0.mlp.fc2.weight',
+                         'classifier.norm.weight', 'classifier.head.weight'],
+    'vanilla_vmamba_tiny': ['patch_embed.0.weight', 'patch_embed.2.weight', 'layers.0.downsample.reduction.weight',
+                            'layers.2.downsample.norm.bias', 'layers.0.blocks.0.norm.weight',
+                            'layers.0.blocks.0.op.A_logs', 'layers.0.blocks.0.op.conv2d.bias',
+                            'classifier.norm.bias', 'classifier.head.bias'],
+}
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_official_checkpoint_round_trip(name, tmp_path):
+    source = _tiny(name)
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(torch.randn_like(param) * 0.05)  # no identity norms, no zero biases
+    official = _to_official_layout(source.state_dict(), source)
+    assert set(OFFICIAL_KEYS[name]) <= set(official)
+    assert not any(k.startswith(('stem.', 'stages.', 'head.fc')) for k in official)
+    path = tmp_path / 'official.pth'
+    torch.save({'model': official, 'epoch': 3}, path)
+
+    # num_classes in the overlay: a pretrained cfg with another class count makes timm drop the classifier.
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10),
+                               **TINY_ARGS[name]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), source(x), rtol=0, atol=0)
+
+    fresh = _tiny(name)
+    result = fresh.load_state_dict(checkpoint_filter_fn({'model': official}, fresh), strict=False)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert checkpoint_filter_fn(source.state_dict(), fresh).keys() == source.state_dict().keys()
+
+
+def test_checkpoint_filter_legacy_names_and_conv_shaped_weights():
+    model = _tiny('vanilla_vmamba_tiny')
+    official = _to_official_layout(model.state_dict(), model)
+    legacy = {}
+    for key, value in official.items():
+        key = key.replace('patch_embed.0.', 'patch_embed.proj.').replace('patch_embed.2.', 'patch_embed.norm.')
+        key = key.replace('.blocks.0.norm.', '.blocks.0.ln_1.').replace('.op.', '.self_attention.')
+        key = key.replace('classifier.norm.', 'norm.').replace('classifier.head.', 'head.')
+        legacy['module.' + key] = value
+    converted = checkpoint_filter_fn(legacy, model)
+    assert converted.keys() == model.state_dict().keys()
+
+    v2 = _tiny('vmamba_tiny_s1l8')
+    official = _to_official_layout(v2.state_dict(), v2)
+    key = 'layers.0.blocks.0.op.in_proj.weight'
+    official[key] = official[key][:, :, None, None]  # a Linear2d weight saved as a 1x1 conv
+    result = v2.load_state_dict(checkpoint_filter_fn(official, v2), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+

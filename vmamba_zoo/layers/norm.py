@@ -1,0 +1,73 @@
+"""Norms and layout helpers for networks that run channel-first (NCHW) or channel-last (NHWC).
+
+VMamba-style networks pick their activation layout once: channel-first networks keep (B, C, H, W) maps and use
+``LayerNorm2d``/``BatchNorm2d`` and 1x1 projections (``Linear2d``); channel-last networks keep (B, H, W, C) maps and
+use ``nn.LayerNorm``/``nn.Linear``. ``get_norm_layer`` returns the norm class for a layout.
+"""
+from typing import Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['LayerNorm2d', 'Permute', 'get_norm_layer', 'to_channels_first', 'to_channels_last']
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map.
+
+    A subclass of ``nn.LayerNorm`` (same ``weight``/``bias`` parameters and default ``eps=1e-5``) so that channel-last
+    and channel-first checkpoints are interchangeable and ``isinstance(m, nn.LayerNorm)`` initialisation applies.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Permute(nn.Module):
+    """``x.permute(*dims)`` as a module."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return ', '.join(str(d) for d in self.dims)
+
+
+def to_channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, C, H, W)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H, W, C)."""
+    return x.permute(0, 2, 3, 1)
+
+
+_NORM_TYPES = ('layernorm', 'batchnorm')
+
+
+def get_norm_layer(norm_type: str = 'layernorm', channel_first: bool = False) -> Type[nn.Module]:
+    """The norm class for a layout.
+
+    Args:
+        norm_type: 'layernorm' (VMamba's 'ln' / 'ln2d') or 'batchnorm' (VMamba's 'bn', channel-first only).
+        channel_first: True for (B, C, H, W) activations, False for (B, H, W, C).
+
+    Returns:
+        ``LayerNorm2d``, ``nn.LayerNorm`` or ``nn.BatchNorm2d``; each is called as ``norm_layer(num_channels)``.
+    """
+    norm_type = norm_type.lower()
+    if norm_type not in _NORM_TYPES:
+        raise ValueError(f"norm_type must be one of {_NORM_TYPES}, got '{norm_type}'")
+    if norm_type == 'batchnorm':
+        if not channel_first:
+            raise ValueError("norm_type='batchnorm' needs channel_first=True")
+        return nn.BatchNorm2d
+    return LayerNorm2d if channel_first else nn.LayerNorm

@@ -1,0 +1,286 @@
+"""SS2D: VMamba's 2D selective-scan mixer, on the shared kernel core (``vmamba_zoo.kernels.multi_scan_2d``).
+
+Data flow (VMamba's ``forwardv2``/``forwardv0``)::
+
+    in_proj -> [split off the gate z, z = act(z)] -> depthwise conv -> act
+            -> core: x_proj / dt_proj on the map, K-route selective scan, sum of the routes -> out_norm
+            -> [out_act] -> [* z] -> out_proj -> dropout
+
+The core computes VMamba's pointwise projections directly on the (B, D, H, W) map: ``x_proj`` is one 1x1 conv with
+the K routes' weights stacked and ``dt_proj`` a grouped 1x1 conv. The fused multi-scan then reads every route's
+delta/B/C at the position it visits and accumulates the route outputs on the map. This is the same function as the
+official ``cross_scan -> x_proj -> selective scan -> cross_merge`` without its K permuted copies.
+
+Parameter names and shapes equal the official ``SS2D`` (``in_proj``, ``conv2d``, ``x_proj_weight`` (K, R + 2N, D),
+``dt_projs_weight`` (K, D, R), ``dt_projs_bias`` (K, D), ``A_logs`` (K * D, N), ``Ds`` (K * D), ``out_norm``,
+``out_proj``), so official checkpoints load unchanged. Variants that the official code selects by parsing
+``forward_type`` strings are named arguments here:
+
+=====================  ==============================================================================
+official               here
+=====================  ==============================================================================
+``v0``                 ``scan_fp32=True`` (channel-last, z gate with act, LayerNorm out-norm)
+``v05``                ``scan_fp32=False`` (``v01``-``v04``/``v2``/``v3`` only differ in CUDA backend)
+``_noz``               ``use_z_gate=False``
+``_nozact``            ``z_act=False``
+``_oact``              ``out_act=True``
+``_on{none,...}``      ``out_norm='none' | 'dwconv3' | 'cnorm' | 'softmax' | 'sigmoid'``
+``_no32``              ``scan_fp32=False``
+``ln2d``/``bn`` norm   ``channel_first=True``
+scan_mode              ``pattern='cross'`` (any pattern registered in ``vmamba_zoo.kernels``)
+=====================  ==============================================================================
+"""
+import math
+from typing import Optional, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vmamba_zoo.kernels import get_pattern, multi_scan_2d
+
+from .mlp import get_linear_layer
+from .norm import LayerNorm2d, Permute
+
+__all__ = ['SS2D', 'dt_bias_init', 'A_log_init', 'SpatialSoftmax']
+
+
+def dt_bias_init(
+        num: int,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+) -> torch.Tensor:
+    """Mamba's delta bias: ``softplus(bias)`` is log-uniform in [dt_min, dt_max] (floored at ``dt_init_floor``).
+
+    Returns:
+        (num,) float32 tensor, the inverse softplus of the sampled step sizes.
+    """
+    dt = torch.exp(torch.rand(num) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))  # inverse of softplus
+
+
+def A_log_init(d_state: int, rows: int) -> torch.Tensor:
+    """S4D-real init: row ``r`` of ``A_log`` is ``log(1..d_state)``; returns a (rows, d_state) float32 tensor."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(rows, 1).contiguous()
+
+
+class SpatialSoftmax(nn.Module):
+    """Softmax of every channel over the spatial positions (VMamba's ``_onsoftmax`` out-norm)."""
+
+    def __init__(self, channel_first: bool = True):
+        super().__init__()
+        self.channel_first = channel_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial_dims = (2, 3) if self.channel_first else (1, 2)
+        flat = x.flatten(spatial_dims[0], spatial_dims[1])
+        return flat.softmax(dim=spatial_dims[0]).view_as(x)
+
+
+def _make_out_norm(kind: str, d_inner: int, channel_first: bool) -> nn.Module:
+    # Sequential indices follow the official get_outnorm so the checkpoint keys (out_norm.1.weight, ...) match.
+    to_cf = nn.Identity() if channel_first else Permute(0, 3, 1, 2)
+    to_cl = nn.Identity() if channel_first else Permute(0, 2, 3, 1)
+    layer_norm = LayerNorm2d if channel_first else nn.LayerNorm
+    if kind == 'layernorm':
+        return layer_norm(d_inner)
+    if kind == 'none':
+        return nn.Identity()
+    if kind == 'sigmoid':
+        return nn.Sigmoid()
+    if kind == 'softmax':
+        return SpatialSoftmax(channel_first)
+    if kind == 'dwconv3':
+        return nn.Sequential(to_cf, nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False), to_cl)
+    if kind == 'cnorm':
+        return nn.Sequential(layer_norm(d_inner), to_cf,
+                             nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner, bias=False), to_cl)
+    raise ValueError(f"out_norm must be one of 'layernorm', 'none', 'sigmoid', 'softmax', 'dwconv3', 'cnorm'; "
+                     f"got '{kind}'")
+
+
+class SS2D(nn.Module):
+    """VMamba's 2D selective-scan mixer on the fused multi-scan core.
+
+    Args:
+        d_model: Input/output channels.
+        d_state: SSM state size N (``ssm_d_state``).
+        ssm_ratio: Inner channels D = ``int(ssm_ratio * d_model)``.
+        dt_rank: Rank R of the delta projection; 'auto' = ``ceil(d_model / 16)``.
+        act_layer: Activation after the depthwise conv (and on z when ``z_act``).
+        d_conv: Depthwise conv kernel size; < 2 disables the conv.
+        conv_bias: Bias in the depthwise conv.
+        dropout: Dropout after ``out_proj``.
+        bias: Bias in ``in_proj``/``out_proj``.
+        dt_min: Smallest initial step size.
+        dt_max: Largest initial step size.
+        dt_init: 'random' (uniform) or 'constant' init of ``dt_projs_weight``.
+        dt_scale: Scale of the ``dt_projs_weight`` init bound ``dt_rank ** -0.5 * dt_scale``.
+        dt_init_floor: Floor of the initial step sizes.
+        initialize: SSM parameter init: 'mamba' (official 'v0': S4D-real A, D = 1, Mamba dt init), 'random'
+            (official 'v1': randn A_logs, 0.1 * randn dt) or 'zero' (official 'v2': A_logs = 0, 0.1 * rand dt).
+        use_z_gate: Multiply the output by the gate branch z of ``in_proj`` (official: not ``_noz``).
+        z_act: Apply ``act_layer`` to z (official: not ``_nozact``).
+        out_act: GELU before the gate (official ``_oact``).
+        out_norm: 'layernorm' (default), 'none', 'sigmoid', 'softmax', 'dwconv3' or 'cnorm'.
+        scan_fp32: Cast the scan inputs to float32 (official ``v0``); else they keep the activation dtype.
+        pattern: Scan pattern name from ``vmamba_zoo.kernels`` ('cross' = VMamba's four routes).
+        num_routes: Number of routes K; inferred from ``pattern`` when None.
+        fused: Use the fused multi-scan (True) or the plain permute/scan/merge path (same result).
+        channel_first: (B, C, H, W) input/output with 1x1 projections; else (B, H, W, C) with Linear.
+        backend: Kernel backend ('auto', 'triton', 'torch').
+    """
+
+    def __init__(
+            self,
+            d_model: int = 96,
+            d_state: int = 16,
+            ssm_ratio: float = 2.0,
+            dt_rank: Union[int, str] = 'auto',
+            act_layer: Type[nn.Module] = nn.SiLU,
+            d_conv: int = 3,
+            conv_bias: bool = True,
+            dropout: float = 0.,
+            bias: bool = False,
+            dt_min: float = 0.001,
+            dt_max: float = 0.1,
+            dt_init: str = 'random',
+            dt_scale: float = 1.0,
+            dt_init_floor: float = 1e-4,
+            initialize: str = 'mamba',
+            use_z_gate: bool = True,
+            z_act: bool = True,
+            out_act: bool = False,
+            out_norm: str = 'layernorm',
+            scan_fp32: bool = False,
+            pattern: str = 'cross',
+            num_routes: Optional[int] = None,
+            fused: bool = True,
+            channel_first: bool = False,
+            backend: str = 'auto',
+    ):
+        super().__init__()
+        self.d_model = int(d_model)
+        self.d_state = int(d_state)
+        self.d_inner = int(ssm_ratio * d_model)
+        self.dt_rank = int(math.ceil(self.d_model / 16) if dt_rank == 'auto' else dt_rank)
+        self.k_group = int(num_routes) if num_routes is not None else get_pattern(pattern, 4, 4).num_routes
+        self.pattern = pattern
+        self.fused = fused
+        self.backend = backend
+        self.channel_first = channel_first
+        self.use_z_gate = use_z_gate
+        self.z_act = z_act
+        self.scan_fp32 = scan_fp32
+        linear = get_linear_layer(channel_first)
+        d_inner, k_group = self.d_inner, self.k_group
+
+        self.in_proj = linear(self.d_model, d_inner * 2 if use_z_gate else d_inner, bias=bias)
+        self.act = act_layer()
+        self.conv2d = nn.Conv2d(
+            d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias,
+        ) if d_conv > 1 else nn.Identity()
+        self.x_proj_weight = nn.Parameter(torch.empty(k_group, self.dt_rank + 2 * self.d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k_group, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k_group, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k_group * d_inner, self.d_state))
+        self.Ds = nn.Parameter(torch.empty(k_group * d_inner))
+        self.A_logs._no_weight_decay = True
+        self.Ds._no_weight_decay = True
+        self.out_norm = _make_out_norm(out_norm, d_inner, channel_first)
+        self.out_act = nn.GELU() if out_act else nn.Identity()
+        self.out_proj = linear(d_inner, self.d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0. else nn.Identity()
+
+        self._dt_init = dict(dt_min=dt_min, dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale,
+                             dt_init_floor=dt_init_floor)
+        self.reset_ssm_parameters(initialize)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, initialize: str = 'mamba') -> None:
+        """(Re)initialise ``x_proj_weight``, ``dt_projs_*``, ``A_logs`` and ``Ds`` as the official code does.
+
+        ``x_proj_weight`` gets ``nn.Linear``'s default init (uniform in +-1/sqrt(d_inner)), as the official stacks
+        freshly built Linear layers. The Linear/conv layers are left to the model's init.
+        """
+        k_group, d_inner, d_state, dt_rank = self.k_group, self.d_inner, self.d_state, self.dt_rank
+        bound = 1.0 / math.sqrt(d_inner)
+        self.x_proj_weight.uniform_(-bound, bound)
+        if initialize == 'mamba':
+            cfg = self._dt_init
+            dt_init_std = dt_rank ** -0.5 * cfg['dt_scale']
+            if cfg['dt_init'] == 'constant':
+                self.dt_projs_weight.fill_(dt_init_std)
+            elif cfg['dt_init'] == 'random':
+                self.dt_projs_weight.uniform_(-dt_init_std, dt_init_std)
+            else:
+                raise ValueError(f"dt_init must be 'random' or 'constant', got '{cfg['dt_init']}'")
+            self.dt_projs_bias.copy_(torch.stack([
+                dt_bias_init(d_inner, cfg['dt_min'], cfg['dt_max'], cfg['dt_init_floor']) for _ in range(k_group)]))
+            self.A_logs.copy_(A_log_init(d_state, k_group * d_inner))
+        elif initialize == 'random':
+            self.A_logs.normal_()
+            self.dt_projs_weight.normal_().mul_(0.1)
+            self.dt_projs_bias.normal_().mul_(0.1)
+        elif initialize == 'zero':
+            self.A_logs.zero_()
+            self.dt_projs_weight.uniform_().mul_(0.1)
+            self.dt_projs_bias.uniform_().mul_(0.1)
+        else:
+            raise ValueError(f"initialize must be 'mamba', 'random' or 'zero', got '{initialize}'")
+        self.Ds.fill_(1.0)
+
+    def project_routes(self, x: torch.Tensor):
+        """Per-route delta, B and C of a (B, D, H, W) map, in spatial layout.
+
+        Returns:
+            ``delta`` (B, K, D, H, W) before bias/softplus, ``B`` and ``C`` (B, K, N, H, W).
+        """
+        batch, _, height, width = x.shape
+        k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
+        x_dbl = F.conv2d(x, self.x_proj_weight.reshape(-1, d_inner, 1, 1).to(x.dtype))
+        x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
+        dts, Bs, Cs = torch.split(x_dbl, [rank, d_state, d_state], dim=2)
+        dts = F.conv2d(dts.reshape(batch, k_group * rank, height, width),
+                       self.dt_projs_weight.reshape(k_group * d_inner, rank, 1, 1).to(x.dtype), groups=k_group)
+        return dts.view(batch, k_group, d_inner, height, width), Bs.contiguous(), Cs.contiguous()
+
+    def forward_core(self, x: torch.Tensor) -> torch.Tensor:
+        """Scan a (B, D, H, W) map along the pattern's routes and apply ``out_norm``.
+
+        Returns:
+            The normalised output in ``x``'s dtype, (B, D, H, W) if ``channel_first`` else (B, H, W, D).
+        """
+        dts, Bs, Cs = self.project_routes(x)
+        xs = x
+        if self.scan_fp32:
+            xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
+        y = multi_scan_2d(
+            xs, dts, -self.A_logs.float().exp(), Bs, Cs, self.Ds.float(), delta_bias=self.dt_projs_bias.float(),
+            delta_softplus=True, pattern=self.pattern, fused=self.fused, out_dtype=torch.float32,
+            backend=self.backend)
+        if not self.channel_first:
+            y = y.permute(0, 2, 3, 1)
+        return self.out_norm(y).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W) if ``channel_first``, else (B, H, W, C) -> (B, H, W, C)."""
+        x = self.in_proj(x)
+        z = None
+        if self.use_z_gate:
+            x, z = x.chunk(2, dim=1 if self.channel_first else -1)
+            if self.z_act:
+                z = self.act(z)
+        if not self.channel_first:
+            x = x.permute(0, 3, 1, 2)
+        x = self.act(self.conv2d(x))
+        y = self.out_act(self.forward_core(x))
+        if z is not None:
+            y = y * z
+        return self.dropout(self.out_proj(y))
+
+    def extra_repr(self) -> str:
+        return (f'd_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '
+                f'k_group={self.k_group}, pattern={self.pattern}, channel_first={self.channel_first}')
