@@ -242,6 +242,41 @@ def test_pretrained_dense_checkpoint_with_prefix_round_trips(tmp_path):
         assert torch.equal(value, backbone.state_dict()[key]), key
 
 
+def test_official_vmamba_detection_checkpoint_gives_official_features(tmp_path):
+    """An official Backbone_VSSM checkpoint (inside a detector, with outnorm{i}) loads through VMamba's filter fn."""
+    import torch.nn.functional as F
+    from test_vmamba import _to_official_layout  # the inverse of vmamba.checkpoint_filter_fn, tested there
+
+    from vmamba_zoo.mm import ZooBackbone
+    arch = dict(depths=(1, 1, 1, 1), dims=16)
+    torch.manual_seed(0)
+    source = timm.create_model('vmamba_tiny_s1l8', num_classes=0, **arch).eval()
+    with torch.no_grad():
+        for param in source.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    official = {k: v for k, v in _to_official_layout(source.state_dict(), source).items()
+                if not k.startswith('classifier.')}  # Backbone_VSSM deletes the classifier
+    out_norms = {}
+    for i, channels in enumerate((16, 32, 64, 128)):
+        out_norms[f'outnorm{i}.weight'] = torch.rand(channels) + 0.5
+        out_norms[f'outnorm{i}.bias'] = torch.randn(channels)
+    detector = {'backbone.' + k: v for k, v in {**official, **out_norms}.items()}
+    detector['neck.lateral_convs.0.conv.weight'] = torch.zeros(1)
+    torch.save({'state_dict': detector, 'meta': {'epoch': 12}}, tmp_path / 'mask_rcnn_vssm.pth')
+
+    backbone = ZooBackbone('vmamba_tiny_s1l8', model_kwargs=arch, out_norm='ln2d', init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'mask_rcnn_vssm.pth'), prefix='backbone.')).eval()
+    backbone.init_weights()  # strict: any key left over or missing would raise
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        outs = backbone(x)
+        maps = source.forward_intermediates(x, intermediates_only=True)
+    for i, (out, feature) in enumerate(zip(outs, maps)):
+        expected = F.layer_norm(feature.permute(0, 2, 3, 1), (feature.shape[1],), out_norms[f'outnorm{i}.weight'],
+                                out_norms[f'outnorm{i}.bias'], eps=1e-5).permute(0, 3, 1, 2)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------------------ configs
 def _config_files():
     return sorted(glob.glob(str(REPO / 'configs' / 'vmamba' / '*.py')))
@@ -249,12 +284,12 @@ def _config_files():
 
 def test_vmamba_configs_parse_and_build():
     from mmengine.config import Config
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import MODELS, init_default_scope
     from mmengine.utils import import_modules_from_strings
 
+    from vmamba_zoo.mm import ZooBackbone
     files = _config_files()
     assert len(files) == 10
-    built_models = {}
     for path in files:
         cfg = Config.fromfile(path)
         import_modules_from_strings(**cfg.custom_imports)
@@ -263,21 +298,14 @@ def test_vmamba_configs_parse_and_build():
         assert backbone.type == 'ZooBackbone' and backbone.init_cfg.type == 'Pretrained'
         assert backbone.init_cfg.checkpoint.startswith('https://github.com/MzeroMiko/VMamba/releases/download/')
         assert cfg.optim_wrapper.optimizer.type == 'AdamW'
-        head = cfg.model.get('neck', cfg.model.get('decode_head'))
-        if timm.is_model(backbone.model_name):
-            # the real zoo model: the neck/head must read the channels the backbone returns
-            from vmamba_zoo.mm import ZooBackbone
-            key = (backbone.model_name, tuple(backbone.out_indices))
-            if key not in built_models:
-                built_models[key] = ZooBackbone(backbone.model_name, out_indices=backbone.out_indices).out_channels
-            assert list(head.in_channels) == built_models[key], path
-        else:  # the VMamba model file is not on this branch yet: build the rest around a registered stand-in
-            backbone.model_name = TINY['model_name']
-        backbone.init_cfg = None
-        if 'vmamba-t' in Path(path).name and 'ms-crop' not in Path(path).name:
-            from mmengine.registry import MODELS
+        backbone.init_cfg = None  # nothing is downloaded
+        with torch.device('meta'):  # full-size models, shapes only
+            channels = ZooBackbone(backbone.model_name, out_indices=backbone.out_indices).out_channels
             model = MODELS.build(cfg.model)
-            assert type(model).__name__ in ('MaskRCNN', 'RetinaNet', 'EncoderDecoder')
+        head = cfg.model.get('neck', cfg.model.get('decode_head'))
+        assert list(head.in_channels) == channels, path  # the neck/head reads what the backbone returns
+        assert isinstance(model.backbone, ZooBackbone) and model.backbone.model_name == backbone.model_name
+        assert type(model).__name__ in ('MaskRCNN', 'RetinaNet', 'EncoderDecoder')
 
 
 # ------------------------------------------------------------------------------------------------ training on CPU

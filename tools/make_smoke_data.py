@@ -58,7 +58,7 @@ def random_scene(size: int, rng: np.random.Generator, max_shapes: int = 4) -> Tu
     return image, instances
 
 
-def make_detection_set(root: str, num_train: int = 16, num_val: int = 8, size: int = 128, seed: int = 0) -> str:
+def make_detection_set(root: str, num_train: int = 16, num_val: int = 8, size: int = 64, seed: int = 0) -> str:
     """Write a COCO-format instance-segmentation set (boxes + RLE masks) under ``root``.
 
     Args:
@@ -96,7 +96,7 @@ def make_detection_set(root: str, num_train: int = 16, num_val: int = 8, size: i
     return root
 
 
-def make_segmentation_set(root: str, num_train: int = 16, num_val: int = 8, size: int = 96, seed: int = 1) -> str:
+def make_segmentation_set(root: str, num_train: int = 16, num_val: int = 8, size: int = 64, seed: int = 1) -> str:
     """Write a semantic-segmentation set (PNG images + PNG label maps, 0 = background) under ``root``.
 
     Args:

@@ -9,7 +9,7 @@ _base_ = [
 
 data_root = 'data/smoke/det/'
 classes = ('circle', 'rectangle', 'triangle', 'ellipse')
-image_size = (128, 128)
+image_size = (64, 64)
 head_channels = 32
 
 model = dict(
@@ -18,14 +18,15 @@ model = dict(
         type='ZooBackbone',
         model_name={{_base_.tiny_model_name}},
         model_kwargs={{_base_.tiny_model_kwargs}},
+        drop_path_rate={{_base_.tiny_drop_path_rate}},
         out_indices=(0, 1, 2, 3),
         out_norm='ln2d'),
     neck=dict(in_channels={{_base_.tiny_channels}}, out_channels=head_channels),
-    # Anchors of 16..256 px fit the 128 px images (COCO's scale 8 starts at 32 px).
+    # Anchors of 8..128 px fit the 64 px images (COCO's scale 8 starts at 32 px).
     rpn_head=dict(
         in_channels=head_channels,
         feat_channels=head_channels,
-        anchor_generator=dict(scales=[4])),
+        anchor_generator=dict(scales=[2])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=head_channels),
         bbox_head=dict(in_channels=head_channels, fc_out_channels=64, num_classes=len(classes)),

@@ -11,7 +11,7 @@ _base_ = [
 data_root = 'data/smoke/seg/'
 classes = ('background', 'circle', 'rectangle', 'triangle', 'ellipse')
 palette = [[255, 255, 255], [220, 20, 60], [0, 128, 0], [0, 0, 192], [255, 165, 0]]
-crop_size = (96, 96)
+crop_size = (64, 64)
 # Plain BN: SyncBN needs GPUs (the Runner reverts it only when not distributed).
 norm_cfg = dict(type='BN', requires_grad=True)
 
@@ -23,6 +23,7 @@ model = dict(
         type='ZooBackbone',
         model_name={{_base_.tiny_model_name}},
         model_kwargs={{_base_.tiny_model_kwargs}},
+        drop_path_rate={{_base_.tiny_drop_path_rate}},
         out_indices=(0, 1, 2, 3),
         out_norm='ln2d'),
     decode_head=dict(
