@@ -276,6 +276,11 @@ def test_official_vmamba_detection_checkpoint_gives_official_features(tmp_path):
                                 out_norms[f'outnorm{i}.bias'], eps=1e-5).permute(0, 3, 1, 2)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
+    # a RetinaNet-style backbone (levels 1-3) takes the same checkpoint; the unused outnorm0 is reported as skipped
+    partial = ZooBackbone('vmamba_tiny_s1l8', model_kwargs=arch, out_indices=(1, 2, 3), out_norm='ln2d')
+    report = partial.load_pretrained(str(tmp_path / 'mask_rcnn_vssm.pth'), prefix='backbone.')
+    assert set(report['skipped']) == {'outnorm0.weight', 'outnorm0.bias'} and not report['missing']
+
 
 # ------------------------------------------------------------------------------------------------------------ configs
 def _config_files():

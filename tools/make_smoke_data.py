@@ -22,7 +22,8 @@ import numpy as np
 SHAPE_CLASSES = ('circle', 'rectangle', 'triangle', 'ellipse')
 
 
-def random_scene(size: int, rng: np.random.Generator, max_shapes: int = 4) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+def random_scene(size: int, rng: np.random.Generator,
+                 max_shapes: int = 4) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Draw one image of non-overlapping coloured shapes on a white background.
 
     Args:

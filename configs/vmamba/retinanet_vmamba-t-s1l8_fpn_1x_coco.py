@@ -8,6 +8,8 @@ _base_ = [
     '../_base_/datasets/coco_detection.py',
     '../_base_/det_runtime.py',
 ]
+# Official ImageNet-1K checkpoint (converted by checkpoint_filter_fn); it also pickles its yacs training config,
+# hence weights_only=False (trusted source: the VMamba GitHub release).
 checkpoint = 'https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth'  # noqa
 
 model = dict(

@@ -9,6 +9,8 @@ _base_ = [
     '../_base_/datasets/ade20k_512x512.py',
     '../_base_/seg_runtime.py',
 ]
+# Official ImageNet-1K checkpoint (converted by checkpoint_filter_fn); it also pickles its yacs training config,
+# hence weights_only=False (trusted source: the VMamba GitHub release).
 checkpoint = 'https://github.com/MzeroMiko/VMamba/releases/download/%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth'  # noqa
 crop_size = (512, 512)
 

@@ -1,4 +1,5 @@
 """``ZooBackbone``: any timm or vmamba_zoo model as an mmdet / mmseg backbone, through ``features_only``."""
+import re
 import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -151,7 +152,8 @@ class ZooBackbone(BaseModule):
         """Map a module or state-dict name of the full timm model to the features-only wrapper's namespace."""
         if isinstance(self.body, FeatureGetterNet):
             return 'model.' + name
-        # FeatureListNet/FeatureDictNet flatten the first two levels of nn.Sequential children ('stages.1' -> 'stages_1').
+        # FeatureListNet/FeatureDictNet flatten the first two levels of nn.Sequential children:
+        # 'stages.1' -> 'stages_1'.
         parts = name.split('.')
         if len(parts) >= 2 and '_'.join(parts[:2]) in self.body._modules:
             return '.'.join(['_'.join(parts[:2])] + parts[2:])
@@ -223,8 +225,9 @@ class ZooBackbone(BaseModule):
                 :func:`vmamba_zoo.mm.checkpoint.read_checkpoint`.
 
         Returns:
-            A report dict with ``loaded``, ``missing``, ``unexpected``, ``mismatched``, ``skipped`` (parts of the
-            classifier model the features-only model drops) and ``new`` (output norms absent from the checkpoint).
+            A report dict with ``loaded``, ``missing``, ``unexpected``, ``mismatched``, ``skipped`` (parts the
+            features-only model drops, e.g. the classifier, and output norms of levels not returned) and ``new``
+            (output norms absent from the checkpoint).
 
         Raises:
             RuntimeError: On missing, unexpected or mis-shaped keys when ``pretrained_strict`` is set.
@@ -237,7 +240,8 @@ class ZooBackbone(BaseModule):
                 raise RuntimeError(f'No key of {checkpoint} starts with prefix {prefix!r}')
         state_dict = clean_state_dict(state_dict)
 
-        norm_sd = {k: v for k, v in state_dict.items() if k.split('.')[0] in self._modules and k.split('.')[0] != 'body'}
+        # official Backbone_VSSM / our output norms; those of levels this backbone does not return are skipped
+        norm_sd = {k: v for k, v in state_dict.items() if re.match(r'outnorm\d+\.', k)}
         body_sd = {k[len('body.'):]: v for k, v in state_dict.items() if k.startswith('body.')}
         classifier_sd = {k: v for k, v in state_dict.items() if k not in norm_sd and not k.startswith('body.')}
         if body_sd and classifier_sd:
@@ -265,7 +269,9 @@ class ZooBackbone(BaseModule):
         own_norms = {k: v for k, v in self.state_dict().items() if k.split('.')[0] in self._out_norm_names}
         norm_loaded = {}
         for key, value in norm_sd.items():
-            if key not in own_norms:
+            if key.split('.')[0] not in self._out_norm_names:
+                report['skipped'].append(key)
+            elif key not in own_norms:
                 report['unexpected'].append(key)
             elif own_norms[key].shape != value.shape:
                 report['mismatched'].append(f'{key}: checkpoint {tuple(value.shape)} vs model '
@@ -308,7 +314,7 @@ class ZooBackbone(BaseModule):
     def _report_load(self, checkpoint: str, report: Dict[str, List[str]]):
         """Log the load; raise (strict) or warn on missing/unexpected/mis-shaped keys."""
         print_log(f'ZooBackbone({self.model_name}): loaded {len(report["loaded"])} tensors from {checkpoint}; '
-                  f'skipped {len(report["skipped"])} keys of parts features_only drops '
+                  f'skipped {len(report["skipped"])} keys of parts this backbone does not use '
                   f'{_preview(report["skipped"])}; newly initialised output norms {_preview(report["new"])}',
                   logger='current')
         problems = [f'{name} keys ({len(report[name])}): {_preview(report[name], 20)}'
