@@ -26,7 +26,9 @@ setup(
         'fvcore',
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6', 'scikit-learn'],
+        'test': ['pytest>=8', 'hypothesis>=6', 'scikit-learn', 'matplotlib>=3.5'],
+        'tools': ['matplotlib>=3.5', 'tqdm'],
+        'official': ['einops'],  # tools/compare_official_*: importing official model code from a user checkout
         'mm': [
             'mmengine>=0.10,<1.0',
             'mmcv==2.1.0',

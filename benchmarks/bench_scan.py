@@ -216,7 +216,7 @@ def bench(fn, warmup=10, rep=40):
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode='median')
 
 
-def timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext):
+def timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext, torch_max_length):
     """Median ms of each path, forward and forward+backward."""
     args = make_inputs(dim, height, width, state_dim, dtype, requires_grad=True)
     pattern = kernels.cross_pattern(height, width)
@@ -234,7 +234,7 @@ def timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext):
                                      backend='torch')
 
     paths = {'ours_fused': fused, 'ours_plain': plain}
-    if state_dim == 1 or dim >= 384:  # the chunked PyTorch path at N=16 on large maps needs tiny chunks: too slow
+    if height * width <= torch_max_length:  # the PyTorch path takes ~1 s per fwd+bwd on the large maps
         paths['torch_chunked'] = torch_path
     if mamba_ext is not None:
         def mamba():
@@ -330,6 +330,9 @@ def main():
     parser.add_argument('--mamba-sdist', default='')
     parser.add_argument('--budget-s', type=float, default=480, help='stop timing new shapes after this many seconds')
     parser.add_argument('--quick', action='store_true', help='one stage, N=1 only')
+    parser.add_argument('--torch-max-length', type=int, default=4096,
+                        help='time the PyTorch reference (and its torch.compile) only up to this sequence length')
+    parser.add_argument('--state-dims', type=int, nargs='+', default=[1, 16])
     parser.add_argument('--child-compiled', default='', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_compiled:
@@ -352,7 +355,7 @@ def main():
         print(f"check {row['op']:<16} {str(row.get('fused', '')):<5} {row['dtype']:<15} N={row['N']:<2} {errs}",
               flush=True)
     stages = STAGES[:1] if args.quick else STAGES
-    state_dims = (1,) if args.quick else (1, 16)
+    state_dims = (1,) if args.quick else tuple(args.state_dims)
     timings = []
     mamba_ext = None
     for state_dim in state_dims:
@@ -366,7 +369,7 @@ def main():
                     # Give the background build until now; then use it for the remaining shapes.
                     mamba_ext, mamba_note = finish_mamba_build(proc, timeout_s=max(1.0, 300 - (time.time() - start)))
                     proc = None
-                paths = timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext)
+                paths = timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext, args.torch_max_length)
                 in_size = torch.tensor([], dtype=dtype).element_size()
                 floor_f = bytes_floor(dim, height, width, state_dim, in_size, backward=False)
                 floor_fb = bytes_floor(dim, height, width, state_dim, in_size, backward=True)

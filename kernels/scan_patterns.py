@@ -101,34 +101,49 @@ def unidirectional_pattern(height: int, width: int = 1) -> ScanPattern:
 def atrous_pattern(height: int, width: int, step: int = 2) -> ScanPattern:
     """EfficientVMamba's atrous routes: the ``step * step`` stride-``step`` sub-grids, each scanned once.
 
-    Sub-grid (i, j) holds positions (i + step * a, j + step * b). Following EfficientVMamba's ES2D, the first half of
-    the sub-grids is scanned row-major and the second half column-major. Every position is visited exactly once over
-    all routes, so a route holds ``H * W / step**2`` positions; H and W must be multiples of ``step`` (pad first).
+    Sub-grid (i, j) holds positions (i + step * a, j + step * b). The routes come in EfficientVMamba's ES2D order
+    (``EfficientScan``): sub-grids ordered by column offset j, then row offset i, i.e. (0, 0), (1, 0), (0, 1), (1, 1)
+    for ``step=2``; a sub-grid with even row offset is scanned row-major, one with odd row offset column-major. Route k
+    owns the k-th set of x_proj/dt_proj/A/D parameters, so this order is what makes official checkpoints load.
+    Every position is visited exactly once over all routes, so a route holds ``H * W / step**2`` positions; H and W
+    must be multiples of ``step`` (EfficientVMamba zero-pads the map at the bottom/right first).
     """
     if height % step or width % step:
         raise ValueError(f'atrous_pattern: height={height} and width={width} must be multiples of step={step}; '
                          'pad the map first')
     grid = torch.arange(height * width).view(height, width)
     routes = []
-    phases = [(i, j) for i in range(step) for j in range(step)]
-    for index, (i, j) in enumerate(phases):
-        sub = grid[i::step, j::step]
-        routes.append(sub.reshape(-1) if index < len(phases) // 2 else sub.t().reshape(-1))
+    for j in range(step):
+        for i in range(step):
+            sub = grid[i::step, j::step]
+            routes.append(sub.reshape(-1) if i % 2 == 0 else sub.t().reshape(-1))
     return ScanPattern(f'atrous{step}', height, width, torch.stack(routes))
 
 
 @lru_cache(maxsize=None)
 def multiscale_patterns(height: int, width: int) -> Tuple[ScanPattern, ScanPattern]:
-    """MSVMamba's routes: one raster scan at full resolution plus three scans at half resolution.
+    """MSVMamba's routes (``multiscale_4scan_12``): one raster scan at full resolution plus three scans at half
+    resolution that form ONE sequence.
+
+    MSVMamba concatenates the reversed row-major, column-major and reversed column-major scans of the half-resolution
+    map (size ``(ceil(H / 2), ceil(W / 2))``, the output of its stride-2 depthwise conv) along L and runs a single
+    selective scan over the result: one parameter set, and the state carries across the two junctions. It then
+    normalises every one of the 3 outputs of a position before summing them, so the three visits of a position must
+    stay apart. ``half`` therefore lives on the half-resolution map stacked three times along H (``(3 * h, w)``, copy
+    c in rows ``[c * h, (c + 1) * h)``, e.g. ``torch.cat([x] * 3, dim=-2)``): its single route walks copy 0 in
+    reversed row-major order, copy 1 column-major, copy 2 in reversed column-major order, and visits every position
+    of the stacked map once.
 
     Returns:
-        ``(full, half)``: ``full`` is one row-major route over (H, W); ``half`` holds the reversed row-major,
-        column-major and reversed column-major routes over the stride-2 map of size (ceil(H / 2), ceil(W / 2)).
+        ``(full, half)``: ``full`` is one row-major route over (H, W); ``half`` is the route of length
+        ``3 * h * w`` over the stacked ``(3 * h, w)`` map described above.
     """
     full = unidirectional_pattern(height, width)
     half_h, half_w = (height + 1) // 2, (width + 1) // 2
     row, col = _raster(half_h, half_w), _column_major(half_h, half_w)
-    half = ScanPattern('multiscale_half', half_h, half_w, torch.stack([row.flip(0), col, col.flip(0)]))
+    size = half_h * half_w
+    route = torch.cat([row.flip(0), col + size, col.flip(0) + 2 * size])
+    half = ScanPattern('multiscale_half', 3 * half_h, half_w, route[None])
     return full, half
 
 

@@ -18,11 +18,16 @@ from vmamba_zoo.layers import (
 )
 from vmamba_zoo.models.vmamba import VMamba, checkpoint_filter_fn
 
-# Published parameter counts (MzeroMiko/VMamba README and assets/performance.md, with head).
+# Published parameter counts and FLOPs (MzeroMiko/VMamba README and assets/performance.md, with head).
 PUBLISHED_PARAMS_M = {
     'vmamba_tiny_s1l8': 30, 'vmamba_small_s1l20': 49, 'vmamba_base_s1l20': 87,
     'vmamba_tiny_s2l5': 31, 'vmamba_small_s2l15': 50, 'vmamba_base_s2l15': 89,
     'vanilla_vmamba_tiny': 23, 'vanilla_vmamba_small': 44, 'vanilla_vmamba_base': 76,
+}
+PUBLISHED_GFLOPS = {
+    'vmamba_tiny_s1l8': 4.9, 'vmamba_small_s1l20': 8.6, 'vmamba_base_s1l20': 15.2,
+    'vmamba_tiny_s2l5': 4.9, 'vmamba_small_s2l15': 8.7, 'vmamba_base_s2l15': 15.4,
+    'vanilla_vmamba_tiny': 5.6, 'vanilla_vmamba_small': 11.2, 'vanilla_vmamba_base': 18.0,
 }
 # Tiny versions of the two architectures (v2: channel-first, overlap stem, conv downsample; v0: channel-last,
 # patch stem, patch merging, z gate, no MLP).
@@ -171,6 +176,41 @@ def test_fvcore_flops_vmamba_tiny_s1l8_224():
     assert analysis.by_operator()['scan_routes_fwd'] > 0
 
 
+def _model_stats():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'vmamba_stats.py')
+    spec = importlib.util.spec_from_file_location('vmamba_stats', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.model_stats
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_meta_device_macs_equal_fvcore(name):
+    """benchmarks/vmamba_stats.py (meta device, used for the model cards) counts what fvcore counts."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from vmamba_zoo.kernels import fvcore_op_handles
+
+    model = _tiny(name)
+    analysis = FlopCountAnalysis(model, torch.randn(1, 3, 64, 32)).set_op_handle(**fvcore_op_handles())
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    fvcore_total = analysis.total()
+    pool = analysis.by_operator().get('adaptive_avg_pool2d', 0)  # fvcore counts the global pool, the tool does not
+    assert _model_stats()(model, (3, 64, 32))['macs'] == fvcore_total - pool
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED_GFLOPS))
+def test_macs_match_published_flops(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    gmacs = _model_stats()(model)['macs'] / 1e9
+    assert abs(gmacs - PUBLISHED_GFLOPS[name]) <= 0.01 * PUBLISHED_GFLOPS[name], gmacs
+
+
 def test_registered_hyper_parameters():
     with torch.device('meta'):
         s1l8 = timm.create_model('vmamba_tiny_s1l8')
@@ -279,7 +319,8 @@ def test_pretrained_cfg(name):
     cfg = model.pretrained_cfg
     state = model.state_dict()
     assert cfg['first_conv'] + '.weight' in state and cfg['classifier'] + '.weight' in state
-    assert cfg['url'].startswith('https://github.com/MzeroMiko/VMamba/releases/download/') and cfg['url'].endswith('.pth')
+    assert cfg['url'].startswith('https://github.com/MzeroMiko/VMamba/releases/download/')
+    assert cfg['url'].endswith('.pth')
     assert cfg['license'] == 'mit' and cfg['num_classes'] == 1000 and cfg['input_size'] == (3, 224, 224)
 
 

@@ -9,7 +9,7 @@ Both take (B, C, H, W) images and return (B, C', H / p, W / p) when ``channel_fi
 otherwise, and raise a clear ``ValueError`` for inputs of the wrong rank, channel count or a size the patch stride
 does not divide.
 """
-from typing import Callable, Optional, Type
+from typing import Optional, Type
 
 import torch
 import torch.nn as nn

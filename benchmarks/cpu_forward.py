@@ -1,0 +1,59 @@
+"""Batch-1 CPU forward time of vmamba_tiny_s1l8 beside timm's convnext_tiny, measured in the same run.
+
+Usage::
+
+    python benchmarks/cpu_forward.py                       # 224x224, 3 warm-up + 10 timed runs each
+    python benchmarks/cpu_forward.py --threads 2 --runs 20 --model vmamba_tiny_s1l8 --model convnext_tiny
+
+Prints the median and min wall time per forward (eval mode, ``torch.inference_mode``, float32, random weights).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import timm
+
+if __package__ in (None, ''):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import vmamba_zoo  # noqa: E402,F401
+
+
+def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int, runs: int):
+    """Wall times (s) of ``runs`` forwards after ``warmup`` untimed ones."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            start = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', action='append', help='default: vmamba_tiny_s1l8 and convnext_tiny')
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--runs', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, args.img_size, args.img_size)
+    print(f'torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, '
+          f'{os.cpu_count()} CPUs, batch 1, {args.img_size}x{args.img_size}, float32', flush=True)
+    for name in args.model or ['vmamba_tiny_s1l8', 'convnext_tiny']:
+        model = timm.create_model(name).eval()
+        times = time_forward(model, x, args.warmup, args.runs)
+        print(f'{name}: median {statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms '
+              f'over {len(times)} runs', flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,320 @@
+"""The selective-scan core: Triton (through the CPU interpreter) and the chunked PyTorch path against the sequential
+reference, fused 2D routes against the plain permute-scan-merge, gradients, input checks and FLOP counting."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import vmamba_zoo.kernels as K
+from vmamba_zoo.kernels import selective_scan as ss
+
+TRITON_DTYPES = (torch.float32, torch.float16)
+
+
+def _tol(dtype):
+    return {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3}[dtype]
+
+
+def assert_close(actual, expected, dtype, what):
+    assert torch.isfinite(actual).all(), f'{what}: non-finite values'
+    err = ((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-12)).item()
+    assert err < _tol(dtype), f'{what}: relative error {err:.2e}'
+
+
+def mamba_inputs(batch, dim, length, groups, state_dim, dtype, with_z, with_D, with_bias, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, dim, length, generator=gen).to(dtype)
+    delta = (0.5 * torch.randn(batch, dim, length, generator=gen)).to(dtype)
+    A = -torch.exp(0.5 * torch.randn(dim, state_dim, generator=gen))
+    shape = (batch, state_dim, length) if groups == 0 else (batch, groups, state_dim, length)
+    B = torch.randn(*shape, generator=gen).to(dtype)
+    C = torch.randn(*shape, generator=gen).to(dtype)
+    D = torch.randn(dim, generator=gen) if with_D else None
+    z = torch.randn(batch, dim, length, generator=gen).to(dtype) if with_z else None
+    bias = 0.1 * torch.randn(dim, generator=gen) if with_bias else None
+    return u, delta, A, B, C, D, z, bias
+
+
+def grads_of(out, inputs, cotangent):
+    leaves = [t for t in inputs if t is not None]
+    return torch.autograd.grad(out, leaves, cotangent.to(out.dtype))
+
+
+# groups == 0 means B/C of shape (batch, N, L).
+MAMBA_CASES = [
+    # backend, dtype, groups, N, z, D, bias, L
+    ('triton', torch.float32, 1, 1, False, True, True, 37),
+    ('triton', torch.float32, 2, 16, True, True, False, 13),
+    ('triton', torch.float32, 4, 1, False, False, True, 9),
+    ('triton', torch.float32, 0, 16, True, False, False, 17),
+    ('triton', torch.float16, 4, 16, False, True, True, 11),
+    ('triton', torch.float16, 2, 1, True, True, True, 15),
+    ('torch', torch.float32, 4, 16, True, True, True, 37),
+    ('torch', torch.float32, 1, 1, False, False, False, 5),
+    ('torch', torch.float16, 2, 16, True, False, True, 19),
+]
+
+
+@pytest.mark.parametrize('backend,dtype,groups,state_dim,with_z,with_D,with_bias,length', MAMBA_CASES)
+def test_selective_scan_fn_matches_reference(backend, dtype, groups, state_dim, with_z, with_D, with_bias, length):
+    dim = 8 if groups != 4 else 12
+    batch = 1 if backend == 'triton' else 2  # the interpreter runs programs one by one
+    inputs = mamba_inputs(batch, dim, length, groups, state_dim, dtype, with_z, with_D, with_bias, seed=length)
+    inputs = [t.requires_grad_(True) if t is not None else None for t in inputs]
+    u, delta, A, B, C, D, z, bias = inputs
+    out, last = K.selective_scan_fn(u, delta, A, B, C, D, z, bias, delta_softplus=True, return_last_state=True,
+                                    backend=backend)
+    ref_inputs = [t.detach().double().requires_grad_(True) if t is not None else None for t in inputs]
+    ref, ref_last = K.selective_scan_ref(*ref_inputs, delta_softplus=True, return_last_state=True)
+    assert out.dtype == dtype and out.shape == (batch, dim, length)
+    assert last.dtype == torch.float32 and last.shape == (batch, dim, state_dim)
+    assert_close(out, ref, dtype, 'out')
+    assert_close(last, ref_last, dtype, 'last_state')
+    cotangent = torch.randn_like(ref)
+    for name, got, want in zip('u delta A B C D z bias'.split(), grads_of(out, inputs, cotangent),
+                               grads_of(ref, ref_inputs, cotangent)):
+        assert_close(got, want, dtype, f'd{name}')
+
+
+PATTERN_FACTORIES = {
+    'cross': lambda: K.cross_pattern(3, 7),
+    'bidirectional': lambda: K.bidirectional_pattern(3, 5),
+    'unidirectional': lambda: K.unidirectional_pattern(4, 5),
+    'atrous': lambda: K.atrous_pattern(4, 6, 2),
+    'multiscale_half': lambda: K.multiscale_patterns(5, 9)[1],
+    'custom_revisiting': lambda: K.custom_pattern(torch.tensor([[0, 3, 5, 3, 1, 0, 2, 4, 5], [5, 4, 3, 2, 1, 0, 0, 1, 2]]),
+                                                  2, 3),
+}
+
+
+def routed_inputs(pattern, dim, state_dim, dtype, shared=True, seed=0, batch=1):
+    gen = torch.Generator().manual_seed(seed)
+    num_routes, (height, width) = pattern.num_routes, (pattern.height, pattern.width)
+    x = torch.randn(batch, *(() if shared else (num_routes,)), dim, height, width, generator=gen).to(dtype)
+    delta = (0.5 * torch.randn(batch, num_routes, dim, height, width, generator=gen)).to(dtype)
+    A = -torch.exp(0.5 * torch.randn(num_routes * dim, state_dim, generator=gen))
+    B = torch.randn(batch, num_routes, state_dim, height, width, generator=gen).to(dtype)
+    C = torch.randn(batch, num_routes, state_dim, height, width, generator=gen).to(dtype)
+    D = torch.randn(num_routes * dim, generator=gen)
+    bias = 0.1 * torch.randn(num_routes * dim, generator=gen)
+    return [t.requires_grad_(True) for t in (x, delta, A, B, C, D, bias)]
+
+
+FUSED_CASES = [(name, 'triton', torch.float32, 1) for name in sorted(PATTERN_FACTORIES)] + [
+    (name, 'torch', torch.float32, 16) for name in sorted(PATTERN_FACTORIES)] + [('cross', 'triton', torch.float16, 16)]
+
+
+@pytest.mark.parametrize('pattern_name,backend,dtype,state_dim', FUSED_CASES)
+def test_fused_routes_match_plain_and_reference(pattern_name, backend, dtype, state_dim):
+    pattern = PATTERN_FACTORIES[pattern_name]()
+    inputs = routed_inputs(pattern, 4, state_dim, dtype, seed=state_dim)
+    x, delta, A, B, C, D, bias = inputs
+    fused = K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
+                            backend=backend)
+    plain = K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
+                            fused=False, backend=backend)
+    ref_inputs = [t.detach().double() for t in inputs]
+    positions = pattern.num_positions
+    ref = K.scan_routes_ref(
+        ref_inputs[0].reshape(1, 1, 4, positions), ref_inputs[1].reshape(1, pattern.num_routes, 4, positions),
+        ref_inputs[2].view(pattern.num_routes, 4, -1), ref_inputs[3].flatten(3), ref_inputs[4].flatten(3),
+        D=ref_inputs[5].view(pattern.num_routes, 4), delta_bias=ref_inputs[6].view(pattern.num_routes, 4),
+        routes=pattern.routes, delta_softplus=True).view_as(fused)
+    assert fused.dtype == torch.float32
+    assert_close(fused, ref, dtype, 'fused')
+    assert_close(plain, ref, dtype, 'plain')
+    cotangent = torch.randn_like(fused)
+    for name, got, want in zip('x delta A B C D bias'.split(), grads_of(fused, inputs, cotangent),
+                               grads_of(plain, inputs, cotangent)):
+        assert_close(got, want, dtype, f'd{name} fused vs plain')
+
+
+@pytest.mark.parametrize('backend', ['triton', 'torch'])
+def test_hidden_states_at_every_position(backend):
+    """Spatial-Mamba fuses the states: they must equal the reference recurrence, with gradients."""
+    pattern = K.unidirectional_pattern(4, 5)
+    inputs = routed_inputs(pattern, 3, 2, torch.float32, seed=3)
+    x, delta, A, B, C, D, bias = inputs
+    y, states = K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
+                                return_states=True, backend=backend)
+    assert states.shape == (1, 1, 3, 2, 4, 5)
+    # Sequential recurrence for the single raster route.
+    dt = torch.nn.functional.softplus(delta.detach().double()[:, 0].flatten(2) + bias.detach().double()[:, None])
+    u = x.detach().double().flatten(2)
+    h = torch.zeros(1, 3, 2, dtype=torch.float64)
+    expected = []
+    for t in range(20):
+        h = torch.exp(dt[:, :, t, None] * A.detach().double()) * h + (dt[:, :, t] * u[:, :, t])[..., None] * \
+            B.detach().double()[:, 0, :, t // 5, t % 5][:, None]
+        expected.append(h)
+    expected = torch.stack(expected, -1).view(1, 3, 2, 4, 5)
+    assert_close(states[:, 0], expected, torch.float32, 'states')
+    weight = torch.randn_like(states)
+    grads = torch.autograd.grad((states * weight).sum() + y.sum(), inputs)
+    ref_inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    y_t, states_t = K.multi_scan_2d(*ref_inputs[:6], delta_bias=ref_inputs[6], delta_softplus=True, pattern=pattern,
+                                    return_states=True, backend='torch', fused=False)
+    ref_grads = torch.autograd.grad((states_t * weight).sum() + y_t.sum(), ref_inputs)
+    for name, got, want in zip('x delta A B C D bias'.split(), grads, ref_grads):
+        assert_close(got, want, torch.float32, f'd{name}')
+
+
+def test_gradcheck_reference_float64():
+    inputs = mamba_inputs(1, 4, 6, 2, 3, torch.float64, True, True, True, seed=1)
+    inputs = tuple(t.double().requires_grad_(True) for t in inputs)
+    assert torch.autograd.gradcheck(
+        lambda *a: K.selective_scan_ref(*a, delta_softplus=True), inputs, eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_chunked_path_float64():
+    pattern = K.cross_pattern(2, 3)
+    inputs = tuple(t.detach().double().requires_grad_(True)
+                   for t in routed_inputs(pattern, 2, 2, torch.float32, batch=2))
+    assert torch.autograd.gradcheck(
+        lambda x, dt, A, B, C, D, bias: K.multi_scan_2d(x, dt, A, B, C, D, delta_bias=bias, delta_softplus=True,
+                                                        pattern=pattern, backend='torch', out_dtype=None),
+        inputs, eps=1e-6, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 2), groups=st.sampled_from([0, 1, 2, 4]), per_group=st.integers(1, 3),
+       length=st.integers(1, 40), state_dim=st.sampled_from([1, 2, 5, 16]), softplus=st.booleans())
+def test_chunked_path_matches_reference_on_any_shape(batch, groups, per_group, length, state_dim, softplus):
+    dim = max(groups, 1) * per_group
+    inputs = [t.double() for t in mamba_inputs(batch, dim, length, groups, state_dim, torch.float64, True, True, True)]
+    out = K.selective_scan_fn(*inputs, delta_softplus=softplus, backend='torch')
+    ref = K.selective_scan_ref(*inputs, delta_softplus=softplus)
+    assert_close(out, ref, torch.float64, 'out')
+
+
+@settings(max_examples=4, deadline=None)
+@given(groups=st.sampled_from([1, 2, 4]), length=st.integers(1, 35), state_dim=st.sampled_from([1, 3, 16]))
+def test_triton_matches_reference_on_any_shape(groups, length, state_dim):
+    inputs = mamba_inputs(1, 2 * groups, length, groups, state_dim, torch.float32, False, True, True)
+    out = K.selective_scan_fn(*inputs, delta_softplus=True, backend='triton')
+    ref = K.selective_scan_ref(*[t.double() if t is not None else None for t in inputs], delta_softplus=True)
+    assert_close(out, ref, torch.float32, 'out')
+
+
+def test_triton_writes_every_output_element(monkeypatch):
+    """Poison every buffer the kernels allocate uninitialised: a skipped element would surface as NaN."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poisoned_empty(*args, **kwargs):
+        return real_empty(*args, **kwargs).fill_(float('nan'))
+
+    def poisoned_empty_like(*args, **kwargs):
+        return real_empty_like(*args, **kwargs).fill_(float('nan'))
+
+    monkeypatch.setattr(torch, 'empty', poisoned_empty)
+    monkeypatch.setattr(torch, 'empty_like', poisoned_empty_like)
+    inputs = routed_inputs(K.unidirectional_pattern(3, 7), 4, 3, torch.float32, shared=False)
+    x, delta, A, B, C, D, bias = inputs
+    u, dt = x.flatten(3), delta.flatten(3)
+    y, states, last = K.scan_routes(u, dt, A.view(1, 4, 3), B.flatten(3), C.flatten(3), D.view(1, 4),
+                                    bias.view(1, 4), delta_softplus=True, accumulate=False, return_states=True,
+                                    return_last_state=True, backend='triton')
+    for name, t in (('y', y), ('states', states), ('last_state', last)):
+        assert torch.isfinite(t).all(), f'{name} has unwritten elements'
+    grads = torch.autograd.grad(y.sum() + states.sum() + last.sum(), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+    monkeypatch.undo()
+    ref = K.scan_routes_ref(u.detach(), dt.detach(), A.detach().view(1, 4, 3), B.detach().flatten(3),
+                            C.detach().flatten(3), D.detach().view(1, 4), bias.detach().view(1, 4),
+                            delta_softplus=True, accumulate=False)
+    assert_close(y, ref, torch.float32, 'y')
+
+
+def test_patterns_follow_their_definitions():
+    cross = K.cross_pattern(2, 3)
+    assert cross.routes.tolist() == [[0, 1, 2, 3, 4, 5], [0, 3, 1, 4, 2, 5], [5, 4, 3, 2, 1, 0], [5, 2, 4, 1, 3, 0]]
+    atrous = K.atrous_pattern(4, 4, 2)
+    assert sorted(atrous.routes.flatten().tolist()) == list(range(16))
+    assert atrous.routes[0].tolist() == [0, 2, 8, 10] and atrous.routes[3].tolist() == [5, 13, 7, 15]
+    full, half = K.multiscale_patterns(5, 6)
+    assert full.routes.shape == (1, 30) and (half.height, half.width) == (9, 3) and half.num_routes == 1
+    assert K.bidirectional_pattern(4).routes.tolist() == [[0, 1, 2, 3], [3, 2, 1, 0]]
+    assert set(K.list_patterns()) >= {'cross', 'bidirectional', 'unidirectional', 'atrous'}
+    x = torch.randn(2, 3, 2, 3)
+    assert torch.equal(K.cross_merge(K.cross_scan(x, cross), cross), 4 * x)
+
+
+@pytest.mark.parametrize('call,message', [
+    (lambda i: K.selective_scan_fn(i[0][:, :, :-1], *i[1:]), 'delta must have shape'),
+    (lambda i: K.selective_scan_fn(i[0], i[1], i[2][:, :2], *i[3:]), 'B must have shape'),
+    (lambda i: K.selective_scan_fn(i[0].long(), *i[1:]), 'u must be float16, bfloat16, float32 or float64'),
+    (lambda i: K.selective_scan_fn(*i[:3], i[3].to('meta'), *i[4:]), 'B is on meta but u is on cpu'),
+    (lambda i: K.selective_scan_fn(i[0], i[1], i[2].to(torch.complex64), *i[3:]), 'A must be real'),
+    (lambda i: K.selective_scan_fn(i[0][0], *i[1:]), 'u must be a 3-D tensor'),
+    (lambda i: K.selective_scan_fn(*i[:5], torch.ones(3)), 'D must have shape'),
+    (lambda i: K.selective_scan_fn(*i[:5], delta_bias=torch.ones(3)), 'delta_bias must have shape'),
+    (lambda i: K.selective_scan_fn(*i, backend='cuda'), "backend must be one of"),
+])
+def test_bad_input_names_the_argument(call, message):
+    inputs = mamba_inputs(2, 4, 5, 2, 3, torch.float32, False, False, False)[:5]
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(inputs)
+
+
+def test_bad_patterns_and_maps():
+    with pytest.raises(ValueError, match='unknown pattern'):
+        K.get_pattern('zigzag', 3, 3)
+    with pytest.raises(ValueError, match=r'positions in \[0, 6\)'):
+        K.custom_pattern(torch.tensor([[0, 6]]), 2, 3)
+    with pytest.raises(ValueError, match='multiples of step'):
+        K.atrous_pattern(5, 4, 2)
+    pattern = K.cross_pattern(3, 4)
+    x, delta, A, B, C, D, bias = routed_inputs(pattern, 2, 1, torch.float32)
+    with pytest.raises(ValueError, match='delta must have shape'):
+        K.multi_scan_2d(x, delta[:, :2], A, B, C, D, pattern=pattern)
+    with pytest.raises(ValueError, match='pattern cross is for 3x4'):
+        K.multi_scan_2d(x[..., :3], delta, A, B, C, D, pattern=pattern)
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setattr(ss, 'triton_interpreting', lambda: False)
+    inputs = mamba_inputs(1, 2, 3, 0, 1, torch.float32, False, False, False)[:5]
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
+        K.selective_scan_fn(*inputs, backend='triton')
+
+
+@pytest.mark.parametrize('fused,backend', [(True, 'torch'), (False, 'torch'), (True, 'triton'), (False, 'triton')])
+def test_flops_are_counted_the_same_on_every_path(fused, backend):
+    from fvcore.nn import FlopCountAnalysis
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pattern = K.cross_pattern(3, 4)
+    inputs = [t.detach() for t in routed_inputs(pattern, 5, 2, torch.float32)]
+
+    class Scan(torch.nn.Module):
+        def forward(self, x, delta, A, B, C, D, bias):
+            return K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
+                                   fused=fused, backend=backend)
+
+    expected = 9 * 1 * 12 * (4 * 5) * 2 + 1 * (4 * 5) * 12
+    assert expected == K.selective_scan_flops(1, 12, 20, 2, with_D=True)
+    counted = FlopCountAnalysis(Scan(), tuple(inputs)).set_op_handle(**K.fvcore_op_handles())
+    counted.unsupported_ops_warnings(False)
+    assert counted.total() == expected and counted.by_operator()['scan_routes_fwd'] == expected
+    with FlopCounterMode(display=False) as counter:
+        Scan()(*inputs)
+    assert counter.get_total_flops() == expected
+
+
+def test_kernels_import_without_triton_and_no_top_level_module(tmp_path):
+    code = (
+        "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
+        "import torch, importlib.util\n"
+        "import vmamba_zoo.kernels as K\n"
+        "assert not K.HAS_TRITON\n"
+        "u = torch.randn(1, 2, 5); A = -torch.ones(2, 1); B = torch.randn(1, 1, 5)\n"
+        "out = K.selective_scan_fn(u, u, A, B, B)\n"
+        "assert torch.allclose(out, K.selective_scan_ref(u, u, A, B, B), atol=1e-5)\n"
+        "assert importlib.util.find_spec('kernels') is None, 'a top-level kernels module is installed'\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path,
+                          env={'PATH': '', 'TRITON_INTERPRET': '0'})
+    assert done.returncode == 0 and done.stdout.strip().endswith('ok'), done.stderr[-2000:]
