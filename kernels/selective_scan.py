@@ -16,7 +16,6 @@ Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton in
 ``backend='triton'`` (and ``TRITON_INTERPRET=1``). All paths go through the custom op ``vmamba_zoo::scan_routes_fwd``,
 which is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path.
 """
-import math
 from typing import List, Optional, Tuple
 
 import torch

@@ -3,14 +3,14 @@
 ``forward_intermediates``, ``features_only`` support, grad checkpointing, ``group_matcher`` and classifier reset for
 models made of ``stem`` -> ``stages`` -> ``norm`` -> ``head`` on (B, H, W, C) maps.
 """
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 
-from ..layers import check_image_input
+from ..layers import PatchEmbed, check_image_input
 
 __all__ = ['HierarchicalNHWCModel']
 
@@ -23,6 +23,27 @@ class HierarchicalNHWCModel(nn.Module):
     ``grad_checkpointing`` flag), ``norm``, ``head`` (a ``ClassifierHead`` with ``input_fmt='NHWC'``),
     ``feature_info``, ``num_features`` and ``head_hidden_size``.
     """
+
+    def _build_trunk(self, family: str, in_chans: int, num_classes: int, depths: Sequence[int],
+                     dims: Union[int, Sequence[int]], patch_size: int, drop_rate: float,
+                     drop_path_rate: float) -> Tuple[List[int], List[List[float]]]:
+        """Set the shared attributes and the stem; return the per-stage widths and drop-path rates.
+
+        ``dims`` given as one int doubles at every stage; drop path rises linearly over all blocks.
+        """
+        num_stages = len(depths)
+        dims = [dims * 2 ** i for i in range(num_stages)] if isinstance(dims, int) else list(dims)
+        if len(dims) != num_stages:
+            raise ValueError(f'{family}: {len(depths)} depths but {len(dims)} dims')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.patch_size = patch_size
+        self.drop_rate = drop_rate
+        self.output_fmt = 'NHWC'
+        self.dims = dims
+        self.stem = PatchEmbed(in_chans, dims[0], patch_size)
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        return dims, [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(num_stages)]
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -28,7 +28,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..kernels import atrous_pattern, cached_outside_inference_mode, scan_routes
-from ..layers import SS2D, PatchEmbed, PatchMerging2d
+from ..layers import SS2D, PatchMerging2d
 from ._hierarchical import HierarchicalNHWCModel
 
 __all__ = ['EfficientVMamba']
@@ -244,20 +244,8 @@ class EfficientVMamba(HierarchicalNHWCModel):
             drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        num_stages = len(depths)
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(num_stages)]
-        dims = list(dims)
-        if len(dims) != num_stages:
-            raise ValueError(f'EfficientVMamba: {len(depths)} depths but {len(dims)} dims')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.patch_size = patch_size
-        self.drop_rate = drop_rate
-        self.output_fmt = 'NHWC'
-        self.dims = dims
-        self.stem = PatchEmbed(in_chans, dims[0], patch_size)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        dims, stage_drop_paths = self._build_trunk(
+            'EfficientVMamba', in_chans, num_classes, depths, dims, patch_size, drop_rate, drop_path_rate)
         self.feature_info = []
         stages = []
         for i, depth in enumerate(depths):
@@ -268,7 +256,7 @@ class EfficientVMamba(HierarchicalNHWCModel):
                 block_type, block_kwargs = 'mbconv', dict(expand_ratio=mbconv_expand_ratio, se_ratio=mbconv_se_ratio)
             stages.append(EfficientVMambaStage(
                 dims[i - 1] if i else dims[0], dims[i], depth, block_type, downsample=i > 0,
-                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], **block_kwargs))
+                drop_path=stage_drop_paths[i], **block_kwargs))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]

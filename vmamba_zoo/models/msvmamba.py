@@ -27,7 +27,7 @@ from timm.layers import ClassifierHead, DropPath
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from ..kernels import multi_scan_2d, multiscale_patterns
-from ..layers import SS2D, PatchEmbed, PatchMerging2d
+from ..layers import SS2D, PatchMerging2d
 from ._hierarchical import HierarchicalNHWCModel
 
 __all__ = ['MSVMamba']
@@ -197,27 +197,15 @@ class MSVMamba(HierarchicalNHWCModel):
             drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        num_stages = len(depths)
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(num_stages)]
-        dims = list(dims)
-        if len(dims) != num_stages:
-            raise ValueError(f'MSVMamba: {len(depths)} depths but {len(dims)} dims')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.patch_size = patch_size
-        self.drop_rate = drop_rate
-        self.output_fmt = 'NHWC'
-        self.dims = dims
-        self.stem = PatchEmbed(in_chans, dims[0], patch_size)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        dims, stage_drop_paths = self._build_trunk(
+            'MSVMamba', in_chans, num_classes, depths, dims, patch_size, drop_rate, drop_path_rate)
         block_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv,
                             ffn_expansion=ffn_expansion, ffn_drop=ffn_drop)
         self.feature_info = []
         stages = []
         for i, depth in enumerate(depths):
             stages.append(MSVMambaStage(dims[i - 1] if i else dims[0], dims[i], depth, downsample=i > 0,
-                                        drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], **block_kwargs))
+                                        drop_path=stage_drop_paths[i], **block_kwargs))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = dims[-1]
