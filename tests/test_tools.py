@@ -286,7 +286,8 @@ def test_committed_model_card_index_is_current():
     problems = model_index.check_index(index_path, readme_path, cards_dir)
     assert not problems, '\n'.join(problems)
     index = json.loads(index_path.read_text())
-    assert sorted(index['models']) == sorted(list_zoo_models())
+    assert sorted([*index['models'], *index['aliases']]) == sorted(list_zoo_models())
+    assert all(target in index['models'] for target in index['aliases'].values())
     for entry in index['models'].values():
         assert entry['params'] > 0 and entry['fvcore_g'] > 0
 
