@@ -21,16 +21,18 @@ __all__ = [
 
 
 def cached_outside_inference_mode(maxsize=None):
-    """``functools.lru_cache`` for functions that build index tensors, which are always built outside inference mode.
+    """``functools.lru_cache`` for functions that build index tensors, which are always built on the CPU and outside
+    inference mode, whatever context the first caller runs in.
 
     A tensor created under ``torch.inference_mode()`` and cached would be reused by later training steps, where
-    autograd refuses to save it ("Inference tensors cannot be saved for backward").
+    autograd refuses to save it ("Inference tensors cannot be saved for backward"); one created under a
+    ``torch.device('meta')`` context (meta-device model construction) would hold no data for later real forwards.
     """
     def wrap(fn):
         @functools.lru_cache(maxsize=maxsize)
         @functools.wraps(fn)
         def cached(*args, **kwargs):
-            with torch.inference_mode(False):
+            with torch.inference_mode(False), torch.device('cpu'):
                 return fn(*args, **kwargs)
         return cached
     return wrap

@@ -332,3 +332,12 @@ def test_inference_mode_then_training_in_one_process(model_name):
     loss = model.train()(x).sum()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_patterns_first_built_on_the_meta_device_serve_real_tensors():
+    with torch.device('meta'):
+        meta_pattern = K.cross_pattern(7, 9)  # a size no other test uses: this call fills the cache
+    assert meta_pattern.routes.device.type == 'cpu'
+    inputs = [t.detach() for t in routed_inputs(meta_pattern, 2, 1, torch.float32)]
+    out = K.multi_scan_2d(*inputs[:6], delta_bias=inputs[6], pattern=K.cross_pattern(7, 9), backend='torch')
+    assert torch.isfinite(out).all()
