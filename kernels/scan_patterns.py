@@ -32,6 +32,8 @@ def cached_outside_inference_mode(maxsize=None):
         @functools.lru_cache(maxsize=maxsize)
         @functools.wraps(fn)
         def cached(*args, **kwargs):
+            if torch.compiler.is_compiling():  # dynamo traces through the cache and cannot enter these contexts
+                return fn(*args, **kwargs)
             with torch.inference_mode(False), torch.device('cpu'):
                 return fn(*args, **kwargs)
         return cached
