@@ -12,11 +12,43 @@ from timm.models._features import feature_take_indices
 
 from ..layers import PatchEmbed, check_image_input
 
-__all__ = ['HierarchicalNHWCModel']
+__all__ = ['StagedModelMixin', 'HierarchicalNHWCModel']
+
+
+class StagedModelMixin:
+    """timm's classifier and stage methods for models made of ``stem`` -> ``stages`` (each with a
+    ``grad_checkpointing`` flag and ``downsample``/``blocks``) -> ``norm`` -> ``head`` (a timm ``ClassifierHead``).
+
+    Shared by VMamba (either layout) and the channel-last families.
+    """
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-class HierarchicalNHWCModel(nn.Module):
+class HierarchicalNHWCModel(StagedModelMixin, nn.Module):
     """timm model contract for ``stem -> stages -> norm -> head`` on channel-last maps.
 
     Subclasses set ``in_chans``, ``patch_size``, ``num_classes``, ``stem``, ``stages`` (each with a
@@ -59,30 +91,6 @@ class HierarchicalNHWCModel(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return {n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', False)}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
 
     def forward_intermediates(
             self,

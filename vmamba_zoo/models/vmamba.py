@@ -36,6 +36,7 @@ from timm.models._manipulate import checkpoint_seq
 from vmamba_zoo.layers import (
     SS2D, GatedMlp, Mlp, OverlapPatchEmbed, create_downsample, create_patch_embed, get_norm_layer,
 )
+from ._hierarchical import StagedModelMixin
 
 __all__ = ['VMamba', 'VSSBlock', 'VMambaStage', 'checkpoint_filter_fn']
 
@@ -149,7 +150,7 @@ class VMambaStage(nn.Module):
         return self.blocks(x)
 
 
-class VMamba(nn.Module):
+class VMamba(StagedModelMixin, nn.Module):
     """VMamba: a 4-stage hierarchy of VSS blocks (SS2D mixer + optional MLP), stride 4/8/16/32.
 
     Args:
@@ -285,30 +286,6 @@ class VMamba(nn.Module):
     def no_weight_decay(self) -> set:
         # The official optimizer decays every >= 2-D parameter, A_logs included; 1-D ones are excluded by timm anyway.
         return set()
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
 
     def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
         return (x if self.channel_first else x.permute(0, 3, 1, 2)).contiguous()
