@@ -7,6 +7,7 @@ _base_ = [
     '../_base_/models/mask_rcnn_fpn.py',
     '../_base_/datasets/coco_instance.py',
     '../_base_/det_runtime.py',
+    '../_base_/schedules/adamw_1x.py',
 ]
 # Official ImageNet-1K weights (README "log&ckpt" Google Drive folder), downloaded by hand; the model's
 # checkpoint_filter_fn converts them on load.
@@ -20,18 +21,3 @@ model = dict(
         drop_path_rate=0.2,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
     neck=dict(in_channels=[96, 192, 384, 768]))
-
-max_epochs = 12
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
-# lr above is for 16 images per iteration (8 GPUs x 2); --auto-scale-lr rescales it for other totals.
-auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -6,6 +6,7 @@ _base_ = [
     '../_base_/models/upernet.py',
     '../_base_/datasets/ade20k_512x512.py',
     '../_base_/seg_runtime.py',
+    '../_base_/schedules/adamw_160k.py',
 ]
 crop_size = (512, 512)
 checkpoint = 'pretrained/vssm_tiny_ms_e300.pth'
@@ -24,16 +25,3 @@ model = dict(
 train_dataloader = dict(batch_size=4)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
-
-max_iters = 160000
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=16000)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=max_iters, by_epoch=False),
-]

@@ -7,6 +7,7 @@ _base_ = [
     '../_base_/models/retinanet_fpn.py',
     '../_base_/datasets/coco_detection.py',
     '../_base_/det_runtime.py',
+    '../_base_/schedules/adamw_1x.py',
 ]
 # Official ImageNet-1K checkpoint (converted by checkpoint_filter_fn); it also pickles its yacs training config,
 # hence weights_only=False (trusted source: the VMamba GitHub release).
@@ -20,17 +21,3 @@ model = dict(
         drop_path_rate=0.2,
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint, weights_only=False)),
     neck=dict(in_channels=[192, 384, 768], start_level=0, add_extra_convs='on_input', num_outs=5))
-
-max_epochs = 12
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11], gamma=0.1),
-]
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(custom_keys={'norm': dict(decay_mult=0.0)}))
-auto_scale_lr = dict(enable=False, base_batch_size=16)
