@@ -98,7 +98,8 @@ def multi_scan_2d(
         result = scan_routes(
             u, delta.reshape(batch, num_routes, dim, positions), A, B.flatten(3), C.flatten(3), D=D,
             delta_bias=delta_bias, routes=pattern.routes_on(x.device), delta_softplus=delta_softplus,
-            accumulate=True, return_states=return_states, backend=backend)
+            accumulate=True, return_states=return_states, backend=backend, route_kinds=pattern.route_kinds,
+            map_hw=(height, width))
         y, states = result if return_states else (result, None)
         y = y.view(batch, dim, height, width)
     else:

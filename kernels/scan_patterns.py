@@ -9,7 +9,7 @@ route outputs back onto the map) is the readable reference for the fused path an
 """
 from dataclasses import dataclass
 import functools
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -49,12 +49,16 @@ class ScanPattern:
         height: Map height H.
         width: Map width W.
         routes: int64 tensor (K, L) of flat positions in [0, H * W). Routes may revisit positions or skip some.
+        route_kinds: For patterns made only of whole-map raster walks, one code per route (0 row-major,
+            1 column-major, 2 row-major reversed, 3 column-major reversed); the Triton path then runs its whole-map
+            kernels. None for any other pattern.
     """
 
     name: str
     height: int
     width: int
     routes: torch.Tensor
+    route_kinds: Optional[Tuple[int, ...]] = None
 
     @property
     def num_routes(self) -> int:
@@ -101,20 +105,20 @@ def _column_major(height: int, width: int) -> torch.Tensor:
 def cross_pattern(height: int, width: int) -> ScanPattern:
     """VMamba's four routes: row-major, column-major, then each reversed (the order of its cross-scan)."""
     row, col = _raster(height, width), _column_major(height, width)
-    return ScanPattern('cross', height, width, torch.stack([row, col, row.flip(0), col.flip(0)]))
+    return ScanPattern('cross', height, width, torch.stack([row, col, row.flip(0), col.flip(0)]), (0, 1, 2, 3))
 
 
 @cached_outside_inference_mode()
 def bidirectional_pattern(height: int, width: int = 1) -> ScanPattern:
     """Vim's forward and backward pass over a token sequence (pass ``height=L`` for a 1D sequence)."""
     row = _raster(height, width)
-    return ScanPattern('bidirectional', height, width, torch.stack([row, row.flip(0)]))
+    return ScanPattern('bidirectional', height, width, torch.stack([row, row.flip(0)]), (0, 2))
 
 
 @cached_outside_inference_mode()
 def unidirectional_pattern(height: int, width: int = 1) -> ScanPattern:
     """One raster scan."""
-    return ScanPattern('unidirectional', height, width, _raster(height, width)[None])
+    return ScanPattern('unidirectional', height, width, _raster(height, width)[None], (0,))
 
 
 @cached_outside_inference_mode()

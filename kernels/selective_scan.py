@@ -16,7 +16,7 @@ Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton in
 ``backend='triton'`` (and ``TRITON_INTERPRET=1``). All paths go through the custom op ``vmamba_zoo::scan_routes_fwd``,
 which is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -476,6 +476,320 @@ if HAS_TRITON:
             tl.store(du_ptrs, du, mask=mask)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Triton kernels: raster routes, the whole map in one program.
+#
+# Rows and columns walked forward or backward (VMamba's cross, Vim's bidirectional, a plain 1D scan) need no route
+# table and no chunking: one program holds a channel block's whole (H, W) map as a [BLOCK_D, HP, WP] tile, so it reads
+# every input once, sums the K route outputs in registers and writes y once, with no atomics and no state passing.
+# A route is scanned in two levels: an associative scan along each line (row or column), then a scan over the lines'
+# totals that yields the state entering each line. Padding (to powers of two) is made of identity steps.
+#   route kind 0: row-major, 1: column-major, 2: row-major reversed, 3: column-major reversed.
+# The backward recomputes the states and runs the adjoint recurrence as the mirrored route, with the decay of each
+# step's successor (loaded from the successor's position), so it too reads everything once per program.
+# ---------------------------------------------------------------------------------------------------------------------
+RASTER_MAX_TILE = 4096  # HP * WP above this runs the chunked kernels: the tile would not fit in registers
+
+
+def raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, int, int, int]]:
+    """(H, W, HP, WP) the raster kernels use for these routes over P = height * width positions, or None when the map
+    is too large. Row-only routes reinterpret the positions as rows of up to 64, whatever the map's shape."""
+    positions = height * width
+    if all(kind % 2 == 0 for kind in route_kinds):
+        width = min(64, _next_power_of_2(positions))
+        height = -(-positions // width)
+    tile_h, tile_w = _next_power_of_2(height), _next_power_of_2(width)
+    if tile_h * tile_w > RASTER_MAX_TILE:
+        return None
+    return height, width, tile_h, tile_w
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _combine_keeping_exclusive(a, b, a_excl, b_excl, a2, b2, a2_excl, b2_excl):
+        # A segment is summarised by its composed map (a, b) and the map of all but its last element (a_excl, b_excl),
+        # so the inclusive scan also delivers the exclusive one: the state entering each line.
+        return a * a2, b * a2 + b2, a * a2_excl, b * a2_excl + b2_excl
+
+    @triton.jit
+    def _raster_route(decay, drive, rows, cols, KIND: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
+        """States of route KIND from a zero start on a [BLOCK_D, HP, WP] tile, and each channel's state at the end."""
+        # Row routes scan along axis 2 and chain the HP rows; column routes scan along axis 1 and chain the WP columns.
+        by_column: tl.constexpr = KIND % 2
+        line_length: tl.constexpr = WP * (1 - by_column) + HP * by_column
+        num_lines: tl.constexpr = HP * (1 - by_column) + WP * by_column
+        reverse: tl.constexpr = KIND // 2
+        if by_column:
+            a_line, b_line = tl.associative_scan((decay, drive), 1, _linear_recurrence_combine, reverse=reverse)
+            line_end = rows == (line_length - 1) * (1 - reverse)
+            a_total = tl.sum(tl.where(line_end, a_line, 0.0), axis=1)  # [BLOCK_D, num_lines]
+            b_total = tl.sum(tl.where(line_end, b_line, 0.0), axis=1)
+        else:
+            a_line, b_line = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine, reverse=reverse)
+            line_end = cols == (line_length - 1) * (1 - reverse)
+            a_total = tl.sum(tl.where(line_end, a_line, 0.0), axis=2)
+            b_total = tl.sum(tl.where(line_end, b_line, 0.0), axis=2)
+        _, b_all, _, b_entering = tl.associative_scan(
+            (a_total, b_total, tl.full(a_total.shape, 1.0, tl.float32), tl.zeros(a_total.shape, tl.float32)), 1,
+            _combine_keeping_exclusive, reverse=reverse)
+        if by_column:
+            h = b_line + a_line * b_entering[:, None, :]
+        else:
+            h = b_line + a_line * b_entering[:, :, None]
+        lines = tl.arange(0, num_lines)[None, :]
+        end_state = tl.sum(tl.where(lines == (num_lines - 1) * (1 - reverse), b_all, 0.0), axis=1)
+        return h, end_state
+
+    @triton.jit
+    def _raster_successor(rows, cols, flat, H, W, P, KIND: tl.constexpr):
+        """Flat position of the step after (row, col) along route KIND, and whether there is one."""
+        if KIND == 0:
+            return flat + 1, flat + 1 < P
+        elif KIND == 2:
+            return flat - 1, flat >= 1
+        elif KIND == 1:
+            down = rows < H - 1
+            return tl.where(down, flat + W, cols + 1), down | (cols + 1 < W)
+        else:
+            up = rows > 0
+            return tl.where(up, flat - W, (H - 1) * W + cols - 1), up | (cols >= 1)
+
+    @triton.jit
+    def _step_size(delta_ptrs, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        dt_raw = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw += bias
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        return dt_raw, tl.where(mask, dt, 0.0)
+
+    @triton.jit
+    def _raster_coordinates(D, P, H, W, HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr):
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        rows = tl.arange(0, HP)[None, :, None]
+        cols = tl.arange(0, WP)[None, None, :]
+        flat = rows * W + cols
+        mask_pos = (rows < H) & (cols < W) & (flat < P)
+        mask = (d[:, None, None] < D) & mask_pos
+        offsets = d[:, None, None] * P + flat  # int32 inside one (batch, route) slab: fewer registers
+        return b, d, rows, cols, flat, mask_pos, mask, offsets
+
+    def _raster_configs():
+        if triton_interpreting():
+            return [triton.Config({'BLOCK_D': 2}, num_warps=1)]
+        return [triton.Config({'BLOCK_D': bd}, num_warps=w) for bd in (1, 2, 4, 8, 16, 32, 64) for w in (2, 4, 8, 16)]
+
+    def _prune_raster_configs(configs, named_args, **kwargs):
+        """Programs of 512 or 1024 elements (or one channel of a larger map), at 4 or 8 elements per thread: the
+        scans keep about a dozen values per element live, so more per thread spills registers."""
+        if triton_interpreting():
+            return configs
+        named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
+        tile = named_args['HP'] * named_args['WP']
+        widest = _next_power_of_2(named_args['D'])
+        wanted = set()
+        for elements in (512, 1024):
+            block_d = max(1, min(widest, elements // tile))
+            for per_thread in (4, 8):
+                wanted.add((block_d, max(2, min(16, block_d * tile // (32 * per_thread)))))
+        return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted] or configs[:1]
+
+    @triton.autotune(configs=_raster_configs(), key=['D', 'H', 'W', 'N', 'HP', 'WP'], do_bench=_quick_bench,
+                     prune_configs_by={'early_config_prune': _prune_raster_configs})
+    @triton.jit(do_not_specialize=['P'])
+    def _raster_scan_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr,
+            D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
+            HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        b, d, rows, cols, flat, mask_pos, mask, offsets = _raster_coordinates(D, P, H, W, HP, WP, BLOCK_D)
+        mask_d = d < D
+        if U_SHARED:
+            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        y = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+        for k in tl.static_range(NUM_ROUTES):
+            if not U_SHARED:
+                u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+            kd = k * D + d
+            bias = 0.0
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
+            route = b * NUM_ROUTES + k
+            unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
+            dt_u = dt * u
+            y_k = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+            for n in range(0, N):
+                A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)[:, None, None]
+                bc_base = (route * N + n) * P
+                B_n = tl.load((B_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                C_n = tl.load((C_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                h, end_state = _raster_route(tl.exp(dt * A_n), dt_u * B_n, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
+                y_k += h * C_n
+                tl.store(last_ptr + (route * D + d) * N + n, end_state, mask=mask_d)
+                if STORE_STATES:
+                    state_base = (route * D * N + n) * P
+                    state_rows = d[:, None, None] * (N * P) + flat
+                    tl.store((states_ptr + state_base) + state_rows, h, mask=mask)
+            if HAS_D:
+                y_k += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None] * u
+            if ACCUMULATE:
+                y += y_k
+            else:
+                tl.store((y_ptr + b * stride_y_b + k * stride_y_k) + offsets, y_k, mask=mask)
+        if ACCUMULATE:
+            tl.store((y_ptr + b * stride_y_b) + offsets, y, mask=mask)
+
+    @triton.autotune(configs=_raster_configs(), key=['D', 'H', 'W', 'N', 'HP', 'WP'], do_bench=_quick_bench,
+                     prune_configs_by={'early_config_prune': _prune_raster_configs},
+                     reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
+    @triton.jit(do_not_specialize=['P'])
+    def _raster_scan_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, dy_ptr, dstates_ptr, dlast_ptr,
+            du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+            D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
+            HAS_DLAST: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        b, d, rows, cols, flat, mask_pos, mask, offsets = _raster_coordinates(D, P, H, W, HP, WP, BLOCK_D)
+        mask_d = d < D
+        flat_2d = tl.arange(0, HP)[:, None] * W + tl.arange(0, WP)[None, :]
+        mask_2d = (tl.arange(0, HP)[:, None] < H) & (tl.arange(0, WP)[None, :] < W) & (flat_2d < P)
+        if U_SHARED:
+            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+            du = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+        if ACCUMULATE:
+            dy = tl.load((dy_ptr + b * stride_y_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        for k in tl.static_range(NUM_ROUTES):
+            if not U_SHARED:
+                u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+                du = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+            if not ACCUMULATE:
+                dy = tl.load((dy_ptr + b * stride_y_b + k * stride_y_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+            kd = k * D + d
+            bias = 0.0
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
+            route = b * NUM_ROUTES + k
+            delta_ptrs = (delta_ptr + route * D * P) + d[:, None, None] * P
+            dt_raw, dt = _step_size(delta_ptrs + flat, bias, mask, HAS_BIAS, SOFTPLUS)
+            successor, has_successor = _raster_successor(rows, cols, flat, H, W, P, (KINDS >> (2 * k)) & 3)
+            unused_raw_next, dt_next = _step_size(delta_ptrs + successor, bias, mask & has_successor, HAS_BIAS, SOFTPLUS)
+            dt_u = dt * u
+            ddt = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+            if HAS_DLAST:
+                if (KINDS >> (2 * k)) & 2:  # reversed routes end at position 0
+                    route_end = flat == 0
+                else:
+                    route_end = flat == P - 1
+            for n in range(0, N):
+                A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)[:, None, None]
+                bc_base = (route * N + n) * P
+                B_n = tl.load((B_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                C_n = tl.load((C_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                drive = dt_u * B_n
+                h, unused_end = _raster_route(tl.exp(dt * A_n), drive, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
+                # Adjoint: dh_l = g_l + decay_{next(l)} dh_{next(l)}: the mirrored route, padding left as identity.
+                g = dy * C_n
+                if HAS_DSTATES:
+                    state_base = (route * D * N + n) * P
+                    state_rows = d[:, None, None] * (N * P) + flat
+                    g += tl.load((dstates_ptr + state_base) + state_rows, mask=mask, other=0.0)
+                if HAS_DLAST:
+                    dlast = tl.load(dlast_ptr + (route * D + d) * N + n, mask=mask_d, other=0.0)[:, None, None]
+                    g += tl.where(route_end, dlast, 0.0)
+                g = tl.where(mask, g, 0.0)
+                decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A_n), 0.0), 1.0)
+                dh, unused_start = _raster_route(decay_next, g, rows, cols, ((KINDS >> (2 * k)) & 3) ^ 2, HP, WP)
+                # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
+                dh_decay = tl.where(mask, dh * (h - drive), 0.0)
+                tl.atomic_add((dC_ptr + bc_base) + flat_2d, tl.sum(tl.where(mask, dy * h, 0.0), axis=0),
+                              mask=mask_2d, sem='relaxed')
+                tl.atomic_add((dB_ptr + bc_base) + flat_2d, tl.sum(tl.where(mask, dh * dt_u, 0.0), axis=0),
+                              mask=mask_2d, sem='relaxed')
+                tl.atomic_add(dA_ptr + kd * N + n, tl.sum(tl.sum(dh_decay * dt, axis=2), axis=1), mask=mask_d,
+                              sem='relaxed')
+                du += dh * dt * B_n
+                ddt += dh * u * B_n + dh_decay * A_n
+            if HAS_D:
+                du += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None] * dy
+                tl.atomic_add(dDskip_ptr + kd, tl.sum(tl.sum(u * dy, axis=2), axis=1), mask=mask_d, sem='relaxed')
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            ddt = tl.where(mask, ddt, 0.0)
+            if HAS_BIAS:
+                tl.atomic_add(dbias_ptr + kd, tl.sum(tl.sum(ddt, axis=2), axis=1), mask=mask_d, sem='relaxed')
+            tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
+            if not U_SHARED:
+                tl.store((du_ptr + b * stride_u_b + k * stride_u_k) + offsets, du, mask=mask)
+        if U_SHARED:
+            tl.store((du_ptr + b * stride_u_b) + offsets, du, mask=mask)
+
+
+def _raster_plan(u, route_kinds, map_hw):
+    """Tile of the raster kernels for this call, or None to run the chunked kernels."""
+    if route_kinds is None or map_hw is None:
+        return None
+    tile = raster_tile(map_hw[0], map_hw[1], route_kinds)
+    return None if tile is None else (*tile, sum(kind << (2 * k) for k, kind in enumerate(route_kinds)))
+
+
+def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states):
+    batch, k_u, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    height, width, tile_h, tile_w, kinds = plan
+    y = torch.empty(batch, *(() if accumulate else (num_routes,)), dim, positions, device=u.device,
+                    dtype=torch.float32)
+    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
+    states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
+                         dtype=torch.float32)
+    grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    _raster_scan_fwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, y, last_state, states,
+        dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
+        y.stride(0), 0 if accumulate else y.stride(1),
+        KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
+        STORE_STATES=return_states, HP=tile_h, WP=tile_w)
+    return y, last_state, u.new_empty(0, dtype=torch.float32), states
+
+
+def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast):
+    batch, k_u, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    height, width, tile_h, tile_w, kinds = plan
+    accumulate = dy.dim() == 3
+    dy = dy.contiguous()
+    du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
+    ddelta = torch.empty(delta.shape, device=u.device, dtype=torch.float32)
+    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+    dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
+    dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
+    grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    _raster_scan_bwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, dy, None if dstates is None else dstates.contiguous(),
+        None if dlast is None else dlast.contiguous(), du, ddelta, dA, dB, dC, dD, dbias,
+        dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
+        dy.stride(0), 0 if accumulate else dy.stride(1),
+        KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
+        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, HP=tile_h, WP=tile_w)
+    return du, ddelta, dA, dB, dC, dD, dbias
+
+
 def _pass_states(decay, drive, reverse, final=None):
     """Launch the sequential-over-chunks state passing on (B, K, D, C, N) summaries."""
     entering = torch.empty_like(decay)
@@ -580,8 +894,12 @@ def _scan_routes_fwd_op(
         u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
         delta_softplus: bool, accumulate: bool, return_states: bool, backend: str,
+        route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == 'triton':
+        plan = _raster_plan(u, route_kinds, map_hw)
+        if plan is not None:
+            return _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states)
         return _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states)
     with torch.no_grad():
         y, last_state, states = _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
@@ -590,14 +908,19 @@ def _scan_routes_fwd_op(
 
 
 @_scan_routes_fwd_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, backend):
+def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, backend, route_kinds=None,
+      map_hw=None):
     batch, _, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     out_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     y = u.new_empty(batch, dim, positions, dtype=out_dtype) if accumulate else u.new_empty(
         batch, num_routes, dim, positions, dtype=out_dtype)
     last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
-    if backend == 'triton':
+    if backend == 'triton' and _raster_plan(u, route_kinds, map_hw) is not None:
+        chunk_states = u.new_empty(0, dtype=torch.float32)
+        states = u.new_empty(batch, num_routes, dim, state_dim, positions if return_states else 0,
+                             dtype=torch.float32)
+    elif backend == 'triton':
         length = positions if routes is None else routes.shape[1]
         chunk_states = u.new_empty(batch, num_routes, dim, -(-length // _chunk_size()), state_dim,
                                    dtype=torch.float32)
@@ -616,9 +939,13 @@ def _scan_routes_bwd_op(
         D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
         chunk_states: torch.Tensor, dy: torch.Tensor, dstates: Optional[torch.Tensor], dlast: Optional[torch.Tensor],
         delta_softplus: bool, return_states: bool, scatter_atomic: bool, backend: str,
+        route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
 ) -> List[torch.Tensor]:
     accumulate = dy.dim() == 3
-    if backend == 'triton':
+    plan = _raster_plan(u, route_kinds, map_hw) if backend == 'triton' else None
+    if plan is not None:
+        grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast)
+    elif backend == 'triton':
         grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
                             dlast, scatter_atomic)
     else:  # Recompute the chunked forward and differentiate it (torch.func works below the autograd key).
@@ -642,16 +969,18 @@ def _scan_routes_bwd_op(
 
 @_scan_routes_bwd_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus, return_states,
-      scatter_atomic, backend):
+      scatter_atomic, backend, route_kinds=None, map_hw=None):
     grad_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     return [torch.empty_like(t, dtype=grad_dtype) if t is not None else u.new_empty(0)
             for t in (u, delta, A, B, C, D, delta_bias)]
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, backend = inputs
+    (u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, backend, route_kinds,
+     map_hw) = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, output[2])
     ctx.delta_softplus, ctx.return_states, ctx.backend = delta_softplus, return_states, backend
+    ctx.route_kinds, ctx.map_hw = route_kinds, map_hw
     ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
 
 
@@ -665,11 +994,11 @@ def _backward(ctx, dy, dlast, dchunk, dstates):
     grads = _scan_routes_bwd_op(
         u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy,
         dstates if ctx.return_states and dstates is not None else None, dlast, ctx.delta_softplus,
-        ctx.return_states, ctx.scatter_atomic, ctx.backend)
+        ctx.return_states, ctx.scatter_atomic, ctx.backend, ctx.route_kinds, ctx.map_hw)
     du, ddelta, dA, dB, dC, dD, dbias = grads
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.to(D.dtype) if D is not None else None, dbias.to(delta_bias.dtype) if delta_bias is not None else None,
-            None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _scan_routes_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -762,6 +1091,8 @@ def scan_routes(
         return_states: bool = False,
         return_last_state: bool = False,
         backend: str = 'auto',
+        route_kinds: Optional[Sequence[int]] = None,
+        map_hw: Optional[Tuple[int, int]] = None,
 ):
     """Selective scan along K routes over P positions, every operand in spatial layout (see the module docstring).
 
@@ -779,6 +1110,10 @@ def scan_routes(
         return_states: also return the hidden state at every position, (batch, K, dim, N, P), in float32.
         return_last_state: also return each route's final state, (batch, K, dim, N), in float32.
         backend: 'auto' (Triton on CUDA, chunked PyTorch elsewhere), 'triton' or 'torch'.
+        route_kinds: optional K codes saying that the routes are raster walks of an ``map_hw`` map: 0 row-major,
+            1 column-major, 2 row-major reversed, 3 column-major reversed (``ScanPattern.route_kinds``). With them
+            Triton runs its whole-map kernels, which need no route table; ``routes`` must be those walks.
+        map_hw: (H, W) of the map, with H * W = P; needed with ``route_kinds``.
 
     Returns:
         The float32 output (float64 for float64 input), followed by the requested states.
@@ -812,6 +1147,21 @@ def scan_routes(
         if routes.device != device:
             raise ValueError(f'{fn}: routes is on {routes.device} but u is on {device}')
         routes = routes.to(torch.int32).contiguous()
+    if route_kinds is not None:
+        route_kinds = [int(kind) for kind in route_kinds]
+        if len(route_kinds) != num_routes or any(kind not in (0, 1, 2, 3) for kind in route_kinds):
+            raise ValueError(f'{fn}: route_kinds must hold K={num_routes} codes in 0..3, got {route_kinds}')
+        if map_hw is None or len(map_hw) != 2 or int(map_hw[0]) * int(map_hw[1]) != positions:
+            raise ValueError(f'{fn}: map_hw must be (H, W) with H * W = P = {positions} when route_kinds is given, '
+                             f'got {map_hw}')
+        if routes is not None and routes.shape[1] != positions:
+            raise ValueError(f'{fn}: raster routes visit every position once; routes has length {routes.shape[1]} '
+                             f'for P={positions}')
+        map_hw = [int(map_hw[0]), int(map_hw[1])]
+    elif routes is None:  # the identity route is a row-major walk of any map
+        route_kinds, map_hw = [0] * num_routes, [1, positions]
+    else:
+        map_hw = None
     if state_dim < 1 or state_dim > 256:
         raise ValueError(f'{fn}: d_state N={state_dim} must be in [1, 256]')
     backend = _resolve_backend(backend, u)
@@ -820,7 +1170,7 @@ def scan_routes(
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
         u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
-                                                   accumulate, return_states, backend)
+                                                   accumulate, return_states, backend, route_kinds, map_hw)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
     return outputs if len(outputs) > 1 else y
 

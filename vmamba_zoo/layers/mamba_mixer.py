@@ -138,11 +138,12 @@ class BiMambaMixer(nn.Module):
         delta = torch.einsum('bkrl,kdr->bkdl', dt, torch.stack([self.dt_proj.weight, self.dt_proj_b.weight]))
         param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # SSM parameters stay fp32
         A = -torch.exp(torch.stack([self.A_log, self.A_b_log]).to(param_dtype))
+        pattern = bidirectional_pattern(length)
         y = scan_routes(
             u, delta.contiguous(), A, B.contiguous(), C.contiguous(),
             D=torch.stack([self.D, self.D_b]).to(param_dtype),
             delta_bias=torch.stack([self.dt_proj.bias, self.dt_proj_b.bias]).to(param_dtype),
-            routes=bidirectional_pattern(length).routes_on(x.device),
+            routes=pattern.routes_on(x.device), route_kinds=pattern.route_kinds, map_hw=(length, 1),
             delta_softplus=True, accumulate=True, backend=self.backend,
         )  # (B, d_inner, L) float32: forward + backward outputs at each token
         y = y * F.silu(z.to(y.dtype))

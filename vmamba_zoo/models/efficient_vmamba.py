@@ -91,7 +91,8 @@ class AtrousSS2D(SS2D):
             xs.view(batch, num_routes, dim, positions), dts.view(batch, num_routes, dim, positions),
             -torch.exp(self.A_logs.float()).view(num_routes, dim, state), Bs.contiguous(), Cs.contiguous(),
             D=self.Ds.float().view(num_routes, dim), delta_bias=self.dt_projs_bias.float().view(num_routes, dim),
-            routes=routes.to(x.device), delta_softplus=True, accumulate=False, backend=self.backend)
+            routes=routes.to(x.device), delta_softplus=True, accumulate=False, backend=self.backend,
+            route_kinds=[0 if i % 2 == 0 else 1 for i, _ in offsets], map_hw=(sub_h, sub_w))
         phase_route = [route_phase.index(p) for p in range(step * step)]
         ys = ys.view(batch, num_routes, dim, sub_h, sub_w)[:, phase_route].transpose(1, 2)
         y = F.pixel_shuffle(ys.reshape(batch, dim * num_routes, sub_h, sub_w), step)[:, :, :height, :width]
