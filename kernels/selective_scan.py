@@ -477,33 +477,34 @@ if HAS_TRITON:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Triton kernels: raster routes, walked one line at a time.
+# Triton kernels: raster routes, the whole map in one program.
 #
 # Rows and columns walked forward or backward (VMamba's cross, Vim's bidirectional, a plain 1D scan) need no route
-# table and no chunk summaries. A program owns a channel block of one image and walks each route line by line (rows
-# for row-major routes, columns for column-major ones): the line's steps sit side by side in the lanes, one
-# associative scan along the lanes runs the recurrence inside the line, and the state reached at the line's end is
-# carried into the next line. Every input is read once from memory (the column loads are strided, but neighbouring
-# columns share cache lines, which the next iterations reuse), route outputs are summed in the program that owns them,
-# and there are no atomics on y and no inter-program dependencies. Lanes past the map's edge are identity steps.
+# table and no chunking: one program holds a channel block's whole (H, W) map as a [BLOCK_D, HP, WP] tile, so it reads
+# every input once, sums the K route outputs in registers and writes y once, with no atomics and no state passing.
+# A route is scanned in two levels: an associative scan along each line (row or column), then a scan over the lines'
+# totals that yields the state entering each line. Padding (to powers of two) is made of identity steps.
 #   route kind 0: row-major, 1: column-major, 2: row-major reversed, 3: column-major reversed.
-# The forward keeps the state entering every line; the backward walks each route's lines in reverse order, rebuilds the
-# states from those, and runs the adjoint recurrence in the lanes with the decay of each step's successor.
+# The backward recomputes the states and runs the adjoint recurrence as the mirrored route, with the decay of each
+# step's successor (loaded from the successor's position), so it too reads everything once per program.
 # ---------------------------------------------------------------------------------------------------------------------
-RASTER_MAX_LANES = 1024
+WHOLE_MAP_MAX_TILE = 256  # measured on the H200: larger maps run faster through the row walk / chunked kernels
+RASTER_MAX_WIDTH = 1024  # lanes of the row-walk kernel
 
 
-def raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, int, int]]:
-    """(H, W, lanes) the raster kernels use for these routes over P = height * width positions, or None when a line
-    is too long. Row-only routes reinterpret the positions as rows of up to 64, whatever the map's shape."""
+def raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, int, int, int]]:
+    """(H, W, HP, WP) the raster kernels use for these routes over P = height * width positions, or None when a row
+    is too wide. Row-only routes reinterpret the positions as rows of up to 64, whatever the map's shape."""
     positions = height * width
     if all(kind % 2 == 0 for kind in route_kinds):
         width = min(64, _next_power_of_2(positions))
         height = -(-positions // width)
-        lanes = width
-    else:
-        lanes = _next_power_of_2(max(height, width))
-    return None if lanes > RASTER_MAX_LANES else (height, width, lanes)
+    tile_h, tile_w = _next_power_of_2(height), _next_power_of_2(width)
+    return None if tile_w > RASTER_MAX_WIDTH else (height, width, tile_h, tile_w)
+
+
+def _whole_map(plan) -> bool:
+    return plan[2] * plan[3] <= WHOLE_MAP_MAX_TILE
 
 
 def _next_power_of_2(n: int) -> int:
@@ -513,16 +514,39 @@ def _next_power_of_2(n: int) -> int:
 if HAS_TRITON:
 
     @triton.jit
-    def _line_positions(line, lanes, H, W, P, BY_COLUMN: tl.constexpr):
-        """Flat positions of a line's lanes, whether each is on the map, and their (row, column)."""
-        if BY_COLUMN:
-            rows = lanes
-            cols = line + 0 * lanes
+    def _combine_keeping_exclusive(a, b, a_excl, b_excl, a2, b2, a2_excl, b2_excl):
+        # A segment is summarised by its composed map (a, b) and the map of all but its last element (a_excl, b_excl),
+        # so the inclusive scan also delivers the exclusive one: the state entering each line.
+        return a * a2, b * a2 + b2, a * a2_excl, b * a2_excl + b2_excl
+
+    @triton.jit
+    def _raster_route(decay, drive, rows, cols, KIND: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr):
+        """States of route KIND from a zero start on a [BLOCK_D, HP, WP] tile, and each channel's state at the end."""
+        # Row routes scan along axis 2 and chain the HP rows; column routes scan along axis 1 and chain the WP columns.
+        by_column: tl.constexpr = KIND % 2
+        line_length: tl.constexpr = WP * (1 - by_column) + HP * by_column
+        num_lines: tl.constexpr = HP * (1 - by_column) + WP * by_column
+        reverse: tl.constexpr = KIND // 2
+        if by_column:
+            a_line, b_line = tl.associative_scan((decay, drive), 1, _linear_recurrence_combine, reverse=reverse)
+            line_end = rows == (line_length - 1) * (1 - reverse)
+            a_total = tl.sum(tl.where(line_end, a_line, 0.0), axis=1)  # [BLOCK_D, num_lines]
+            b_total = tl.sum(tl.where(line_end, b_line, 0.0), axis=1)
         else:
-            rows = line + 0 * lanes
-            cols = lanes
-        flat = rows * W + cols
-        return flat, (rows < H) & (cols < W) & (flat < P), rows, cols
+            a_line, b_line = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine, reverse=reverse)
+            line_end = cols == (line_length - 1) * (1 - reverse)
+            a_total = tl.sum(tl.where(line_end, a_line, 0.0), axis=2)
+            b_total = tl.sum(tl.where(line_end, b_line, 0.0), axis=2)
+        _, b_all, _, b_entering = tl.associative_scan(
+            (a_total, b_total, tl.full(a_total.shape, 1.0, tl.float32), tl.zeros(a_total.shape, tl.float32)), 1,
+            _combine_keeping_exclusive, reverse=reverse)
+        if by_column:
+            h = b_line + a_line * b_entering[:, None, :]
+        else:
+            h = b_line + a_line * b_entering[:, :, None]
+        lines = tl.arange(0, num_lines)[None, :]
+        end_state = tl.sum(tl.where(lines == (num_lines - 1) * (1 - reverse), b_all, 0.0), axis=1)
+        return h, end_state
 
     @triton.jit
     def _raster_successor(rows, cols, flat, H, W, P, KIND: tl.constexpr):
@@ -550,259 +574,447 @@ if HAS_TRITON:
         return dt_raw, tl.where(mask, dt, 0.0)
 
     @triton.jit
-    def _lane_value(x, lanes, lane):
-        """x[..., lane] of a [BLOCK_D, NP, LANES] tensor, as [BLOCK_D, NP]."""
-        return tl.sum(tl.where(lanes == lane, x, 0.0), axis=2)
-
-    @triton.jit
-    def _raster_route_params(A_ptr, Dskip_ptr, bias_ptr, kd, N, mask_d, mask_dn, nn, HAS_D: tl.constexpr,
-                             HAS_BIAS: tl.constexpr):
-        A = tl.load(A_ptr + kd[:, None, None] * N + nn, mask=mask_dn, other=0.0)  # [BLOCK_D, NP, 1]
-        Dk = 0.0
-        if HAS_D:
-            Dk = tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
-        bias = 0.0
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
-        return A, Dk, bias
+    def _raster_coordinates(D, P, H, W, HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr):
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        rows = tl.arange(0, HP)[None, :, None]
+        cols = tl.arange(0, WP)[None, None, :]
+        flat = rows * W + cols
+        mask_pos = (rows < H) & (cols < W) & (flat < P)
+        mask = (d[:, None, None] < D) & mask_pos
+        offsets = d[:, None, None] * P + flat  # int32 inside one (batch, route) slab: fewer registers
+        return b, d, rows, cols, flat, mask_pos, mask, offsets
 
     def _raster_configs():
         if triton_interpreting():
             return [triton.Config({'BLOCK_D': 2}, num_warps=1)]
-        return [triton.Config({'BLOCK_D': bd}, num_warps=w) for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8)]
+        return [triton.Config({'BLOCK_D': bd}, num_warps=w) for bd in (1, 2, 4, 8, 16, 32, 64) for w in (2, 4, 8, 16)]
 
     def _prune_raster_configs(configs, named_args, **kwargs):
-        """Programs of 256 to 1024 (channel, state, lane) elements at 4 per thread: small programs, many of them in
-        flight on each SM, hide the latency of the line-after-line loop."""
+        """Programs of 512 or 1024 elements (or one channel of a larger map), at 4 or 8 elements per thread: the
+        scans keep about a dozen values per element live, so more per thread spills registers."""
         if triton_interpreting():
             return configs
         named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
-        line = named_args['NP'] * named_args['LANES']
+        tile = named_args['HP'] * named_args['WP']
         widest = _next_power_of_2(named_args['D'])
         wanted = set()
-        for elements in (256, 512, 1024):
-            block_d = max(1, min(widest, elements // line))
-            wanted.add((block_d, max(1, min(8, block_d * line // 128))))
+        for elements in (512, 1024):
+            block_d = max(1, min(widest, elements // tile))
+            for per_thread in (4, 8):
+                wanted.add((block_d, max(2, min(16, block_d * tile // (32 * per_thread)))))
         return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted] or configs[:1]
 
+    @triton.autotune(configs=_raster_configs(), key=['D', 'H', 'W', 'N', 'HP', 'WP'], do_bench=_quick_bench,
+                     prune_configs_by={'early_config_prune': _prune_raster_configs})
+    @triton.jit(do_not_specialize=['P'])
+    def _raster_scan_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr,
+            D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
+            HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        b, d, rows, cols, flat, mask_pos, mask, offsets = _raster_coordinates(D, P, H, W, HP, WP, BLOCK_D)
+        mask_d = d < D
+        if U_SHARED:
+            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        y = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+        for k in tl.static_range(NUM_ROUTES):
+            if not U_SHARED:
+                u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+            kd = k * D + d
+            bias = 0.0
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
+            route = b * NUM_ROUTES + k
+            unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
+            dt_u = dt * u
+            y_k = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+            for n in range(0, N):
+                A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)[:, None, None]
+                bc_base = (route * N + n) * P
+                B_n = tl.load((B_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                C_n = tl.load((C_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                h, end_state = _raster_route(tl.exp(dt * A_n), dt_u * B_n, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
+                y_k += h * C_n
+                tl.store(last_ptr + (route * D + d) * N + n, end_state, mask=mask_d)
+                if STORE_STATES:
+                    state_base = (route * D * N + n) * P
+                    state_rows = d[:, None, None] * (N * P) + flat
+                    tl.store((states_ptr + state_base) + state_rows, h, mask=mask)
+            if HAS_D:
+                y_k += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None] * u
+            if ACCUMULATE:
+                y += y_k
+            else:
+                tl.store((y_ptr + b * stride_y_b + k * stride_y_k) + offsets, y_k, mask=mask)
+        if ACCUMULATE:
+            tl.store((y_ptr + b * stride_y_b) + offsets, y, mask=mask)
+
+    @triton.autotune(configs=_raster_configs(), key=['D', 'H', 'W', 'N', 'HP', 'WP'], do_bench=_quick_bench,
+                     prune_configs_by={'early_config_prune': _prune_raster_configs},
+                     reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
+    @triton.jit(do_not_specialize=['P'])
+    def _raster_scan_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, dy_ptr, dstates_ptr, dlast_ptr,
+            du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+            D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
+            HAS_DLAST: tl.constexpr, HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        b, d, rows, cols, flat, mask_pos, mask, offsets = _raster_coordinates(D, P, H, W, HP, WP, BLOCK_D)
+        mask_d = d < D
+        flat_2d = tl.arange(0, HP)[:, None] * W + tl.arange(0, WP)[None, :]
+        mask_2d = (tl.arange(0, HP)[:, None] < H) & (tl.arange(0, WP)[None, :] < W) & (flat_2d < P)
+        if U_SHARED:
+            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+            du = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+        if ACCUMULATE:
+            dy = tl.load((dy_ptr + b * stride_y_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        for k in tl.static_range(NUM_ROUTES):
+            if not U_SHARED:
+                u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+                du = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+            if not ACCUMULATE:
+                dy = tl.load((dy_ptr + b * stride_y_b + k * stride_y_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+            kd = k * D + d
+            bias = 0.0
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
+            route = b * NUM_ROUTES + k
+            delta_ptrs = (delta_ptr + route * D * P) + d[:, None, None] * P
+            dt_raw, dt = _step_size(delta_ptrs + flat, bias, mask, HAS_BIAS, SOFTPLUS)
+            successor, has_successor = _raster_successor(rows, cols, flat, H, W, P, (KINDS >> (2 * k)) & 3)
+            unused_raw_next, dt_next = _step_size(delta_ptrs + successor, bias, mask & has_successor, HAS_BIAS, SOFTPLUS)
+            dt_u = dt * u
+            ddt = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
+            if HAS_DLAST:
+                if (KINDS >> (2 * k)) & 2:  # reversed routes end at position 0
+                    route_end = flat == 0
+                else:
+                    route_end = flat == P - 1
+            for n in range(0, N):
+                A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)[:, None, None]
+                bc_base = (route * N + n) * P
+                B_n = tl.load((B_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                C_n = tl.load((C_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
+                drive = dt_u * B_n
+                h, unused_end = _raster_route(tl.exp(dt * A_n), drive, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
+                # Adjoint: dh_l = g_l + decay_{next(l)} dh_{next(l)}: the mirrored route, padding left as identity.
+                g = dy * C_n
+                if HAS_DSTATES:
+                    state_base = (route * D * N + n) * P
+                    state_rows = d[:, None, None] * (N * P) + flat
+                    g += tl.load((dstates_ptr + state_base) + state_rows, mask=mask, other=0.0)
+                if HAS_DLAST:
+                    dlast = tl.load(dlast_ptr + (route * D + d) * N + n, mask=mask_d, other=0.0)[:, None, None]
+                    g += tl.where(route_end, dlast, 0.0)
+                g = tl.where(mask, g, 0.0)
+                decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A_n), 0.0), 1.0)
+                dh, unused_start = _raster_route(decay_next, g, rows, cols, ((KINDS >> (2 * k)) & 3) ^ 2, HP, WP)
+                # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
+                dh_decay = tl.where(mask, dh * (h - drive), 0.0)
+                tl.atomic_add((dC_ptr + bc_base) + flat_2d, tl.sum(tl.where(mask, dy * h, 0.0), axis=0),
+                              mask=mask_2d, sem='relaxed')
+                tl.atomic_add((dB_ptr + bc_base) + flat_2d, tl.sum(tl.where(mask, dh * dt_u, 0.0), axis=0),
+                              mask=mask_2d, sem='relaxed')
+                tl.atomic_add(dA_ptr + kd * N + n, tl.sum(tl.sum(dh_decay * dt, axis=2), axis=1), mask=mask_d,
+                              sem='relaxed')
+                du += dh * dt * B_n
+                ddt += dh * u * B_n + dh_decay * A_n
+            if HAS_D:
+                du += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None] * dy
+                tl.atomic_add(dDskip_ptr + kd, tl.sum(tl.sum(u * dy, axis=2), axis=1), mask=mask_d, sem='relaxed')
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(dt_raw)
+            ddt = tl.where(mask, ddt, 0.0)
+            if HAS_BIAS:
+                tl.atomic_add(dbias_ptr + kd, tl.sum(tl.sum(ddt, axis=2), axis=1), mask=mask_d, sem='relaxed')
+            tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
+            if not U_SHARED:
+                tl.store((du_ptr + b * stride_u_b + k * stride_u_k) + offsets, du, mask=mask)
+        if U_SHARED:
+            tl.store((du_ptr + b * stride_u_b) + offsets, du, mask=mask)
+
+
+    def _raster_rows_configs():
+        if triton_interpreting():
+            return [triton.Config({'BLOCK_D': 2, 'NUM_STAGES': 1}, num_warps=1)]
+        return [triton.Config({'BLOCK_D': bd, 'NUM_STAGES': stages}, num_warps=w)
+                for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8) for stages in (1, 3)]
+
+    def _prune_raster_rows_configs(configs, named_args, **kwargs):
+        """Rows of 256 or 512 (channel, state, lane) elements at 4 per thread, with and without software
+        pipelining of the row loads."""
+        if triton_interpreting():
+            return configs
+        named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
+        row = named_args['NP'] * named_args['LANES']
+        widest = _next_power_of_2(named_args['D'])
+        wanted = set()
+        for elements in (256, 512):
+            block_d = max(1, min(widest, elements // row))
+            wanted.add((block_d, max(1, min(8, block_d * row // 128))))
+        return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted] or configs[:1]
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Forward for large maps: rows of the map in the lanes, walked top to bottom and back.
+    #
+    # Every load is a row of the map, so every access is coalesced. Column routes run one sequential recurrence per
+    # lane (one column per lane) and row routes one associative scan along the lanes per row, with the state carried
+    # from row to row. A column route's state also crosses from the bottom of one column to the top of the next:
+    # a first walk totals each column (its decay product and the state it reaches from zero), and an exclusive scan
+    # of those totals along the lanes gives the state entering each column. The second walk (top to bottom) runs the
+    # forward routes and writes y, the third (bottom to top) runs the reversed routes and adds to y in the same lanes.
+    # -----------------------------------------------------------------------------------------------------------------
     @triton.jit
-    def _raster_program(D, N, BLOCK_D: tl.constexpr, NP: tl.constexpr, LANES: tl.constexpr):
+    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, states_ptr, b, d, dd, nn,
+                  lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
+                  KIND: tl.constexpr, LANES: tl.constexpr):
+        """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES]."""
+        flat = r * W + lanes
+        on_map = (lanes < W) & (flat < P)
+        mask = (dd < D) & on_map
+        mask_d = d < D
+        offsets = dd * P + flat
+        if U_SHARED:
+            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
+            u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+        kd = k * D + d
+        A = tl.load(A_ptr + kd[:, None, None] * N + nn, mask=(dd < D) & (nn < N), other=0.0)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
+        route = b * NUM_ROUTES + k
+        unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
+        bc_offsets = (route * N * P) + nn * P + flat
+        B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
+        C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
+        decay = tl.exp(dt * A)
+        drive = (dt * u) * B_row
+        if KIND % 2 == 1:  # one column per lane: a plain recurrence
+            h = decay * state + drive
+            new_state = h
+        else:
+            decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine,
+                                                       reverse=KIND == 2)
+            h = drive_cum + decay_cum * state
+            # Padding lanes are identity steps: the row's last step in route order holds its end state.
+            end = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 0), h, 0.0), axis=2, keep_dims=True)
+            new_state = tl.broadcast_to(end, h.shape)
+        if STORE_STATES:
+            tl.store((states_ptr + route * D * N * P) + (dd * N + nn) * P + flat, h, mask=mask & (nn < N))
+        y = tl.sum(h * C_row, axis=1, keep_dims=True)
+        if HAS_D:
+            y += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None] * u
+        return new_state, y
+
+    @triton.jit
+    def _column_totals(total_decay, total_drive, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes,
+                       D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """Adds row r to the totals of column route k: the decay product and the state reached from zero, which a
+        reversed (bottom-to-top) route accumulates here top to bottom as sum_r (prod_{r' < r} decay_r') drive_r."""
+        flat = r * W + lanes
+        on_map = (lanes < W) & (flat < P)
+        mask = (dd < D) & on_map
+        offsets = dd * P + flat
+        if U_SHARED:
+            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
+            u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+        kd = k * D + d
+        A = tl.load(A_ptr + kd[:, None, None] * N + nn, mask=(dd < D) & (nn < N), other=0.0)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
+        route = b * NUM_ROUTES + k
+        unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
+        B_row = tl.load(B_ptr + (route * N * P) + nn * P + flat, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
+        decay = tl.exp(dt * A)
+        drive = (dt * u) * B_row
+        if KIND == 1:
+            return total_decay * decay, decay * total_drive + drive
+        else:
+            return total_decay * decay, total_drive + total_decay * drive
+
+    @triton.jit
+    def _column_entering(total_decay, total_drive, KIND: tl.constexpr):
+        """State entering each column (lane) of a column route: the exclusive composition of the columns before it."""
+        unused_a, unused_b, unused_a_excl, entering = tl.associative_scan(
+            (total_decay, total_drive, tl.full(total_decay.shape, 1.0, tl.float32),
+             tl.zeros(total_decay.shape, tl.float32)), 2, _combine_keeping_exclusive, reverse=KIND == 3)
+        return entering
+
+    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
+                     prune_configs_by={'early_config_prune': _prune_raster_rows_configs})
+    @triton.jit(do_not_specialize=['P'])
+    def _raster_rows_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr,
+            D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
+            HAS_FORWARD_ROUTES: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+            NUM_STAGES: tl.constexpr,
+    ):
         num_dblocks = tl.cdiv(D, BLOCK_D)
         b = (tl.program_id(0) // num_dblocks).to(tl.int64)
         d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
         dd = d[:, None, None]
         nn = tl.arange(0, NP)[None, :, None]
         lanes = tl.arange(0, LANES)[None, None, :]
-        return b, d, dd, nn, lanes, d < D, (dd < D) & (nn < N)
-
-    @triton.autotune(configs=_raster_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
-                     prune_configs_by={'early_config_prune': _prune_raster_configs})
-    @triton.jit(do_not_specialize=['P'])
-    def _raster_scan_fwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, entering_ptr, states_ptr,
-            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
-            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
-            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
-            LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        b, d, dd, nn, lanes, mask_d, mask_dn = _raster_program(D, N, BLOCK_D, NP, LANES)
-        for k in tl.static_range(NUM_ROUTES):
-            A, Dk, bias = _raster_route_params(A_ptr, Dskip_ptr, bias_ptr, k * D + d, N, mask_d, mask_dn, nn, HAS_D,
-                                               HAS_BIAS)
-            route = b * NUM_ROUTES + k
-            if U_SHARED:
-                u_base = u_ptr + b * stride_u_b
-            else:
-                u_base = u_ptr + b * stride_u_b + k * stride_u_k
-            if ACCUMULATE:
-                y_base = y_ptr + b * stride_y_b
-            else:
-                y_base = y_ptr + b * stride_y_b + k * stride_y_k
-            state_rows = (route * D + dd) * N + nn  # [BLOCK_D, NP, 1]
-            if (KINDS >> (2 * k)) & 1:
-                num_lines = W
-            else:
-                num_lines = H
-            state = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-            for i in range(0, num_lines):
-                if (KINDS >> (2 * k)) & 2:
-                    line = num_lines - 1 - i
+        mask_dn = (dd < D) & (nn < N)
+        ones = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
+        zeros = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
+        # Walk 1: column totals of the column routes (routes 0..3 unrolled; absent or row routes keep zeros).
+        a0, b0, a1, b1, a2, b2, a3, b3 = ones, zeros, ones, zeros, ones, zeros, ones, zeros
+        if (KINDS & 0x55) != 0:
+            for r in tl.range(0, H, num_stages=NUM_STAGES):
+                if KINDS & 1:
+                    a0, b0 = _column_totals(a0, b0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
+                                            lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
+                                            HAS_BIAS, SOFTPLUS, KINDS & 3)
+                if NUM_ROUTES > 1:
+                    if (KINDS >> 2) & 1:
+                        a1, b1 = _column_totals(a1, b1, r, 1, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
+                                                lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
+                                                HAS_BIAS, SOFTPLUS, (KINDS >> 2) & 3)
+                if NUM_ROUTES > 2:
+                    if (KINDS >> 4) & 1:
+                        a2, b2 = _column_totals(a2, b2, r, 2, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
+                                                lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
+                                                HAS_BIAS, SOFTPLUS, (KINDS >> 4) & 3)
+                if NUM_ROUTES > 3:
+                    if (KINDS >> 6) & 1:
+                        a3, b3 = _column_totals(a3, b3, r, 3, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
+                                                lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
+                                                HAS_BIAS, SOFTPLUS, (KINDS >> 6) & 3)
+        s0, s1, s2, s3 = zeros, zeros, zeros, zeros
+        if KINDS & 1:
+            s0 = _column_entering(a0, b0, KINDS & 3)
+        if NUM_ROUTES > 1:
+            if (KINDS >> 2) & 1:
+                s1 = _column_entering(a1, b1, (KINDS >> 2) & 3)
+        if NUM_ROUTES > 2:
+            if (KINDS >> 4) & 1:
+                s2 = _column_entering(a2, b2, (KINDS >> 4) & 3)
+        if NUM_ROUTES > 3:
+            if (KINDS >> 6) & 1:
+                s3 = _column_entering(a3, b3, (KINDS >> 6) & 3)
+        # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; y summed in the same lanes.
+        for walk in tl.static_range(2):
+            for i in tl.range(0, H, num_stages=NUM_STAGES):
+                if walk == 0:
+                    r = i
                 else:
-                    line = i
-                flat, on_map, rows, cols = _line_positions(line, lanes, H, W, P, (KINDS >> (2 * k)) & 1)
-                mask = (dd < D) & on_map
-                offsets = dd * P + flat
-                u = tl.load(u_base + offsets, mask=mask, other=0.0).to(tl.float32)
-                unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
-                bc_offsets = (route * N * P) + nn * P + flat
-                B_line = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-                C_line = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-                tl.store(entering_ptr + state_rows * MAX_LINES + line, state[:, :, None], mask=mask_dn)
-                decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A), (dt * u) * B_line), 2,
-                                                           _linear_recurrence_combine,
-                                                           reverse=(KINDS >> (2 * k)) & 2)
-                h = drive_cum + decay_cum * state[:, :, None]
-                if STORE_STATES:
-                    tl.store(states_ptr + state_rows * P + flat, h, mask=mask_dn & on_map)
-                # Padding lanes are identity steps, so the line's last step in route order holds its end state.
-                if (KINDS >> (2 * k)) & 2:
-                    state = _lane_value(h, lanes, 0)
-                else:
-                    state = _lane_value(h, lanes, LANES - 1)
-                y = tl.sum(h * C_line, axis=1, keep_dims=True) + Dk * u
+                    r = H - 1 - i
+                flat = r * W + lanes
+                mask = (dd < D) & (lanes < W) & (flat < P)
+                y = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
+                if ((KINDS >> 1) & 1) == walk:
+                    s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
+                                       states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                       NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES, KINDS & 3, LANES)
+                    y += y0
+                    if not ACCUMULATE:
+                        tl.store((y_ptr + b * stride_y_b) + dd * P + flat, y0, mask=mask)
+                if NUM_ROUTES > 1:
+                    if ((KINDS >> 3) & 1) == walk:
+                        s1, y1 = _row_step(s1, r, 1, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
+                                           states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                           NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
+                                           (KINDS >> 2) & 3, LANES)
+                        y += y1
+                        if not ACCUMULATE:
+                            tl.store((y_ptr + b * stride_y_b + stride_y_k) + dd * P + flat, y1, mask=mask)
+                if NUM_ROUTES > 2:
+                    if ((KINDS >> 5) & 1) == walk:
+                        s2, y2 = _row_step(s2, r, 2, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
+                                           states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                           NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
+                                           (KINDS >> 4) & 3, LANES)
+                        y += y2
+                        if not ACCUMULATE:
+                            tl.store((y_ptr + b * stride_y_b + 2 * stride_y_k) + dd * P + flat, y2, mask=mask)
+                if NUM_ROUTES > 3:
+                    if ((KINDS >> 7) & 1) == walk:
+                        s3, y3 = _row_step(s3, r, 3, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
+                                           states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                           NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
+                                           (KINDS >> 6) & 3, LANES)
+                        y += y3
+                        if not ACCUMULATE:
+                            tl.store((y_ptr + b * stride_y_b + 3 * stride_y_k) + dd * P + flat, y3, mask=mask)
                 if ACCUMULATE:
-                    if k > 0:  # every raster route visits every position: the first one initialises y
-                        y += tl.load(y_base + offsets, mask=mask, other=0.0)
-                tl.store(y_base + offsets, y, mask=mask)
-            tl.store(last_ptr + state_rows, state[:, :, None], mask=mask_dn)
-            # The next route reads y back through other threads of this program.
-            tl.debug_barrier()
+                    if walk == 1:
+                        if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very lanes
+                            y += tl.load((y_ptr + b * stride_y_b) + dd * P + flat, mask=mask, other=0.0)
+                    tl.store((y_ptr + b * stride_y_b) + dd * P + flat, y, mask=mask)
+        # Final states: row routes carry one value in every lane; column routes end in column W-1 (or 0, reversed).
+        last = last_ptr + ((b * NUM_ROUTES) * D + dd) * N + nn
+        tl.store(last, _last_state(s0, lanes, W, KINDS & 3), mask=mask_dn)
+        if NUM_ROUTES > 1:
+            tl.store(last + D * N, _last_state(s1, lanes, W, (KINDS >> 2) & 3), mask=mask_dn)
+        if NUM_ROUTES > 2:
+            tl.store(last + 2 * D * N, _last_state(s2, lanes, W, (KINDS >> 4) & 3), mask=mask_dn)
+        if NUM_ROUTES > 3:
+            tl.store(last + 3 * D * N, _last_state(s3, lanes, W, (KINDS >> 6) & 3), mask=mask_dn)
 
-    @triton.autotune(configs=_raster_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
-                     prune_configs_by={'early_config_prune': _prune_raster_configs},
-                     reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
-    @triton.jit(do_not_specialize=['P'])
-    def _raster_scan_bwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr, dlast_ptr,
-            du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
-            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
-            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
-            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
-            HAS_DLAST: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        b, d, dd, nn, lanes, mask_d, mask_dn = _raster_program(D, N, BLOCK_D, NP, LANES)
-        for k in tl.static_range(NUM_ROUTES):
-            A, Dk, bias = _raster_route_params(A_ptr, Dskip_ptr, bias_ptr, k * D + d, N, mask_d, mask_dn, nn, HAS_D,
-                                               HAS_BIAS)
-            route = b * NUM_ROUTES + k
-            if U_SHARED:
-                u_base = u_ptr + b * stride_u_b
-                du_base = du_ptr + b * stride_u_b
-            else:
-                u_base = u_ptr + b * stride_u_b + k * stride_u_k
-                du_base = du_ptr + b * stride_u_b + k * stride_u_k
-            if ACCUMULATE:
-                dy_base = dy_ptr + b * stride_y_b
-            else:
-                dy_base = dy_ptr + b * stride_y_b + k * stride_y_k
-            state_rows = (route * D + dd) * N + nn
-            if (KINDS >> (2 * k)) & 1:
-                num_lines = W
-            else:
-                num_lines = H
-            adjoint = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-            dA = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-            dD = tl.zeros([BLOCK_D], dtype=tl.float32)
-            dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for i in range(0, num_lines):  # the route's lines, last first
-                if (KINDS >> (2 * k)) & 2:
-                    line = i
-                else:
-                    line = num_lines - 1 - i
-                flat, on_map, rows, cols = _line_positions(line, lanes, H, W, P, (KINDS >> (2 * k)) & 1)
-                mask = (dd < D) & on_map
-                offsets = dd * P + flat
-                u = tl.load(u_base + offsets, mask=mask, other=0.0).to(tl.float32)
-                delta_base = delta_ptr + route * D * P
-                dt_raw, dt = _step_size(delta_base + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
-                successor, has_successor = _raster_successor(rows, cols, flat, H, W, P, (KINDS >> (2 * k)) & 3)
-                unused_raw, dt_next = _step_size(delta_base + dd * P + successor, bias, mask & has_successor,
-                                                 HAS_BIAS, SOFTPLUS)
-                bc_offsets = (route * N * P) + nn * P + flat
-                B_line = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-                C_line = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-                dy = tl.load(dy_base + offsets, mask=mask, other=0.0).to(tl.float32)
-                entering = tl.load(entering_ptr + state_rows * MAX_LINES + line, mask=mask_dn, other=0.0)
-                dt_u = dt * u
-                drive = dt_u * B_line
-                decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A), drive), 2, _linear_recurrence_combine,
-                                                           reverse=(KINDS >> (2 * k)) & 2)
-                h = drive_cum + decay_cum * entering
-                # Adjoint: dh_l = g_l + decay_{next(l)} dh_{next(l)}, scanned against the route; padding is identity.
-                g = dy * C_line
-                if HAS_DSTATES:
-                    g += tl.load(dstates_ptr + state_rows * P + flat, mask=mask_dn & on_map, other=0.0)
-                if HAS_DLAST:
-                    if (KINDS >> (2 * k)) & 2:
-                        route_end = flat == 0
-                    else:
-                        route_end = flat == P - 1
-                    g += tl.where(route_end, tl.load(dlast_ptr + state_rows, mask=mask_dn, other=0.0), 0.0)
-                g = tl.where(mask, g, 0.0)
-                decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A), 0.0), 1.0)
-                adj_decay, adj_drive = tl.associative_scan((decay_next, g), 2, _linear_recurrence_combine,
-                                                           reverse=1 - ((KINDS >> (2 * k)) & 2) // 2)
-                dh = adj_drive + adj_decay * adjoint[:, :, None]
-                if (KINDS >> (2 * k)) & 2:
-                    adjoint = _lane_value(dh, lanes, LANES - 1)
-                else:
-                    adjoint = _lane_value(dh, lanes, 0)
-                # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
-                dh_decay = tl.where(mask, dh * (h - drive), 0.0)
-                dh = tl.where(mask, dh, 0.0)
-                tl.atomic_add(dC_ptr + bc_offsets, tl.sum(dy * h, axis=0, keep_dims=True), mask=(nn < N) & on_map,
-                              sem='relaxed')
-                tl.atomic_add(dB_ptr + bc_offsets, tl.sum(dh * dt_u, axis=0, keep_dims=True),
-                              mask=(nn < N) & on_map, sem='relaxed')
-                dA += tl.sum(dh_decay * dt, axis=2)
-                du = tl.sum(dh * dt * B_line, axis=1, keep_dims=True) + Dk * dy
-                ddt = tl.sum(dh * u * B_line + dh_decay * A, axis=1, keep_dims=True)
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(dt_raw)
-                ddt = tl.where(mask, ddt, 0.0)
-                dD += tl.sum(tl.sum(u * dy, axis=2), axis=1)
-                dbias += tl.sum(tl.sum(ddt, axis=2), axis=1)
-                tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
-                if U_SHARED:
-                    if k > 0:  # every raster route visits every position: the first one initialises du
-                        du += tl.load(du_base + offsets, mask=mask, other=0.0)
-                tl.store(du_base + offsets, du, mask=mask)
-            tl.atomic_add(dA_ptr + (k * D + dd) * N + nn, dA[:, :, None], mask=mask_dn, sem='relaxed')
-            if HAS_D:
-                tl.atomic_add(dDskip_ptr + k * D + d, dD, mask=mask_d, sem='relaxed')
-            if HAS_BIAS:
-                tl.atomic_add(dbias_ptr + k * D + d, dbias, mask=mask_d, sem='relaxed')
-            tl.debug_barrier()
+    @triton.jit
+    def _last_state(state, lanes, W, KIND: tl.constexpr):
+        if KIND == 1:
+            lane = W - 1
+        else:
+            lane = 0
+        return tl.sum(tl.where(lanes == lane, state, 0.0), axis=2, keep_dims=True)
 
 
 def _raster_plan(u, route_kinds, map_hw):
-    """(H, W, lanes, packed kinds) of the raster kernels for this call, or None to run the chunked kernels."""
+    """Tile of the raster kernels for this call, or None to run the chunked kernels."""
     if route_kinds is None or map_hw is None:
         return None
     tile = raster_tile(map_hw[0], map_hw[1], route_kinds)
     return None if tile is None else (*tile, sum(kind << (2 * k) for k, kind in enumerate(route_kinds)))
 
 
-def _raster_entering_shape(u, delta, A, plan):
-    """(B, K, D, N, lines) float32: the state entering each line of each route, kept for the backward."""
-    return (u.shape[0], delta.shape[1], u.shape[2], A.shape[-1], max(plan[0], plan[1]))
-
-
 def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
-    height, width, lanes, kinds = plan
+    height, width, tile_h, tile_w, kinds = plan
     y = torch.empty(batch, *(() if accumulate else (num_routes,)), dim, positions, device=u.device,
                     dtype=torch.float32)
     last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
-    entering = torch.empty(_raster_entering_shape(u, delta, A, plan), device=u.device, dtype=torch.float32)
     states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
                          dtype=torch.float32)
     grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
-    _raster_scan_fwd_kernel[grid](
-        u, delta, A, B, C, D, delta_bias, y, last_state, entering, states,
-        dim, positions, height, width, state_dim, entering.shape[-1], u.stride(0), u.stride(1) if k_u > 1 else 0,
-        y.stride(0), 0 if accumulate else y.stride(1),
-        KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
-        STORE_STATES=return_states, LANES=lanes, NP=_next_power_of_2(state_dim))
-    return y, last_state, entering, states
+    common = (dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
+              y.stride(0), 0 if accumulate else y.stride(1))
+    flags = dict(KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
+                 HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
+                 STORE_STATES=return_states)
+    if _whole_map(plan):
+        _raster_scan_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, *common, **flags,
+                                      HP=tile_h, WP=tile_w)
+    else:
+        _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, *common, **flags,
+                                      HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),
+                                      LANES=tile_w, NP=_next_power_of_2(state_dim))
+    return y, last_state, u.new_empty(0, dtype=torch.float32), states
 
 
-def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, entering, dy, dstates, dlast):
+def _unpack_kinds(kinds: int, num_routes: int):
+    return [(kinds >> (2 * k)) & 3 for k in range(num_routes)]
+
+
+def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
-    height, width, lanes, kinds = plan
+    height, width, tile_h, tile_w, kinds = plan
     accumulate = dy.dim() == 3
     dy = dy.contiguous()
     du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
@@ -814,14 +1026,13 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, entering
     dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
     grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     _raster_scan_bwd_kernel[grid](
-        u, delta, A, B, C, D, delta_bias, entering, dy, None if dstates is None else dstates.contiguous(),
+        u, delta, A, B, C, D, delta_bias, dy, None if dstates is None else dstates.contiguous(),
         None if dlast is None else dlast.contiguous(), du, ddelta, dA, dB, dC, dD, dbias,
-        dim, positions, height, width, state_dim, entering.shape[-1], u.stride(0), u.stride(1) if k_u > 1 else 0,
+        dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
         dy.stride(0), 0 if accumulate else dy.stride(1),
         KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
-        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, LANES=lanes,
-        NP=_next_power_of_2(state_dim))
+        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, HP=tile_h, WP=tile_w)
     return du, ddelta, dA, dB, dC, dD, dbias
 
 
@@ -836,6 +1047,26 @@ def _pass_states(decay, drive, reverse, final=None):
     return entering
 
 
+def _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus):
+    """State entering every chunk of every route (B, K, D, chunks, N), and each route's final state."""
+    batch, k_u, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    length = positions if routes is None else routes.shape[1]
+    chunk = _chunk_size()
+    num_chunks = triton.cdiv(length, chunk)
+    summary = torch.empty(2, batch, num_routes, dim, num_chunks, state_dim, device=u.device, dtype=torch.float32)
+
+    def grid(meta):
+        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+
+    _chunk_summary_fwd_kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1],
+                                    dim, positions, length, state_dim, num_chunks, u.stride(0),
+                                    u.stride(1) if k_u > 1 else 0, HAS_BIAS=delta_bias is not None,
+                                    SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
+    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
+    return _pass_states(summary[0], summary[1], reverse=False, final=last_state), last_state
+
+
 def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
@@ -844,15 +1075,11 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
     num_chunks = triton.cdiv(length, chunk)
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
     stride_u = (u.stride(0), u.stride(1) if k_u > 1 else 0)
-    summary = torch.empty(2, batch, num_routes, dim, num_chunks, state_dim, device=u.device, dtype=torch.float32)
 
     def grid(meta):
         return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
 
-    _chunk_summary_fwd_kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1],
-                                    dim, positions, length, state_dim, num_chunks, *stride_u, **flags)
-    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
-    entering = _pass_states(summary[0], summary[1], reverse=False, final=last_state)
+    entering, last_state = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)
     y_routes = 1 if accumulate else num_routes
     # Accumulated outputs are summed with atomics, and unvisited positions must read 0.
     full_cover = routes is None and not accumulate
@@ -952,8 +1179,7 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
         batch, num_routes, dim, positions, dtype=out_dtype)
     last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
     if backend == 'triton' and _raster_plan(u, route_kinds, map_hw) is not None:
-        chunk_states = u.new_empty(_raster_entering_shape(u, delta, A, _raster_plan(u, route_kinds, map_hw)),
-                                   dtype=torch.float32)
+        chunk_states = u.new_empty(0, dtype=torch.float32)
         states = u.new_empty(batch, num_routes, dim, state_dim, positions if return_states else 0,
                              dtype=torch.float32)
     elif backend == 'triton':
@@ -979,9 +1205,12 @@ def _scan_routes_bwd_op(
 ) -> List[torch.Tensor]:
     accumulate = dy.dim() == 3
     plan = _raster_plan(u, route_kinds, map_hw) if backend == 'triton' else None
+    if plan is not None and not _whole_map(plan):
+        # The row walk keeps no chunk states: the chunked backward recomputes them (one extra read of u, delta, B).
+        chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
+        plan = None
     if plan is not None:
-        grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, chunk_states, dy, dstates,
-                            dlast)
+        grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast)
     elif backend == 'triton':
         grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
                             dlast, scatter_atomic)
