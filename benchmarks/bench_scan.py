@@ -333,6 +333,7 @@ def main():
     parser.add_argument('--torch-max-length', type=int, default=4096,
                         help='time the PyTorch reference (and its torch.compile) only up to this sequence length')
     parser.add_argument('--state-dims', type=int, nargs='+', default=[1, 16])
+    parser.add_argument('--dtypes', nargs='+', default=['bfloat16', 'float32'], choices=['bfloat16', 'float32'])
     parser.add_argument('--child-compiled', default='', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_compiled:
@@ -360,7 +361,7 @@ def main():
     mamba_ext = None
     for state_dim in state_dims:
         for dim, height, width in stages:
-            for dtype in (torch.bfloat16, torch.float32):
+            for dtype in (getattr(torch, name) for name in args.dtypes):
                 if time.time() - start > args.budget_s:
                     timings.append(dict(D=dim, H=height, W=width, N=state_dim, dtype=str(dtype),
                                         skipped='time budget'))

@@ -254,11 +254,14 @@ def official_vmamba_specs(repo: str, names: Optional[Sequence[str]] = None, ext_
         if not callable(factory_fn):
             raise ValueError(f"official vmamba.py has no model function '{name}'")
 
-        def factory(img_size, drop_path, factory_fn=factory_fn):
-            if not any(kernels.values()) and not allow_torch_scan:
-                raise RuntimeError('none of the official compiled scan kernels (selective_scan_cuda_oflex/_core, '
-                                   'selective_scan_cuda) imported; pass their folder with ext_dirs (timing the '
-                                   "official PyTorch fallback scan would be meaningless)")
+        # Vanilla VMamba (forward_type v0) hard-codes mamba_ssm's selective_scan_cuda; the others pick oflex.
+        needed = 'WITH_SELECTIVESCAN_MAMBA' if name.startswith('vanilla_') else 'WITH_SELECTIVESCAN_OFLEX'
+
+        def factory(img_size, drop_path, factory_fn=factory_fn, needed=needed):
+            if not kernels[needed] and not allow_torch_scan:
+                raise RuntimeError(f'the official compiled scan kernel this model uses did not import ({needed} is '
+                                   'False); pass its folder with ext_dirs (timing the official PyTorch fallback scan '
+                                   'would be meaningless)')
             model = factory_fn()
             if drop_path is not None:
                 _scale_drop_path(model, drop_path)
