@@ -1432,6 +1432,8 @@ def scan_routes(
         route_kinds, map_hw = [0] * num_routes, [1, positions]
     else:
         map_hw = None
+    if torch.jit.is_tracing():  # the tracer (fvcore) cannot record int lists; they only pick a kernel, not the math
+        route_kinds = map_hw = None
     if state_dim < 1 or state_dim > 256:
         raise ValueError(f'{fn}: d_state N={state_dim} must be in [1, 256]')
     backend = _resolve_backend(backend, u)

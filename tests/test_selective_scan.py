@@ -341,3 +341,103 @@ def test_patterns_first_built_on_the_meta_device_serve_real_tensors():
     inputs = [t.detach() for t in routed_inputs(meta_pattern, 2, 1, torch.float32)]
     out = K.multi_scan_2d(*inputs[:6], delta_bias=inputs[6], pattern=K.cross_pattern(7, 9), backend='torch')
     assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Raster kernels (rows and columns walked forward or backward): whole-map and row-walk forwards, whole-map and chunked
+# backwards, selected by map size; each is forced here through the size thresholds.
+# ---------------------------------------------------------------------------------------------------------------------
+RASTER_KERNELS = {
+    'whole_map': dict(WHOLE_MAP_FWD_MAX_TILE=1 << 20, WHOLE_MAP_BWD_MAX_TILE=1 << 20),
+    'row_walk_chunked_bwd': dict(WHOLE_MAP_FWD_MAX_TILE=0, WHOLE_MAP_BWD_MAX_TILE=0),
+}
+
+
+def _raster_case(pattern, state_dim, shared=True, accumulate=True, seed=0):
+    inputs = routed_inputs(pattern, 3, state_dim, torch.float32, shared=shared, seed=seed, batch=2)
+    x, delta, A, B, C, D, bias = inputs
+    num_routes, positions = pattern.num_routes, pattern.height * pattern.width
+
+    def run(backend):
+        return K.scan_routes(
+            x.reshape(2, -1, 3, positions), delta.flatten(3), A.view(num_routes, 3, state_dim), B.flatten(3),
+            C.flatten(3), D.view(num_routes, 3), bias.view(num_routes, 3),
+            routes=pattern.routes_on('cpu'), delta_softplus=True, accumulate=accumulate, return_states=True,
+            return_last_state=True, backend=backend, route_kinds=pattern.route_kinds,
+            map_hw=(pattern.height, pattern.width))
+    return inputs, run
+
+
+@pytest.mark.parametrize('kernel', sorted(RASTER_KERNELS))
+@pytest.mark.parametrize('pattern,state_dim,shared,accumulate', [
+    (K.cross_pattern(5, 7), 1, True, True),
+    (K.cross_pattern(4, 6), 3, True, True),
+    (K.cross_pattern(6, 3), 2, False, False),
+    (K.bidirectional_pattern(9), 2, True, True),
+    (K.unidirectional_pattern(3, 7), 1, False, False),
+], ids=['cross5x7', 'cross4x6_N3', 'cross6x3_per_route', 'bidirectional9', 'unidirectional3x7'])
+def test_raster_kernels_match_reference(monkeypatch, kernel, pattern, state_dim, shared, accumulate):
+    for name, value in RASTER_KERNELS[kernel].items():
+        monkeypatch.setattr(ss, name, value)
+    inputs, run = _raster_case(pattern, state_dim, shared, accumulate)
+    outs = run('triton')
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    refs = _raster_case_ref(pattern, state_dim, accumulate, ref_inputs)
+    for name, out, ref in zip(('y', 'states', 'last_state'), outs, refs):
+        assert_close(out, ref, torch.float32, name)
+    cotangents = [torch.randn_like(ref) for ref in refs]
+    grads = torch.autograd.grad(outs, inputs, [c.float() for c in cotangents])
+    ref_grads = torch.autograd.grad(refs, ref_inputs, cotangents)
+    for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
+        assert_close(g, r, torch.float32, name)
+
+
+def _raster_case_ref(pattern, state_dim, accumulate, inputs):
+    x, delta, A, B, C, D, bias = inputs
+    num_routes, positions = pattern.num_routes, pattern.height * pattern.width
+    return K.scan_routes(
+        x.reshape(2, -1, 3, positions), delta.flatten(3), A.view(num_routes, 3, state_dim), B.flatten(3),
+        C.flatten(3), D.view(num_routes, 3), bias.view(num_routes, 3), routes=pattern.routes_on('cpu'),
+        delta_softplus=True, accumulate=accumulate, return_states=True, return_last_state=True, backend='torch')
+
+
+@settings(max_examples=6, deadline=None)
+@given(height=st.integers(1, 9), width=st.integers(1, 9), state_dim=st.integers(1, 2),
+       kernel=st.sampled_from(sorted(RASTER_KERNELS)))
+def test_raster_cross_matches_reference_on_any_map(height, width, state_dim, kernel):
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in RASTER_KERNELS[kernel].items():
+            patch.setattr(ss, name, value)
+        pattern = K.cross_pattern(height, width)
+        inputs, run = _raster_case(pattern, state_dim)
+        y = run('triton')[0]
+        ref = _raster_case_ref(pattern, state_dim, True, [t.detach().double() for t in inputs])[0]
+        assert_close(y, ref, torch.float32, 'y')
+
+
+@pytest.mark.parametrize('kernel', sorted(RASTER_KERNELS))
+def test_raster_kernels_write_every_output_element(monkeypatch, kernel):
+    for name, value in RASTER_KERNELS[kernel].items():
+        monkeypatch.setattr(ss, name, value)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
+    inputs, run = _raster_case(K.cross_pattern(5, 6), 2)
+    outs = run('triton')
+    for name, t in zip(('y', 'states', 'last_state'), outs):
+        assert torch.isfinite(t).all(), f'{name} has unwritten elements'
+    grads = torch.autograd.grad(sum(t.sum() for t in outs), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(route_kinds=[0, 1], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
+    (dict(route_kinds=[0, 1, 2, 5], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
+    (dict(route_kinds=[0, 1, 2, 3], map_hw=(3, 3)), 'map_hw must be'),
+    (dict(route_kinds=[0, 1, 2, 3]), 'map_hw must be'),
+])
+def test_raster_arguments_are_checked(kwargs, message):
+    pattern = K.cross_pattern(2, 3)
+    x, delta, A, B, C, D, bias = routed_inputs(pattern, 3, 1, torch.float32)
+    with pytest.raises(ValueError, match=message):
+        K.scan_routes(x.reshape(1, 1, 3, 6), delta.flatten(3), A.view(4, 3, 1), B.flatten(3), C.flatten(3),
+                      routes=pattern.routes_on('cpu'), **kwargs)
