@@ -1,0 +1,96 @@
+"""Timings of the raster scan kernels at VMamba-T's stage shapes, each kernel forced through the size thresholds.
+
+For B=128, K=4 (cross pattern), N=1 (and N=16 at stage 1), bf16 inputs, it prints and writes to JSON:
+
+* the row-walk forward and the whole-map forward (the latter only on maps up to 14x14);
+* forward+backward with the default dispatch (``WHOLE_MAP_*_MAX_TILE``);
+* the bytes floor from ``bench_scan.bytes_floor`` at the measured copy bandwidth.
+
+A few maps are first checked against the float64 PyTorch path with each kernel forced. This is how the dispatch
+thresholds in ``kernels/selective_scan.py`` were chosen; ``bench_scan.py`` holds the full comparison with the other
+paths and mamba_ssm.
+
+Usage: python benchmarks/bench_raster.py [OUT.json]
+"""
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scan as bs  # noqa: E402
+
+STAGE_SHAPES = ((96, 56, 56, 1), (192, 28, 28, 1), (384, 14, 14, 1), (768, 7, 7, 1), (192, 28, 28, 16))
+CHECKS = ((56, 56, 1, torch.bfloat16, 0), (28, 28, 4, torch.float32, 0), (13, 17, 1, torch.float32, 0),
+          (7, 7, 1, torch.bfloat16, 256))
+
+
+def set_whole_map_limit(ss, tile):
+    ss.WHOLE_MAP_FWD_MAX_TILE = ss.WHOLE_MAP_BWD_MAX_TILE = tile
+
+
+def main():
+    import triton
+    import triton.testing
+    kernels = bs.import_kernels()
+    from vmamba_zoo.kernels import selective_scan as ss
+    defaults = (ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE)
+    result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                  gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                  batch=bs.BATCH, routes=bs.ROUTES, checks={}, timings={})
+    start = time.time()
+    for height, width, state_dim, dtype, tile in CHECKS:
+        set_whole_map_limit(ss, tile)
+        args = bs.make_inputs(8, height, width, state_dim, dtype, batch=2, requires_grad=True)
+        y = kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
+        ref_args = [a.detach().double().requires_grad_() for a in args]
+        y_ref = kernels.multi_scan_2d(*ref_args[:6], delta_bias=ref_args[6], delta_softplus=True, backend='torch')
+        grad = torch.randn_like(y_ref)
+        errs = [bs.rel_err(y, y_ref)] + [bs.rel_err(a, b) for a, b in zip(
+            torch.autograd.grad(y, args, grad.float()), torch.autograd.grad(y_ref, ref_args, grad))]
+        key = f'{height}x{width}_N{state_dim}_{str(dtype)[6:]}_whole_map_limit{tile}'
+        result['checks'][key] = errs
+        print(f'check {key}: y {errs[0]:.1e} grads ' + ' '.join(f'{e:.1e}' for e in errs[1:]), flush=True)
+    bandwidth = bs.measure_copy_bandwidth()
+    result['copy_bandwidth_GBps'] = bandwidth
+
+    def bench(fn, rep=40):
+        return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode='median')
+
+    for dim, height, width, state_dim in STAGE_SHAPES:
+        args = bs.make_inputs(dim, height, width, state_dim, torch.bfloat16, requires_grad=True)
+
+        def forward():
+            return kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
+
+        row = {}
+        for name, tile in (('row_walk_fwd_ms', 0), ('whole_map_fwd_ms', 1 << 20)):
+            if name.startswith('whole') and height >= 28:
+                continue  # 1 to 6 ms on the larger maps (first measurement, benchmarks/results/README.md)
+            set_whole_map_limit(ss, tile)
+            with torch.no_grad():
+                row[name] = bench(forward)
+        ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE = defaults
+        grad = torch.randn(bs.BATCH, dim, height, width, device='cuda')
+        row['default_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
+        row['floor_ms_fwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, False) / bandwidth / 1e6
+        row['floor_ms_fwd_bwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, True) / bandwidth / 1e6
+        row['row_walk_config'] = str(getattr(ss._raster_rows_fwd_kernel, 'best_config', None))
+        key = f'D{dim}_{height}x{width}_N{state_dim}'
+        result['timings'][key] = row
+        print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items() if isinstance(v, float)), flush=True)
+        for a in args:
+            a.grad = None
+        torch.cuda.empty_cache()
+    result['wall_s'] = time.time() - start
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(
+        f"benchmarks/results/bench_raster_{result['date'][:10]}_{result['gpu'].replace(' ', '_')}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print('wrote', out)
+
+
+if __name__ == '__main__':
+    main()
