@@ -14,7 +14,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 __all__ = [
-    'cached_outside_inference_mode', 'ScanPattern', 'register_pattern', 'get_pattern', 'list_patterns', 'cross_scan', 'cross_merge',
+    'cached_outside_inference_mode', 'ScanPattern', 'register_pattern', 'get_pattern', 'list_patterns', 'cross_scan',
+    'cross_merge',
     'cross_pattern', 'bidirectional_pattern', 'unidirectional_pattern', 'atrous_pattern', 'multiscale_patterns',
     'custom_pattern',
 ]

@@ -13,8 +13,12 @@ summed into one (B, D, P) map (the cross-merge happens in the kernel); otherwise
 Nothing is permuted or copied in memory: at ``d_state=1`` those copies, not the recurrence, dominate the bytes.
 
 Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton interpreter on CPU when asked for with
-``backend='triton'`` (and ``TRITON_INTERPRET=1``). All paths go through the custom op ``vmamba_zoo::scan_routes_fwd``,
-which is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path.
+``backend='triton'`` (and ``TRITON_INTERPRET=1``). On the Triton side, routes that are raster walks (``route_kinds``:
+rows and columns, forward or reversed; the identity route of a plain 1D scan) run kernels without a route table:
+the whole-map kernels on small maps, the row walk (forward) and the chunked backward on larger ones. Other routes,
+and d_state > 8, run the chunk-parallel kernels over the route table. All paths go through the custom op
+``vmamba_zoo::scan_routes_fwd``, which is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not
+depend on the path.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -692,7 +696,8 @@ if HAS_TRITON:
             delta_ptrs = (delta_ptr + route * D * P) + d[:, None, None] * P
             dt_raw, dt = _step_size(delta_ptrs + flat, bias, mask, HAS_BIAS, SOFTPLUS)
             successor, has_successor = _raster_successor(rows, cols, flat, H, W, P, (KINDS >> (2 * k)) & 3)
-            unused_raw_next, dt_next = _step_size(delta_ptrs + successor, bias, mask & has_successor, HAS_BIAS, SOFTPLUS)
+            unused_raw_next, dt_next = _step_size(delta_ptrs + successor, bias, mask & has_successor, HAS_BIAS,
+                                                  SOFTPLUS)
             dt_u = dt * u
             ddt = tl.zeros([BLOCK_D, HP, WP], dtype=tl.float32)
             if HAS_DLAST:
@@ -775,55 +780,10 @@ if HAS_TRITON:
     # forward routes and writes y, the third (bottom to top) runs the reversed routes and adds to y in the same lanes.
     # -----------------------------------------------------------------------------------------------------------------
     @triton.jit
-    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, states_ptr, b, d, dd, nn,
-                  lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
-                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
-                  KIND: tl.constexpr, LANES: tl.constexpr):
-        """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES]."""
-        flat = r * W + lanes
-        on_map = (lanes < W) & (flat < P)
-        mask = (dd < D) & on_map
-        mask_d = d < D
-        offsets = dd * P + flat
-        if U_SHARED:
-            u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
-        else:
-            u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
-        kd = k * D + d
-        A = tl.load(A_ptr + kd[:, None, None] * N + nn, mask=(dd < D) & (nn < N), other=0.0)
-        bias = 0.0
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None, None]
-        route = b * NUM_ROUTES + k
-        unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
-        bc_offsets = (route * N * P) + nn * P + flat
-        B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        decay = tl.exp(dt * A)
-        drive = (dt * u) * B_row
-        if KIND % 2 == 1:  # one column per lane: a plain recurrence
-            h = decay * state + drive
-            new_state = h
-        else:
-            decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine,
-                                                       reverse=KIND == 2)
-            h = drive_cum + decay_cum * state
-            # Padding lanes are identity steps: the row's last step in route order holds its end state.
-            end = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 0), h, 0.0), axis=2, keep_dims=True)
-            new_state = tl.broadcast_to(end, h.shape)
-        if STORE_STATES:
-            tl.store((states_ptr + route * D * N * P) + (dd * N + nn) * P + flat, h, mask=mask & (nn < N))
-        y = tl.sum(h * C_row, axis=1, keep_dims=True)
-        if HAS_D:
-            y += tl.load(Dskip_ptr + kd, mask=mask_d, other=0.0)[:, None, None] * u
-        return new_state, y
-
-    @triton.jit
-    def _column_totals(total_decay, total_drive, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes,
-                       D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
-        """Adds row r to the totals of column route k: the decay product and the state reached from zero, which a
-        reversed (bottom-to-top) route accumulates here top to bottom as sum_r (prod_{r' < r} decay_r') drive_r."""
+    def _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
+                    stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr):
+        """Row r of route k: input, decay and drive per (channel, state, lane), with its offsets and masks."""
         flat = r * W + lanes
         on_map = (lanes < W) & (flat < P)
         mask = (dd < D) & on_map
@@ -839,9 +799,46 @@ if HAS_TRITON:
             bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
         route = b * NUM_ROUTES + k
         unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
-        B_row = tl.load(B_ptr + (route * N * P) + nn * P + flat, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        decay = tl.exp(dt * A)
-        drive = (dt * u) * B_row
+        bc_offsets = (route * N * P) + nn * P + flat
+        B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
+        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, tl.exp(dt * A), (dt * u) * B_row
+
+    @triton.jit
+    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, states_ptr, b, d, dd, nn,
+                  lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
+                  KIND: tl.constexpr, LANES: tl.constexpr):
+        """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES]."""
+        flat, on_map, mask, offsets, bc_offsets, u, kd, route, decay, drive = _row_inputs(
+            r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+            NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
+        C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
+        if KIND % 2 == 1:  # one column per lane: a plain recurrence
+            h = decay * state + drive
+            new_state = h
+        else:
+            decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine,
+                                                       reverse=KIND == 2)
+            h = drive_cum + decay_cum * state
+            # Padding lanes are identity steps: the row's last step in route order holds its end state.
+            end = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 0), h, 0.0), axis=2, keep_dims=True)
+            new_state = tl.broadcast_to(end, h.shape)
+        if STORE_STATES:
+            tl.store((states_ptr + route * D * N * P) + (dd * N + nn) * P + flat, h, mask=mask & (nn < N))
+        y = tl.sum(h * C_row, axis=1, keep_dims=True)
+        if HAS_D:
+            y += tl.load(Dskip_ptr + kd, mask=d < D, other=0.0)[:, None, None] * u
+        return new_state, y
+
+    @triton.jit
+    def _column_totals(total_decay, total_drive, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes,
+                       D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """Adds row r to the totals of column route k: the decay product and the state reached from zero, which a
+        reversed (bottom-to-top) route accumulates here top to bottom as sum_r (prod_{r' < r} decay_r') drive_r."""
+        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, unused_u, unused_kd, unused_route, decay, \
+            drive = _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N,
+                                stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
         if KIND == 1:
             return total_decay * decay, decay * total_drive + drive
         else:
