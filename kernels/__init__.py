@@ -18,5 +18,6 @@ __all__ = [
     'HAS_TRITON', 'multi_scan_2d', 'ScanPattern', 'cached_outside_inference_mode', 'atrous_pattern',
     'bidirectional_pattern', 'cross_merge', 'cross_pattern', 'cross_scan', 'custom_pattern', 'get_pattern',
     'list_patterns', 'multiscale_patterns', 'register_pattern', 'unidirectional_pattern', 'SCAN_OP_NAMES',
-    'fvcore_op_handles', 'scan_routes', 'scan_routes_ref', 'selective_scan_flops', 'selective_scan_fn', 'selective_scan_ref',
+    'fvcore_op_handles', 'scan_routes',
+    'scan_routes_ref', 'selective_scan_flops', 'selective_scan_fn', 'selective_scan_ref',
 ]
