@@ -984,6 +984,8 @@ def _raster_plan(u, route_kinds, map_hw, state_dim):
     """Tile of the raster kernels for this call, or None to run the chunked kernels."""
     if route_kinds is None or map_hw is None or state_dim > RASTER_MAX_STATE_DIM:
         return None
+    if u.shape[2] * state_dim * u.shape[3] >= 2 ** 31:  # offsets inside one (batch, route) slab are int32
+        return None
     tile = raster_tile(map_hw[0], map_hw[1], route_kinds)
     return None if tile is None else (*tile, sum(kind << (2 * k) for k, kind in enumerate(route_kinds)))
 
