@@ -3,7 +3,8 @@
 For B=128, K=4 (cross pattern), N=1 (and N=16 at stage 1), bf16 inputs, it prints and writes to JSON:
 
 * the row-walk forward and the whole-map forward (the latter only on maps up to 14x14);
-* forward+backward with the default dispatch (``WHOLE_MAP_*_MAX_TILE``);
+* forward+backward with the default dispatch (``WHOLE_MAP_*_MAX_TILE``, ``ROW_WALK_BACKWARD``), and with the row
+  walk in both directions;
 * the bytes floor from ``bench_scan.bytes_floor`` at the measured copy bandwidth.
 
 A few maps are first checked against the float64 PyTorch path with each kernel forced. This is how the dispatch
@@ -26,7 +27,7 @@ import bench_scan as bs  # noqa: E402
 
 STAGE_SHAPES = ((96, 56, 56, 1), (192, 28, 28, 1), (384, 14, 14, 1), (768, 7, 7, 1), (192, 28, 28, 16))
 CHECKS = ((56, 56, 1, torch.bfloat16, 0), (28, 28, 4, torch.float32, 0), (13, 17, 1, torch.float32, 0),
-          (7, 7, 1, torch.bfloat16, 256))
+          (7, 7, 1, torch.bfloat16, 256))  # (H, W, N, dtype, whole-map limit); the limit 0 runs the row walk
 
 
 def set_whole_map_limit(ss, tile):
@@ -42,13 +43,14 @@ def main():
     import triton.testing
     kernels = bs.import_kernels()
     from vmamba_zoo.kernels import selective_scan as ss
-    defaults = (ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE)
+    defaults = (ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD)
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                   batch=bs.BATCH, routes=bs.ROUTES, checks={}, timings={})
     start = time.time()
     for height, width, state_dim, dtype, tile in () if args_cli.no_checks else CHECKS:
         set_whole_map_limit(ss, tile)
+        ss.ROW_WALK_BACKWARD = tile == 0
         args = bs.make_inputs(8, height, width, state_dim, dtype, batch=2, requires_grad=True)
         y = kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
         ref_args = [a.detach().double().requires_grad_() for a in args]
@@ -80,11 +82,17 @@ def main():
             set_whole_map_limit(ss, tile)
             with torch.no_grad():
                 row[name] = bench(forward)
-        ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE = defaults
+        ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD = defaults
         grad = torch.randn(bs.BATCH, dim, height, width, device='cuda')
         with torch.no_grad():
             row['default_fwd_ms'] = bench(forward)
         row['default_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
+        if state_dim <= ss.RASTER_MAX_STATE_DIM:  # the row-walk backward, whatever the default dispatch
+            set_whole_map_limit(ss, 0)
+            ss.ROW_WALK_BACKWARD = True
+            row['row_walk_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
+            ss.ROW_WALK_BACKWARD = defaults[2]
+            ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE = defaults[:2]
         row['floor_ms_fwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, False) / bandwidth / 1e6
         row['floor_ms_fwd_bwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, True) / bandwidth / 1e6
         row['row_walk_config'] = str(getattr(ss._raster_rows_fwd_kernel, 'best_config', None))

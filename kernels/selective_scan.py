@@ -497,6 +497,9 @@ if HAS_TRITON:
 # still beats the chunked one. Larger maps run the row-walk forward and the chunked backward.
 WHOLE_MAP_FWD_MAX_TILE = 64
 WHOLE_MAP_BWD_MAX_TILE = 256
+# The row-walk backward (below) is tested for correctness but not yet timed on a GPU; until it is, larger maps keep
+# the chunked backward, whose speed was measured.
+ROW_WALK_BACKWARD = False
 RASTER_MAX_WIDTH = 1024  # lanes of the row-walk kernel
 
 
@@ -783,7 +786,8 @@ if HAS_TRITON:
     def _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
                     stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr):
-        """Row r of route k: input, decay and drive per (channel, state, lane), with its offsets and masks."""
+        """Row r of route k: input, A, step sizes (raw and final) and B per (channel, state, lane), with offsets and
+        masks."""
         flat = r * W + lanes
         on_map = (lanes < W) & (flat < P)
         mask = (dd < D) & on_map
@@ -798,25 +802,31 @@ if HAS_TRITON:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
         route = b * NUM_ROUTES + k
-        unused_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
+        dt_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
         bc_offsets = (route * N * P) + nn * P + flat
         B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, tl.exp(dt * A), (dt * u) * B_row
+        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, dt_raw, dt, B_row
 
     @triton.jit
-    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, states_ptr, b, d, dd, nn,
-                  lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, states_ptr, entering_ptr,
+                  b, d, dd, nn, lanes, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr,
+                  U_SHARED: tl.constexpr,
                   HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
                   KIND: tl.constexpr, LANES: tl.constexpr):
         """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES]."""
-        flat, on_map, mask, offsets, bc_offsets, u, kd, route, decay, drive = _row_inputs(
+        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, unused_raw, dt, B_row = _row_inputs(
             r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
             NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
+        decay = tl.exp(dt * A)
+        drive = (dt * u) * B_row
         C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
         if KIND % 2 == 1:  # one column per lane: a plain recurrence
             h = decay * state + drive
             new_state = h
         else:
+            # The backward rebuilds the row from the state entering it (the same in every lane).
+            tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + r + 0 * lanes, state,
+                     mask=(dd < D) & (nn < N) & (lanes == 0))
             decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine,
                                                        reverse=KIND == 2)
             h = drive_cum + decay_cum * state
@@ -836,9 +846,12 @@ if HAS_TRITON:
                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
         """Adds row r to the totals of column route k: the decay product and the state reached from zero, which a
         reversed (bottom-to-top) route accumulates here top to bottom as sum_r (prod_{r' < r} decay_r') drive_r."""
-        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, unused_u, unused_kd, unused_route, decay, \
-            drive = _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N,
-                                stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
+        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, u, unused_kd, unused_route, A, \
+            unused_raw, dt, B_row = _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D,
+                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                                SOFTPLUS)
+        decay = tl.exp(dt * A)
+        drive = (dt * u) * B_row
         if KIND == 1:
             return total_decay * decay, decay * total_drive + drive
         else:
@@ -856,8 +869,8 @@ if HAS_TRITON:
                      prune_configs_by={'early_config_prune': _prune_raster_rows_configs})
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_fwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr,
-            D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr, entering_ptr,
+            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
             KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
             HAS_FORWARD_ROUTES: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -898,17 +911,22 @@ if HAS_TRITON:
         s0, s1, s2, s3 = zeros, zeros, zeros, zeros
         if KINDS & 1:
             s0 = _column_entering(a0, b0, KINDS & 3)
+            _store_column_entering(entering_ptr, s0, b * NUM_ROUTES + 0, D, N, W, MAX_LINES, dd, nn, lanes)
         if NUM_ROUTES > 1:
             if (KINDS >> 2) & 1:
                 s1 = _column_entering(a1, b1, (KINDS >> 2) & 3)
+                _store_column_entering(entering_ptr, s1, b * NUM_ROUTES + 1, D, N, W, MAX_LINES, dd, nn, lanes)
         if NUM_ROUTES > 2:
             if (KINDS >> 4) & 1:
                 s2 = _column_entering(a2, b2, (KINDS >> 4) & 3)
+                _store_column_entering(entering_ptr, s2, b * NUM_ROUTES + 2, D, N, W, MAX_LINES, dd, nn, lanes)
         if NUM_ROUTES > 3:
             if (KINDS >> 6) & 1:
                 s3 = _column_entering(a3, b3, (KINDS >> 6) & 3)
-        # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; y summed in the same lanes.
+                _store_column_entering(entering_ptr, s3, b * NUM_ROUTES + 3, D, N, W, MAX_LINES, dd, nn, lanes)
+        # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; walk 3 adds to walk 2's y.
         for walk in tl.static_range(2):
+            tl.debug_barrier()  # walk 3 reads y written by other threads of the program
             for i in tl.range(0, H, num_stages=NUM_STAGES):
                 if walk == 0:
                     r = i
@@ -919,7 +937,8 @@ if HAS_TRITON:
                 y = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
                 if ((KINDS >> 1) & 1) == walk:
                     s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                       states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                       states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
+                                       stride_u_b, stride_u_k,
                                        NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES, KINDS & 3, LANES)
                     y += y0
                     if not ACCUMULATE:
@@ -927,7 +946,8 @@ if HAS_TRITON:
                 if NUM_ROUTES > 1:
                     if ((KINDS >> 3) & 1) == walk:
                         s1, y1 = _row_step(s1, r, 1, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                           states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
+                                       stride_u_b, stride_u_k,
                                            NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
                                            (KINDS >> 2) & 3, LANES)
                         y += y1
@@ -936,7 +956,8 @@ if HAS_TRITON:
                 if NUM_ROUTES > 2:
                     if ((KINDS >> 5) & 1) == walk:
                         s2, y2 = _row_step(s2, r, 2, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                           states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
+                                       stride_u_b, stride_u_k,
                                            NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
                                            (KINDS >> 4) & 3, LANES)
                         y += y2
@@ -945,7 +966,8 @@ if HAS_TRITON:
                 if NUM_ROUTES > 3:
                     if ((KINDS >> 7) & 1) == walk:
                         s3, y3 = _row_step(s3, r, 3, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           states_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+                                           states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
+                                       stride_u_b, stride_u_k,
                                            NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
                                            (KINDS >> 6) & 3, LANES)
                         y += y3
@@ -965,6 +987,195 @@ if HAS_TRITON:
             tl.store(last + 2 * D * N, _last_state(s2, lanes, W, (KINDS >> 4) & 3), mask=mask_dn)
         if NUM_ROUTES > 3:
             tl.store(last + 3 * D * N, _last_state(s3, lanes, W, (KINDS >> 6) & 3), mask=mask_dn)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Backward for large maps, in the row walk's form. Each route is walked against its own direction: row routes in
+    # one walk (the state entering each row, kept by the forward, rebuilds the row's states with a lane scan; the
+    # adjoint runs as the mirrored lane scan with its state carried from row to row); column routes in two walks, the
+    # first along the route rebuilding the states into a per-program scratch buffer and totalling each column's
+    # adjoint map, the second against the route running the adjoint one lane per column from the state an exclusive
+    # scan of those totals hands each column. The adjoint of step l uses the decay of the step after it (its
+    # successor on the route), read from the successor's position.
+    # -----------------------------------------------------------------------------------------------------------------
+    @triton.jit
+    def _row_adjoint_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, dy_ptr, dstates_ptr, dlast_ptr,
+                            b, d, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+                            NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
+                            HAS_DLAST: tl.constexpr, KIND: tl.constexpr):
+        """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and its decay (that of
+        each step's successor; 1 on padding, 0 past the route's end)."""
+        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, dt_raw, dt, B_row = _row_inputs(
+            r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
+            NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
+        C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
+        if ACCUMULATE:
+            dy = tl.load((dy_ptr + b * stride_y_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+        else:
+            dy = tl.load((dy_ptr + b * stride_y_b + k * stride_y_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+        g = dy * C_row
+        if HAS_DSTATES:
+            g += tl.load((dstates_ptr + route * D * N * P) + (dd * N + nn) * P + flat, mask=mask & (nn < N),
+                         other=0.0)
+        if HAS_DLAST:
+            if KIND >= 2:
+                route_end = flat == 0
+            else:
+                route_end = flat == P - 1
+            dlast = tl.load(dlast_ptr + (route * D + dd) * N + nn, mask=(dd < D) & (nn < N), other=0.0)
+            g += tl.where(route_end, dlast, 0.0)
+        g = tl.where(mask & (nn < N), g, 0.0)
+        successor, has_successor = _raster_successor(r + 0 * lanes, lanes, flat, H, W, P, KIND)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
+        unused_raw, dt_next = _step_size((delta_ptr + route * D * P) + dd * P + successor, bias,
+                                         mask & has_successor, HAS_BIAS, SOFTPLUS)
+        decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A), 0.0), 1.0)
+        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, dt_raw, dt, B_row, dy, g, decay_next
+
+    @triton.jit
+    def _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, kd, bc_offsets, on_map, mask, nn, N, dB_ptr, dC_ptr,
+                       SOFTPLUS: tl.constexpr):
+        """Gradients of one row given its states h and adjoint dh: dB and dC are added here; returns du (without
+        the D term), ddelta, and the row's dA, dD and ddelta_bias contributions."""
+        drive = (dt * u) * B_row
+        dh = tl.where(mask & (nn < N), dh, 0.0)
+        # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
+        dh_decay = dh * (h - drive)
+        tl.atomic_add(dC_ptr + bc_offsets, tl.sum(tl.where(mask, dy * h, 0.0), axis=0, keep_dims=True),
+                      mask=(nn < N) & on_map, sem='relaxed')
+        tl.atomic_add(dB_ptr + bc_offsets, tl.sum(dh * (dt * u), axis=0, keep_dims=True), mask=(nn < N) & on_map,
+                      sem='relaxed')
+        du = tl.sum(dh * dt * B_row, axis=1, keep_dims=True)
+        ddt = tl.sum(dh * u * B_row + dh_decay * A, axis=1, keep_dims=True)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask, ddt, 0.0)
+        return du, ddt, tl.sum(dh_decay * dt, axis=2), tl.sum(tl.sum(u * dy, axis=2), axis=1), \
+            tl.sum(tl.sum(ddt, axis=2), axis=1)
+
+    @triton.jit
+    def _row_walk_route_bwd(
+            k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr,
+            dlast_ptr, scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+            b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr,
+            KIND: tl.constexpr, FIRST_ROUTE: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr,
+            BLOCK_D: tl.constexpr):
+        """Gradients of route k (of KIND); du is stored by the first route and accumulated by the others."""
+        route = b * NUM_ROUTES + k
+        entering_rows = entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES
+        if U_SHARED:
+            du_base = du_ptr + b * stride_u_b
+        else:
+            du_base = du_ptr + b * stride_u_b + k * stride_u_k
+        dA = tl.zeros([BLOCK_D, NP], tl.float32)
+        dD = tl.zeros([BLOCK_D], tl.float32)
+        dbias = tl.zeros([BLOCK_D], tl.float32)
+        # Scratch rows of this program: the rebuilt states of a column route, [H, BLOCK_D, NP, LANES].
+        scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * H * (BLOCK_D * NP * LANES) \
+            + ((tl.arange(0, BLOCK_D)[:, None, None] * NP + nn) * LANES + lanes)
+        adjoint = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
+        if KIND % 2 == 1:
+            # Walk 1, along the route: states into the scratch rows, and each column's adjoint map
+            # dh_first = total_drive + total_decay * dh_entering, accumulated in route order.
+            h = tl.load(entering_rows + lanes, mask=(dd < D) & (nn < N) & (lanes < W), other=0.0)
+            total_decay = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
+            total_drive = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
+            for i in range(0, H):
+                if KIND == 1:
+                    r = i
+                else:
+                    r = H - 1 - i
+                flat, on_map, mask, offsets, bc_offsets, u, kd, unused_route, A, dt_raw, dt, B_row, dy, g, \
+                    decay_next = _row_adjoint_inputs(
+                        r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, dy_ptr, dstates_ptr, dlast_ptr, b, d,
+                        dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
+                        U_SHARED, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
+                h = tl.exp(dt * A) * h + (dt * u) * B_row
+                tl.store(scratch + r * (BLOCK_D * NP * LANES), h)
+                total_drive += total_decay * g
+                total_decay *= decay_next
+            # The adjoint enters a column from the next column on the route (to the right, or to the left).
+            adjoint = _column_entering(total_decay, total_drive, 4 - KIND)
+        tl.debug_barrier()  # the scratch rows are read back by other threads of the program
+        for i in range(0, H):  # against the route
+            if KIND == 0 or KIND == 1:
+                r = H - 1 - i
+            else:
+                r = i
+            flat, on_map, mask, offsets, bc_offsets, u, kd, unused_route, A, dt_raw, dt, B_row, dy, g, decay_next = \
+                _row_adjoint_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, dy_ptr, dstates_ptr,
+                                    dlast_ptr, b, d, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b,
+                                    stride_y_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES,
+                                    HAS_DLAST, KIND)
+            if KIND % 2 == 1:
+                h = tl.load(scratch + r * (BLOCK_D * NP * LANES))
+                dh = g + decay_next * adjoint
+                adjoint = dh
+            else:
+                entering = tl.load(entering_rows + r, mask=(dd < D) & (nn < N), other=0.0)
+                decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A), (dt * u) * B_row), 2,
+                                                           _linear_recurrence_combine, reverse=KIND == 2)
+                h = drive_cum + decay_cum * entering
+                adj_decay, adj_drive = tl.associative_scan((decay_next, g), 2, _linear_recurrence_combine,
+                                                           reverse=KIND == 0)
+                dh = adj_drive + adj_decay * adjoint
+                # The adjoint entering the next row handled is the one at this row's first step on the route.
+                first = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 2), dh, 0.0), axis=2, keep_dims=True)
+                adjoint = tl.broadcast_to(first, dh.shape)
+            du, ddt, dA_row, dD_row, dbias_row = _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, kd, bc_offsets,
+                                                                on_map, mask, nn, N, dB_ptr, dC_ptr, SOFTPLUS)
+            dA += dA_row
+            dD += dD_row
+            dbias += dbias_row
+            if HAS_D:
+                du += tl.load(Dskip_ptr + kd, mask=d < D, other=0.0)[:, None, None] * dy
+            tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
+            if U_SHARED:
+                if not FIRST_ROUTE:  # every raster route visits every position: the first one initialises du
+                    du += tl.load(du_base + offsets, mask=mask, other=0.0)
+            tl.store(du_base + offsets, du, mask=mask)
+        tl.atomic_add(dA_ptr + (k * D + dd) * N + nn, dA[:, :, None], mask=(dd < D) & (nn < N), sem='relaxed')
+        if HAS_D:
+            tl.atomic_add(dDskip_ptr + k * D + d, dD, mask=d < D, sem='relaxed')
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + k * D + d, dbias, mask=d < D, sem='relaxed')
+        tl.debug_barrier()  # the next route reads du back through other threads
+
+    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
+                     prune_configs_by={'early_config_prune': _prune_raster_rows_configs},
+                     reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
+    @triton.jit(do_not_specialize=['P'])
+    def _raster_rows_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr, dlast_ptr,
+            scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
+            HAS_DLAST: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
+            NUM_STAGES: tl.constexpr,
+    ):
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dd = d[:, None, None]
+        nn = tl.arange(0, NP)[None, :, None]
+        lanes = tl.arange(0, LANES)[None, None, :]
+        for k in tl.static_range(NUM_ROUTES):
+            _row_walk_route_bwd(
+                k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr,
+                dlast_ptr, scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+                b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+                NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST,
+                (KINDS >> (2 * k)) & 3, k == 0, LANES, NP, BLOCK_D)
+
+    @triton.jit
+    def _store_column_entering(entering_ptr, state, route, D, N, W, MAX_LINES, dd, nn, lanes):
+        tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + lanes, state,
+                 mask=(dd < D) & (nn < N) & (lanes < W))
 
     @triton.jit
     def _last_state(state, lanes, W, KIND: tl.constexpr):
@@ -1008,11 +1219,51 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     if _whole_map(plan):
         _raster_scan_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, *common, **flags,
                                       HP=tile_h, WP=tile_w)
-    else:
-        _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, *common, **flags,
-                                      HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),
-                                      LANES=tile_w, NP=_next_power_of_2(state_dim))
-    return y, last_state, u.new_empty(0, dtype=torch.float32), states
+        return y, last_state, u.new_empty(0, dtype=torch.float32), states
+    entering = torch.empty(_row_walk_entering_shape(u, delta, A, plan), device=u.device, dtype=torch.float32)
+    _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5],
+                                  entering.shape[-1], *common[5:], **flags,
+                                  HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),
+                                  LANES=tile_w, NP=_next_power_of_2(state_dim))
+    return y, last_state, entering, states
+
+
+def _row_walk_entering_shape(u, delta, A, plan):
+    """(B, K, D, N, lines): the state entering each row (row routes) or column (column routes), kept by the row-walk
+    forward for its backward."""
+    return (u.shape[0], delta.shape[1], u.shape[2], A.shape[-1], max(plan[0], plan[1]))
+
+
+def _raster_rows_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, entering, dy, dstates, dlast):
+    batch, k_u, dim, positions = u.shape
+    num_routes, state_dim = delta.shape[1], A.shape[-1]
+    height, width, unused_tile_h, tile_w, kinds = plan
+    accumulate = dy.dim() == 3
+    dy = dy.contiguous()
+    du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
+    ddelta = torch.empty(delta.shape, device=u.device, dtype=torch.float32)
+    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+    dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
+    dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
+    state_tile = _next_power_of_2(state_dim)
+    # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
+    # largest BLOCK_D the autotuner may pick (programs * BLOCK_D covers the channels once, rounded up).
+    widest = max(c.kwargs['BLOCK_D'] for c in _raster_rows_configs())
+    scratch = torch.empty(batch * (triton.cdiv(dim, 1) + widest) * height * state_tile * tile_w, device=u.device,
+                          dtype=torch.float32) if any(kind % 2 for kind in _unpack_kinds(kinds, num_routes)) \
+        else u.new_empty(0, dtype=torch.float32)
+    grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    _raster_rows_bwd_kernel[grid](
+        u, delta, A, B, C, D, delta_bias, entering, dy, None if dstates is None else dstates.contiguous(),
+        None if dlast is None else dlast.contiguous(), scratch, du, ddelta, dA, dB, dC, dD, dbias,
+        dim, positions, height, width, state_dim, entering.shape[-1], u.stride(0), u.stride(1) if k_u > 1 else 0,
+        dy.stride(0), 0 if accumulate else dy.stride(1),
+        KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
+        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, LANES=tile_w, NP=state_tile)
+    return du, ddelta, dA, dB, dC, dD, dbias
 
 
 def _unpack_kinds(kinds: int, num_routes: int):
@@ -1186,8 +1437,10 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
     y = u.new_empty(batch, dim, positions, dtype=out_dtype) if accumulate else u.new_empty(
         batch, num_routes, dim, positions, dtype=out_dtype)
     last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
-    if backend == 'triton' and _raster_plan(u, route_kinds, map_hw, A.shape[-1]) is not None:
-        chunk_states = u.new_empty(0, dtype=torch.float32)
+    plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
+    if plan is not None:
+        chunk_states = u.new_empty(0 if _whole_map(plan) else _row_walk_entering_shape(u, delta, A, plan),
+                                   dtype=torch.float32)
         states = u.new_empty(batch, num_routes, dim, state_dim, positions if return_states else 0,
                              dtype=torch.float32)
     elif backend == 'triton':
@@ -1214,7 +1467,11 @@ def _scan_routes_bwd_op(
     accumulate = dy.dim() == 3
     plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     if plan is not None and not _whole_map(plan, backward=True):
-        # The row walk keeps no chunk states: the chunked backward recomputes them (one extra read of u, delta, B).
+        if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
+            grads = _raster_rows_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, chunk_states, dy,
+                                     dstates, dlast)
+            return [g if g is not None else u.new_empty(0) for g in grads]
+        # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None
     if plan is not None:

@@ -345,11 +345,12 @@ def test_patterns_first_built_on_the_meta_device_serve_real_tensors():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Raster kernels (rows and columns walked forward or backward): whole-map and row-walk forwards, whole-map and chunked
-# backwards, selected by map size; each is forced here through the size thresholds.
+# backwards, selected by map size, and the row-walk backward; each is forced here through the module's switches.
 # ---------------------------------------------------------------------------------------------------------------------
 RASTER_KERNELS = {
     'whole_map': dict(WHOLE_MAP_FWD_MAX_TILE=1 << 20, WHOLE_MAP_BWD_MAX_TILE=1 << 20),
-    'row_walk_chunked_bwd': dict(WHOLE_MAP_FWD_MAX_TILE=0, WHOLE_MAP_BWD_MAX_TILE=0),
+    'row_walk_chunked_bwd': dict(WHOLE_MAP_FWD_MAX_TILE=0, WHOLE_MAP_BWD_MAX_TILE=0, ROW_WALK_BACKWARD=False),
+    'row_walk': dict(WHOLE_MAP_FWD_MAX_TILE=0, WHOLE_MAP_BWD_MAX_TILE=0, ROW_WALK_BACKWARD=True),
 }
 
 
