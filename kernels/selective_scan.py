@@ -783,6 +783,14 @@ if HAS_TRITON:
     # forward routes and writes y, the third (bottom to top) runs the reversed routes and adds to y in the same lanes.
     # -----------------------------------------------------------------------------------------------------------------
     @triton.jit
+    def _row_walk_program(D, BLOCK_D: tl.constexpr, NP: tl.constexpr, LANES: tl.constexpr):
+        """Image and channel block of this program; channel, state and lane indices as [BLOCK_D, NP, LANES] axes."""
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
+        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        return b, d, d[:, None, None], tl.arange(0, NP)[None, :, None], tl.arange(0, LANES)[None, None, :]
+
+    @triton.jit
     def _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
                     stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr):
@@ -876,12 +884,7 @@ if HAS_TRITON:
             HAS_FORWARD_ROUTES: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
             NUM_STAGES: tl.constexpr,
     ):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        dd = d[:, None, None]
-        nn = tl.arange(0, NP)[None, :, None]
-        lanes = tl.arange(0, LANES)[None, None, :]
+        b, d, dd, nn, lanes = _row_walk_program(D, BLOCK_D, NP, LANES)
         mask_dn = (dd < D) & (nn < N)
         ones = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
         zeros = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
@@ -1158,12 +1161,7 @@ if HAS_TRITON:
             HAS_DLAST: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
             NUM_STAGES: tl.constexpr,
     ):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        dd = d[:, None, None]
-        nn = tl.arange(0, NP)[None, :, None]
-        lanes = tl.arange(0, LANES)[None, None, :]
+        b, d, dd, nn, lanes = _row_walk_program(D, BLOCK_D, NP, LANES)
         for k in tl.static_range(NUM_ROUTES):
             _row_walk_route_bwd(
                 k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr,
