@@ -1232,43 +1232,12 @@ def _row_walk_entering_shape(u, delta, A, plan):
     return (u.shape[0], delta.shape[1], u.shape[2], A.shape[-1], max(plan[0], plan[1]))
 
 
-def _raster_rows_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, entering, dy, dstates, dlast):
-    batch, k_u, dim, positions = u.shape
-    num_routes, state_dim = delta.shape[1], A.shape[-1]
-    height, width, unused_tile_h, tile_w, kinds = plan
-    accumulate = dy.dim() == 3
-    dy = dy.contiguous()
-    du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
-    ddelta = torch.empty(delta.shape, device=u.device, dtype=torch.float32)
-    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
-    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-    dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
-    dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
-    state_tile = _next_power_of_2(state_dim)
-    # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
-    # largest BLOCK_D the autotuner may pick (programs * BLOCK_D covers the channels once, rounded up).
-    widest = max(c.kwargs['BLOCK_D'] for c in _raster_rows_configs())
-    scratch = torch.empty(batch * (triton.cdiv(dim, 1) + widest) * height * state_tile * tile_w, device=u.device,
-                          dtype=torch.float32) if any(kind % 2 for kind in _unpack_kinds(kinds, num_routes)) \
-        else u.new_empty(0, dtype=torch.float32)
-    grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
-    _raster_rows_bwd_kernel[grid](
-        u, delta, A, B, C, D, delta_bias, entering, dy, None if dstates is None else dstates.contiguous(),
-        None if dlast is None else dlast.contiguous(), scratch, du, ddelta, dA, dB, dC, dD, dbias,
-        dim, positions, height, width, state_dim, entering.shape[-1], u.stride(0), u.stride(1) if k_u > 1 else 0,
-        dy.stride(0), 0 if accumulate else dy.stride(1),
-        KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
-        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, LANES=tile_w, NP=state_tile)
-    return du, ddelta, dA, dB, dC, dD, dbias
-
-
 def _unpack_kinds(kinds: int, num_routes: int):
     return [(kinds >> (2 * k)) & 3 for k in range(num_routes)]
 
 
-def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast):
+def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast, entering=None):
+    """Gradients through the whole-map backward, or through the row-walk backward given the forward's ``entering``."""
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     height, width, tile_h, tile_w, kinds = plan
@@ -1282,15 +1251,27 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
     dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
     grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
-    _raster_scan_bwd_kernel[grid](
-        u, delta, A, B, C, D, delta_bias, dy, None if dstates is None else dstates.contiguous(),
-        None if dlast is None else dlast.contiguous(), du, ddelta, dA, dB, dC, dD, dbias,
-        dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
-        dy.stride(0), 0 if accumulate else dy.stride(1),
-        KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
-        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
-        HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None, HP=tile_h, WP=tile_w)
-    return du, ddelta, dA, dB, dC, dD, dbias
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    upstream = (dy, None if dstates is None else dstates.contiguous(), None if dlast is None else dlast.contiguous())
+    grads = (du, ddelta, dA, dB, dC, dD, dbias)
+    sizes = (dim, positions, height, width, state_dim)
+    strides = (u.stride(0), u.stride(1) if k_u > 1 else 0, dy.stride(0), 0 if accumulate else dy.stride(1))
+    flags = dict(KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
+                 HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
+                 HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None)
+    if entering is None:
+        _raster_scan_bwd_kernel[grid](*inputs, *upstream, *grads, *sizes, *strides, **flags, HP=tile_h, WP=tile_w)
+        return grads
+    state_tile = _next_power_of_2(state_dim)
+    # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
+    # largest BLOCK_D the autotuner may pick (the programs' channel blocks cover dim rounded up to it).
+    widest = max(c.kwargs['BLOCK_D'] for c in _raster_rows_configs())
+    has_columns = any(kind % 2 for kind in _unpack_kinds(kinds, num_routes))
+    scratch = torch.empty(batch * (dim + widest) * height * state_tile * tile_w if has_columns else 0,
+                          device=u.device, dtype=torch.float32)
+    _raster_rows_bwd_kernel[grid](*inputs, entering, *upstream, scratch, *grads, *sizes, entering.shape[-1], *strides,
+                                  **flags, LANES=tile_w, NP=state_tile)
+    return grads
 
 
 def _pass_states(decay, drive, reverse, final=None):
@@ -1466,8 +1447,8 @@ def _scan_routes_bwd_op(
     plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     if plan is not None and not _whole_map(plan, backward=True):
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
-            grads = _raster_rows_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, chunk_states, dy,
-                                     dstates, dlast)
+            grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
+                                entering=chunk_states)
             return [g if g is not None else u.new_empty(0) for g in grads]
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
