@@ -481,11 +481,12 @@ if HAS_TRITON:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Triton kernels: raster routes, the whole map in one program.
+# Triton kernels: raster routes. Small maps: the whole map in one program (here); larger maps: the row walk (below).
 #
 # Rows and columns walked forward or backward (VMamba's cross, Vim's bidirectional, a plain 1D scan) need no route
-# table and no chunking: one program holds a channel block's whole (H, W) map as a [BLOCK_D, HP, WP] tile, so it reads
-# every input once, sums the K route outputs in registers and writes y once, with no atomics and no state passing.
+# table and no chunking. Whole map: one program holds a channel block's whole (H, W) map as a [BLOCK_D, HP, WP]
+# tile, so it reads every input once, sums the K route outputs in registers and writes y once, with no atomics and
+# no state passing.
 # A route is scanned in two levels: an associative scan along each line (row or column), then a scan over the lines'
 # totals that yields the state entering each line. Padding (to powers of two) is made of identity steps.
 #   route kind 0: row-major, 1: column-major, 2: row-major reversed, 3: column-major reversed.
@@ -503,7 +504,7 @@ ROW_WALK_BACKWARD = False
 RASTER_MAX_WIDTH = 1024  # lanes of the row-walk kernel
 
 
-def raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, int, int, int]]:
+def _raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, int, int, int]]:
     """(H, W, HP, WP) the raster kernels use for these routes over P = height * width positions, or None when a row
     is too wide. Row-only routes reinterpret the positions as rows of up to 64, whatever the map's shape."""
     positions = height * width
@@ -1195,7 +1196,7 @@ def _raster_plan(u, route_kinds, map_hw, state_dim):
         return None
     if u.shape[2] * state_dim * u.shape[3] >= 2 ** 31:  # offsets inside one (batch, route) slab are int32
         return None
-    tile = raster_tile(map_hw[0], map_hw[1], route_kinds)
+    tile = _raster_tile(map_hw[0], map_hw[1], route_kinds)
     return None if tile is None else (*tile, sum(kind << (2 * k) for k, kind in enumerate(route_kinds)))
 
 
