@@ -376,7 +376,10 @@ def _raster_case(pattern, state_dim, shared=True, accumulate=True, seed=0):
     (K.cross_pattern(6, 3), 2, False, False),
     (K.bidirectional_pattern(9), 2, True, True),
     (K.unidirectional_pattern(3, 7), 1, False, False),
-], ids=['cross5x7', 'cross4x6_N3', 'cross6x3_per_route', 'bidirectional9', 'unidirectional3x7'])
+    (K.cross_pattern(2, 100), 1, True, True),
+    (K.cross_pattern(70, 3), 1, True, True),
+], ids=['cross5x7', 'cross4x6_N3', 'cross6x3_per_route', 'bidirectional9', 'unidirectional3x7', 'cross_wide2x100',
+        'cross_tall70x3'])
 def test_raster_kernels_match_reference(monkeypatch, kernel, pattern, state_dim, shared, accumulate):
     for name, value in RASTER_KERNELS[kernel].items():
         monkeypatch.setattr(ss, name, value)
