@@ -216,6 +216,18 @@ if HAS_TRITON:
         return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
     @triton.jit
+    def _step_size(delta_ptrs, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """Step sizes at ``delta_ptrs``: raw (with the bias) and final (softplus applied, 0 where masked)."""
+        dt_raw = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw += bias
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        return dt_raw, tl.where(mask, dt, 0.0)
+
+    @triton.jit
     def _program_coordinates(D, BLOCK_D: tl.constexpr):
         """(chunk, batch, channels, route) of this program and its channel mask / flattened (K * D) parameter rows.
 
@@ -243,15 +255,11 @@ if HAS_TRITON:
         mask = mask_d[:, None] & mask_l[None, :]
         u = tl.load(u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P + pos[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        dt_raw = tl.load(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos[None, :], mask=mask,
-                         other=0.0).to(tl.float32)
+        bias = 0.0
         if HAS_BIAS:
-            dt_raw += tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        else:
-            dt = dt_raw
-        dt = tl.where(mask, dt, 0.0)
+            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
+        dt_raw, dt = _step_size(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos[None, :], bias, mask,
+                                HAS_BIAS, SOFTPLUS)
         return steps, mask_l, pos, mask, u, dt_raw, dt
 
     def _configs():
@@ -358,12 +366,11 @@ if HAS_TRITON:
             pos_next = (steps + 1).to(tl.int64)
         else:
             pos_next = tl.load(routes_ptr + k * L + steps + 1, mask=mask_next, other=0).to(tl.int64)
-        dt_next = tl.load(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos_next[None, :],
-                          mask=mask_d[:, None] & mask_next[None, :], other=0.0).to(tl.float32)
+        bias = 0.0
         if HAS_BIAS:
-            dt_next += tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
-        if SOFTPLUS:
-            dt_next = _softplus(dt_next)
+            bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
+        unused_raw, dt_next = _step_size(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos_next[None, :],
+                                         bias, mask_d[:, None] & mask_next[None, :], HAS_BIAS, SOFTPLUS)
         return mask_next, dt_next
 
     @triton.jit
@@ -575,21 +582,15 @@ if HAS_TRITON:
             return tl.where(up, flat - W, (H - 1) * W + cols - 1), up | (cols >= 1)
 
     @triton.jit
-    def _step_size(delta_ptrs, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-        dt_raw = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw += bias
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        else:
-            dt = dt_raw
-        return dt_raw, tl.where(mask, dt, 0.0)
+    def _image_and_channels(D, BLOCK_D: tl.constexpr):
+        """Image b and channel block d of a raster program (grid: images x channel blocks)."""
+        num_dblocks = tl.cdiv(D, BLOCK_D)
+        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
+        return b, (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
 
     @triton.jit
     def _raster_coordinates(D, P, H, W, HP: tl.constexpr, WP: tl.constexpr, BLOCK_D: tl.constexpr):
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        b, d = _image_and_channels(D, BLOCK_D)
         rows = tl.arange(0, HP)[None, :, None]
         cols = tl.arange(0, WP)[None, None, :]
         flat = rows * W + cols
@@ -786,17 +787,15 @@ if HAS_TRITON:
     @triton.jit
     def _row_walk_program(D, BLOCK_D: tl.constexpr, NP: tl.constexpr, LANES: tl.constexpr):
         """Image and channel block of this program; channel, state and lane indices as [BLOCK_D, NP, LANES] axes."""
-        num_dblocks = tl.cdiv(D, BLOCK_D)
-        b = (tl.program_id(0) // num_dblocks).to(tl.int64)
-        d = (tl.program_id(0) % num_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        b, d = _image_and_channels(D, BLOCK_D)
         return b, d, d[:, None, None], tl.arange(0, NP)[None, :, None], tl.arange(0, LANES)[None, None, :]
 
     @triton.jit
     def _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
                     stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr):
-        """Row r of route k: input, A, step sizes (raw and final) and B per (channel, state, lane), with offsets and
-        masks."""
+        """Row r of route k: input, A, bias, step sizes (raw and final) and B per (channel, state, lane), with offsets
+        and masks."""
         flat = r * W + lanes
         on_map = (lanes < W) & (flat < P)
         mask = (dd < D) & on_map
@@ -814,16 +813,17 @@ if HAS_TRITON:
         dt_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
         bc_offsets = (route * N * P) + nn * P + flat
         B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, dt_raw, dt, B_row
+        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, bias, dt_raw, dt, B_row
 
     @triton.jit
-    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, states_ptr, entering_ptr,
-                  b, d, dd, nn, lanes, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr,
-                  U_SHARED: tl.constexpr,
-                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_STATES: tl.constexpr,
+    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, states_ptr,
+                  entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b,
+                  stride_y_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
                   KIND: tl.constexpr, LANES: tl.constexpr):
-        """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES]."""
-        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, unused_raw, dt, B_row = _row_inputs(
+        """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES],
+        which is stored here when the routes keep separate outputs."""
+        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, unused_bias, unused_raw, dt, B_row = _row_inputs(
             r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
             NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
         decay = tl.exp(dt * A)
@@ -847,6 +847,8 @@ if HAS_TRITON:
         y = tl.sum(h * C_row, axis=1, keep_dims=True)
         if HAS_D:
             y += tl.load(Dskip_ptr + kd, mask=d < D, other=0.0)[:, None, None] * u
+        if not ACCUMULATE:
+            tl.store((y_ptr + b * stride_y_b + k * stride_y_k) + offsets, y, mask=mask)
         return new_state, y
 
     @triton.jit
@@ -856,9 +858,9 @@ if HAS_TRITON:
         """Adds row r to the totals of column route k: the decay product and the state reached from zero, which a
         reversed (bottom-to-top) route accumulates here top to bottom as sum_r (prod_{r' < r} decay_r') drive_r."""
         unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, u, unused_kd, unused_route, A, \
-            unused_raw, dt, B_row = _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D,
-                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
-                                                SOFTPLUS)
+            unused_bias, unused_raw, dt, B_row = _row_inputs(
+                r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
+                stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
         decay = tl.exp(dt * A)
         drive = (dt * u) * B_row
         if KIND == 1:
@@ -872,6 +874,15 @@ if HAS_TRITON:
         unused_a, unused_b, unused_a_excl, entering = tl.associative_scan(
             (total_decay, total_drive, tl.full(total_decay.shape, 1.0, tl.float32),
              tl.zeros(total_decay.shape, tl.float32)), 2, _combine_keeping_exclusive, reverse=KIND == 3)
+        return entering
+
+    @triton.jit
+    def _kept_column_entering(total_decay, total_drive, entering_ptr, route, D, N, W, MAX_LINES, dd, nn, lanes,
+                              KIND: tl.constexpr):
+        """``_column_entering``, also kept in ``entering_ptr`` for the backward."""
+        entering = _column_entering(total_decay, total_drive, KIND)
+        tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + lanes, entering,
+                 mask=(dd < D) & (nn < N) & (lanes < W))
         return entering
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
@@ -914,20 +925,20 @@ if HAS_TRITON:
                                                 HAS_BIAS, SOFTPLUS, (KINDS >> 6) & 3)
         s0, s1, s2, s3 = zeros, zeros, zeros, zeros
         if KINDS & 1:
-            s0 = _column_entering(a0, b0, KINDS & 3)
-            _store_column_entering(entering_ptr, s0, b * NUM_ROUTES + 0, D, N, W, MAX_LINES, dd, nn, lanes)
+            s0 = _kept_column_entering(a0, b0, entering_ptr, b * NUM_ROUTES + 0, D, N, W, MAX_LINES, dd,
+                                       nn, lanes, KINDS & 3)
         if NUM_ROUTES > 1:
             if (KINDS >> 2) & 1:
-                s1 = _column_entering(a1, b1, (KINDS >> 2) & 3)
-                _store_column_entering(entering_ptr, s1, b * NUM_ROUTES + 1, D, N, W, MAX_LINES, dd, nn, lanes)
+                s1 = _kept_column_entering(a1, b1, entering_ptr, b * NUM_ROUTES + 1, D, N, W, MAX_LINES, dd,
+                                           nn, lanes, (KINDS >> 2) & 3)
         if NUM_ROUTES > 2:
             if (KINDS >> 4) & 1:
-                s2 = _column_entering(a2, b2, (KINDS >> 4) & 3)
-                _store_column_entering(entering_ptr, s2, b * NUM_ROUTES + 2, D, N, W, MAX_LINES, dd, nn, lanes)
+                s2 = _kept_column_entering(a2, b2, entering_ptr, b * NUM_ROUTES + 2, D, N, W, MAX_LINES, dd,
+                                           nn, lanes, (KINDS >> 4) & 3)
         if NUM_ROUTES > 3:
             if (KINDS >> 6) & 1:
-                s3 = _column_entering(a3, b3, (KINDS >> 6) & 3)
-                _store_column_entering(entering_ptr, s3, b * NUM_ROUTES + 3, D, N, W, MAX_LINES, dd, nn, lanes)
+                s3 = _kept_column_entering(a3, b3, entering_ptr, b * NUM_ROUTES + 3, D, N, W, MAX_LINES, dd,
+                                           nn, lanes, (KINDS >> 6) & 3)
         # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; walk 3 adds to walk 2's y.
         for walk in tl.static_range(2):
             tl.debug_barrier()  # walk 3 reads y written by other threads of the program
@@ -940,43 +951,35 @@ if HAS_TRITON:
                 mask = (dd < D) & (lanes < W) & (flat < P)
                 y = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
                 if ((KINDS >> 1) & 1) == walk:
-                    s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
+                    s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr,
                                        states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
-                                       stride_u_b, stride_u_k,
-                                       NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES, KINDS & 3, LANES)
+                                       stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
+                                       HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, KINDS & 3, LANES)
                     y += y0
-                    if not ACCUMULATE:
-                        tl.store((y_ptr + b * stride_y_b) + dd * P + flat, y0, mask=mask)
                 if NUM_ROUTES > 1:
                     if ((KINDS >> 3) & 1) == walk:
                         s1, y1 = _row_step(s1, r, 1, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
-                                       stride_u_b, stride_u_k,
-                                           NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
+                                           y_ptr, states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N,
+                                           MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
+                                           U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES,
                                            (KINDS >> 2) & 3, LANES)
                         y += y1
-                        if not ACCUMULATE:
-                            tl.store((y_ptr + b * stride_y_b + stride_y_k) + dd * P + flat, y1, mask=mask)
                 if NUM_ROUTES > 2:
                     if ((KINDS >> 5) & 1) == walk:
                         s2, y2 = _row_step(s2, r, 2, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
-                                       stride_u_b, stride_u_k,
-                                           NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
+                                           y_ptr, states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N,
+                                           MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
+                                           U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES,
                                            (KINDS >> 4) & 3, LANES)
                         y += y2
-                        if not ACCUMULATE:
-                            tl.store((y_ptr + b * stride_y_b + 2 * stride_y_k) + dd * P + flat, y2, mask=mask)
                 if NUM_ROUTES > 3:
                     if ((KINDS >> 7) & 1) == walk:
                         s3, y3 = _row_step(s3, r, 3, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
-                                       stride_u_b, stride_u_k,
-                                           NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, STORE_STATES,
+                                           y_ptr, states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N,
+                                           MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
+                                           U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES,
                                            (KINDS >> 6) & 3, LANES)
                         y += y3
-                        if not ACCUMULATE:
-                            tl.store((y_ptr + b * stride_y_b + 3 * stride_y_k) + dd * P + flat, y3, mask=mask)
                 if ACCUMULATE:
                     if walk == 1:
                         if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very lanes
@@ -1009,7 +1012,7 @@ if HAS_TRITON:
                             HAS_DLAST: tl.constexpr, KIND: tl.constexpr):
         """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and its decay (that of
         each step's successor; 1 on padding, 0 past the route's end)."""
-        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, dt_raw, dt, B_row = _row_inputs(
+        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, bias, dt_raw, dt, B_row = _row_inputs(
             r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
             NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
         C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
@@ -1030,9 +1033,6 @@ if HAS_TRITON:
             g += tl.where(route_end, dlast, 0.0)
         g = tl.where(mask & (nn < N), g, 0.0)
         successor, has_successor = _raster_successor(r + 0 * lanes, lanes, flat, H, W, P, KIND)
-        bias = 0.0
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
         unused_raw, dt_next = _step_size((delta_ptr + route * D * P) + dd * P + successor, bias,
                                          mask & has_successor, HAS_BIAS, SOFTPLUS)
         decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A), 0.0), 1.0)
@@ -1170,11 +1170,6 @@ if HAS_TRITON:
                 b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
                 NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST,
                 (KINDS >> (2 * k)) & 3, k == 0, LANES, NP, BLOCK_D)
-
-    @triton.jit
-    def _store_column_entering(entering_ptr, state, route, D, N, W, MAX_LINES, dd, nn, lanes):
-        tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + lanes, state,
-                 mask=(dd < D) & (nn < N) & (lanes < W))
 
     @triton.jit
     def _last_state(state, lanes, W, KIND: tl.constexpr):
