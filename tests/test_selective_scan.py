@@ -354,19 +354,15 @@ RASTER_KERNELS = {
 }
 
 
-def _raster_case(pattern, state_dim, shared=True, accumulate=True, seed=0):
-    inputs = routed_inputs(pattern, 3, state_dim, torch.float32, shared=shared, seed=seed, batch=2)
+def _run_raster(pattern, inputs, backend, accumulate=True):
+    """``scan_routes`` along ``pattern`` on ``routed_inputs(pattern, 3, ...)`` of batch 2: (y, states, last state)."""
     x, delta, A, B, C, D, bias = inputs
     num_routes, positions = pattern.num_routes, pattern.height * pattern.width
-
-    def run(backend):
-        return K.scan_routes(
-            x.reshape(2, -1, 3, positions), delta.flatten(3), A.view(num_routes, 3, state_dim), B.flatten(3),
-            C.flatten(3), D.view(num_routes, 3), bias.view(num_routes, 3),
-            routes=pattern.routes_on('cpu'), delta_softplus=True, accumulate=accumulate, return_states=True,
-            return_last_state=True, backend=backend, route_kinds=pattern.route_kinds,
-            map_hw=(pattern.height, pattern.width))
-    return inputs, run
+    return K.scan_routes(
+        x.reshape(2, -1, 3, positions), delta.flatten(3), A.view(num_routes, 3, -1), B.flatten(3), C.flatten(3),
+        D.view(num_routes, 3), bias.view(num_routes, 3), routes=pattern.routes_on('cpu'), delta_softplus=True,
+        accumulate=accumulate, return_states=True, return_last_state=True, backend=backend,
+        route_kinds=pattern.route_kinds, map_hw=(pattern.height, pattern.width))
 
 
 @pytest.mark.parametrize('kernel', sorted(RASTER_KERNELS))
@@ -383,10 +379,10 @@ def _raster_case(pattern, state_dim, shared=True, accumulate=True, seed=0):
 def test_raster_kernels_match_reference(monkeypatch, kernel, pattern, state_dim, shared, accumulate):
     for name, value in RASTER_KERNELS[kernel].items():
         monkeypatch.setattr(ss, name, value)
-    inputs, run = _raster_case(pattern, state_dim, shared, accumulate)
-    outs = run('triton')
+    inputs = routed_inputs(pattern, 3, state_dim, torch.float32, shared=shared, batch=2)
+    outs = _run_raster(pattern, inputs, 'triton', accumulate)
     ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
-    refs = _raster_case_ref(pattern, state_dim, accumulate, ref_inputs)
+    refs = _run_raster(pattern, ref_inputs, 'torch', accumulate)
     for name, out, ref in zip(('y', 'states', 'last_state'), outs, refs):
         assert_close(out, ref, torch.float32, name)
     cotangents = [torch.randn_like(ref) for ref in refs]
@@ -394,15 +390,6 @@ def test_raster_kernels_match_reference(monkeypatch, kernel, pattern, state_dim,
     ref_grads = torch.autograd.grad(refs, ref_inputs, cotangents)
     for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
         assert_close(g, r, torch.float32, name)
-
-
-def _raster_case_ref(pattern, state_dim, accumulate, inputs):
-    x, delta, A, B, C, D, bias = inputs
-    num_routes, positions = pattern.num_routes, pattern.height * pattern.width
-    return K.scan_routes(
-        x.reshape(2, -1, 3, positions), delta.flatten(3), A.view(num_routes, 3, state_dim), B.flatten(3),
-        C.flatten(3), D.view(num_routes, 3), bias.view(num_routes, 3), routes=pattern.routes_on('cpu'),
-        delta_softplus=True, accumulate=accumulate, return_states=True, return_last_state=True, backend='torch')
 
 
 @settings(max_examples=6, deadline=None)
@@ -413,9 +400,9 @@ def test_raster_cross_matches_reference_on_any_map(height, width, state_dim, ker
         for name, value in RASTER_KERNELS[kernel].items():
             patch.setattr(ss, name, value)
         pattern = K.cross_pattern(height, width)
-        inputs, run = _raster_case(pattern, state_dim)
-        y = run('triton')[0]
-        ref = _raster_case_ref(pattern, state_dim, True, [t.detach().double() for t in inputs])[0]
+        inputs = routed_inputs(pattern, 3, state_dim, torch.float32, batch=2)
+        y = _run_raster(pattern, inputs, 'triton')[0]
+        ref = _run_raster(pattern, [t.detach().double() for t in inputs], 'torch')[0]
         assert_close(y, ref, torch.float32, 'y')
 
 
@@ -425,8 +412,9 @@ def test_raster_kernels_write_every_output_element(monkeypatch, kernel):
         monkeypatch.setattr(ss, name, value)
     real_empty = torch.empty
     monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
-    inputs, run = _raster_case(K.cross_pattern(5, 6), 2)
-    outs = run('triton')
+    pattern = K.cross_pattern(5, 6)
+    inputs = routed_inputs(pattern, 3, 2, torch.float32, batch=2)
+    outs = _run_raster(pattern, inputs, 'triton')
     for name, t in zip(('y', 'states', 'last_state'), outs):
         assert torch.isfinite(t).all(), f'{name} has unwritten elements'
     grads = torch.autograd.grad(sum(t.sum() for t in outs), inputs)
