@@ -19,7 +19,7 @@ Architecture (``classification/models/vmamba_efficient.py`` and the released tra
 and the paper's Table 1 say 96).
 """
 import re
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -38,17 +38,21 @@ __all__ = ['EfficientVMamba']
 # EfficientVMamba layers.
 # ---------------------------------------------------------------------------------------------------------------------
 @cached_outside_inference_mode(maxsize=64)
-def _atrous_phase_routes(height: int, width: int, step: int) -> Tuple[Tuple[Tuple[int, int], ...], torch.Tensor]:
+def _atrous_phase_routes(height: int, width: int, step: int):
     """The atrous pattern re-expressed on its sub-grids.
 
-    Returns each route's sub-grid offset (i, j) and its route over the (H / step, W / step) sub-grid, in the route
-    order of ``atrous_pattern`` (the official parameter order).
+    Returns each route's sub-grid offset (i, j), its route over the (H / step, W / step) sub-grid, in the route order
+    of ``atrous_pattern`` (the official parameter order), and each sub-grid route's raster kind (0 row-major,
+    1 column-major; see ``ScanPattern.route_kinds``), read off the routes themselves.
     """
     pattern = atrous_pattern(height, width, step)
-    sub_w = width // step
+    sub_h, sub_w = height // step, width // step
     rows, cols = pattern.routes // width, pattern.routes % width
     offsets = tuple((int(r[0]) % step, int(c[0]) % step) for r, c in zip(rows, cols))
-    return offsets, (rows // step) * sub_w + cols // step
+    routes = (rows // step) * sub_w + cols // step
+    row_major = torch.arange(sub_h * sub_w)
+    kinds = tuple(0 if torch.equal(route, row_major) else 1 for route in routes)
+    return offsets, routes, kinds
 
 
 class AtrousSS2D(SS2D):
@@ -74,7 +78,7 @@ class AtrousSS2D(SS2D):
             x_pad = F.pad(x, (0, padded_w - width, 0, padded_h - height))
         else:
             x_pad = x
-        offsets, routes = _atrous_phase_routes(padded_h, padded_w, step)
+        offsets, routes, route_kinds = _atrous_phase_routes(padded_h, padded_w, step)
         sub_h, sub_w = padded_h // step, padded_w // step
         positions = sub_h * sub_w
         # pixel_unshuffle channel c * step^2 + i * step + j holds sub-grid (i, j); reorder to route order.
@@ -92,7 +96,7 @@ class AtrousSS2D(SS2D):
             -torch.exp(self.A_logs.float()).view(num_routes, dim, state), Bs.contiguous(), Cs.contiguous(),
             D=self.Ds.float().view(num_routes, dim), delta_bias=self.dt_projs_bias.float().view(num_routes, dim),
             routes=routes.to(x.device), delta_softplus=True, accumulate=False, backend=self.backend,
-            route_kinds=[0 if i % 2 == 0 else 1 for i, _ in offsets], map_hw=(sub_h, sub_w))
+            route_kinds=route_kinds, map_hw=(sub_h, sub_w))
         phase_route = [route_phase.index(p) for p in range(step * step)]
         ys = ys.view(batch, num_routes, dim, sub_h, sub_w)[:, phase_route].transpose(1, 2)
         y = F.pixel_shuffle(ys.reshape(batch, dim * num_routes, sub_h, sub_w), step)[:, :, :height, :width]
