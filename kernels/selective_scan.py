@@ -211,9 +211,35 @@ if HAS_TRITON:
         # (a, b) represents h -> a * h + b; composing left then right.
         return a_left * a_right, b_left * a_right + b_right
 
+    if triton_interpreting():  # the interpreter runs no PTX
+        @triton.jit
+        def _exp2(x):
+            return tl.exp2(x)
+
+        @triton.jit
+        def _log2(x):
+            return tl.log2(x)
+    else:
+        # The scans are bound by instruction issue, not by memory. ex2/lg2.approx.ftz are one MUFU op each, where
+        # tl.exp wraps ex2 in a denormal rescale and tl.log inlines libdevice's logf (a polynomial of ~20 FMAs). Their
+        # 2-ulp error is far below bf16/fp32 input noise; a decay that would be denormal flushes to 0.
+        @triton.jit
+        def _exp2(x):
+            return tl.inline_asm_elementwise('ex2.approx.ftz.f32 $0, $1;', '=f,f', [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+
+        @triton.jit
+        def _log2(x):
+            return tl.inline_asm_elementwise('lg2.approx.ftz.f32 $0, $1;', '=f,f', [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+
+    @triton.jit
+    def _exp(x):
+        return _exp2(x * 1.4426950408889634)
+
     @triton.jit
     def _softplus(x):
-        return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+        return tl.where(x <= 20.0, _log2(1.0 + _exp(x)) * 0.6931471805599453, x)
 
     @triton.jit
     def _step_size(delta_ptrs, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
@@ -295,9 +321,9 @@ if HAS_TRITON:
             A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
             B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
             # State reached at the chunk end from a zero start: sum_j exp(A (S_end - S_j)) dt_j u_j B_j (factors <= 1).
-            weights = tl.exp(A_n[:, None] * (total_dt[:, None] - cum_dt))
+            weights = _exp(A_n[:, None] * (total_dt[:, None] - cum_dt))
             tl.store(chunk_end_ptr + out_rows + n, tl.sum(weights * dt_u * B_n[None, :], axis=1), mask=mask_d)
-            tl.store(total_decay_ptr + out_rows + n, tl.exp(A_n * total_dt), mask=mask_d)
+            tl.store(total_decay_ptr + out_rows + n, _exp(A_n * total_dt), mask=mask_d)
 
     @triton.jit
     def _chunk_state_passing_kernel(decay_ptr, drive_ptr, entering_ptr, final_ptr, ROWS, NUM_CHUNKS, N,
@@ -341,7 +367,7 @@ if HAS_TRITON:
             A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
             B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-            decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A_n[:, None]), dt_u * B_n[None, :]), 1,
+            decay_cum, drive_cum = tl.associative_scan((_exp(dt * A_n[:, None]), dt_u * B_n[None, :]), 1,
                                                        _linear_recurrence_combine)
             h_start = tl.load(entering_ptr + entering_rows + n, mask=mask_d, other=0.0)
             h = decay_cum * h_start[:, None] + drive_cum
@@ -416,9 +442,9 @@ if HAS_TRITON:
             C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
             g = _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes,
                                D, HAS_DSTATES, HAS_DLAST)
-            weights = tl.exp(A_n[:, None] * (cum_dt - first_dt[:, None]))
+            weights = _exp(A_n[:, None] * (cum_dt - first_dt[:, None]))
             tl.store(chunk_start_ptr + out_rows + n, tl.sum(weights * g, axis=1), mask=mask_d)
-            total = tl.where(ends_route, 0.0, tl.exp(A_n * total_next))
+            total = tl.where(ends_route, 0.0, _exp(A_n * total_next))
             tl.store(total_decay_ptr + out_rows + n, total, mask=mask_d)
 
     @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], do_bench=_quick_bench,
@@ -455,13 +481,13 @@ if HAS_TRITON:
             B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
             C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
             drive = dt_u * B_n[None, :]
-            decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A_n[:, None]), drive), 1,
+            decay_cum, drive_cum = tl.associative_scan((_exp(dt * A_n[:, None]), drive), 1,
                                                        _linear_recurrence_combine)
             h = decay_cum * tl.load(entering_ptr + entering_rows + n, mask=mask_d, other=0.0)[:, None] + drive_cum
             # Adjoint: dh_l = g_l + decay_{l+1} dh_{l+1}, a reverse linear recurrence.
             g = _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes,
                                D, HAS_DSTATES, HAS_DLAST)
-            decay_next = tl.where(mask_next[None, :], tl.exp(dt_next * A_n[:, None]), 0.0)
+            decay_next = tl.where(mask_next[None, :], _exp(dt_next * A_n[:, None]), 0.0)
             decay_rcum, g_rcum = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine, reverse=True)
             dh_entering = tl.load(dentering_ptr + entering_rows + n, mask=mask_d, other=0.0)
             dh = tl.where(mask, g_rcum + decay_rcum * dh_entering[:, None], 0.0)
@@ -650,7 +676,7 @@ if HAS_TRITON:
                 bc_base = (route * N + n) * P
                 B_n = tl.load((B_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
                 C_n = tl.load((C_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
-                h, end_state = _raster_route(tl.exp(dt * A_n), dt_u * B_n, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
+                h, end_state = _raster_route(_exp(dt * A_n), dt_u * B_n, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
                 y_k += h * C_n
                 tl.store(last_ptr + (route * D + d) * N + n, end_state, mask=mask_d)
                 if STORE_STATES:
@@ -716,7 +742,7 @@ if HAS_TRITON:
                 B_n = tl.load((B_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
                 C_n = tl.load((C_ptr + bc_base) + flat, mask=mask_pos, other=0.0).to(tl.float32)
                 drive = dt_u * B_n
-                h, unused_end = _raster_route(tl.exp(dt * A_n), drive, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
+                h, unused_end = _raster_route(_exp(dt * A_n), drive, rows, cols, (KINDS >> (2 * k)) & 3, HP, WP)
                 # Adjoint: dh_l = g_l + decay_{next(l)} dh_{next(l)}: the mirrored route, padding left as identity.
                 g = dy * C_n
                 if HAS_DSTATES:
@@ -727,7 +753,7 @@ if HAS_TRITON:
                     dlast = tl.load(dlast_ptr + (route * D + d) * N + n, mask=mask_d, other=0.0)[:, None, None]
                     g += tl.where(route_end, dlast, 0.0)
                 g = tl.where(mask, g, 0.0)
-                decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A_n), 0.0), 1.0)
+                decay_next = tl.where(mask, tl.where(has_successor, _exp(dt_next * A_n), 0.0), 1.0)
                 dh, unused_start = _raster_route(decay_next, g, rows, cols, ((KINDS >> (2 * k)) & 3) ^ 2, HP, WP)
                 # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
                 dh_decay = tl.where(mask, dh * (h - drive), 0.0)
@@ -791,42 +817,60 @@ if HAS_TRITON:
         return b, d, d[:, None, None], tl.arange(0, NP)[None, :, None], tl.arange(0, LANES)[None, None, :]
 
     @triton.jit
-    def _row_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
-                    stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr):
-        """Row r of route k: input, A, bias, step sizes (raw and final) and B per (channel, state, lane), with offsets
-        and masks."""
-        flat = r * W + lanes
-        on_map = (lanes < W) & (flat < P)
+    def _route_parameters(k, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS: tl.constexpr,
+                          HAS_D: tl.constexpr):
+        """A [BLOCK_D, NP, 1], delta bias and skip D [BLOCK_D, 1, 1] of route k, loaded once before the walks: the
+        compiler cannot hoist them out of a loop that stores through other pointers."""
+        kd = k * D + d
+        A = tl.load(A_ptr + kd[:, None, None] * N + nn, mask=(dd < D) & (nn < N), other=0.0)
+        bias = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
+        skip = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        if HAS_D:
+            skip = tl.load(Dskip_ptr + kd, mask=d < D, other=0.0)[:, None, None]
+        return A, bias, skip
+
+    @triton.jit
+    def _walk_columns(lanes, W, KIND: tl.constexpr):
+        """Map column of each lane. Reversed routes (kinds 2 and 3) walk the row right to left so that their scans
+        run forward along the lanes (a reversed Triton scan flips its operands through shuffles); padding lanes get
+        column W."""
+        if KIND >= 2:
+            return tl.where(lanes < W, W - 1 - lanes, W)
+        return lanes
+
+    @triton.jit
+    def _row_inputs(r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k,
+                    NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """Row r of route k at the map columns ``cols`` (W on padding lanes): input, step sizes (raw and final) and B
+        per (channel, state, lane), with offsets and masks."""
+        flat = r * W + cols
+        on_map = (cols < W) & (flat < P)
         mask = (dd < D) & on_map
         offsets = dd * P + flat
         if U_SHARED:
             u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
         else:
             u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
-        kd = k * D + d
-        A = tl.load(A_ptr + kd[:, None, None] * N + nn, mask=(dd < D) & (nn < N), other=0.0)
-        bias = 0.0
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + kd, mask=d < D, other=0.0)[:, None, None]
         route = b * NUM_ROUTES + k
         dt_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
         bc_offsets = (route * N * P) + nn * P + flat
         B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, bias, dt_raw, dt, B_row
+        return flat, on_map, mask, offsets, bc_offsets, u, route, dt_raw, dt, B_row
 
     @triton.jit
-    def _row_step(state, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, states_ptr,
-                  entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b,
-                  stride_y_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
-                  KIND: tl.constexpr, LANES: tl.constexpr):
-        """Route k (of KIND) on row r: the new carried state and the route's output on the row, [BLOCK_D, 1, LANES],
-        which is stored here when the routes keep separate outputs."""
-        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, unused_bias, unused_raw, dt, B_row = _row_inputs(
-            r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
-            NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
-        decay = tl.exp(dt * A)
+    def _row_step(state, r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, skip, y_ptr, states_ptr, entering_ptr, b,
+                  dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+                  NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, KIND: tl.constexpr,
+                  LANES: tl.constexpr):
+        """Route k (of KIND) on row r, its lanes at map columns ``cols``: the new carried state and the route's output
+        on the row, [BLOCK_D, 1, LANES], which is stored here when the routes keep separate outputs."""
+        flat, on_map, mask, offsets, bc_offsets, u, route, unused_raw, dt, B_row = _row_inputs(
+            r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES,
+            U_SHARED, HAS_BIAS, SOFTPLUS)
+        decay = _exp(dt * A)
         drive = (dt * u) * B_row
         C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
         if KIND % 2 == 1:  # one column per lane: a plain recurrence
@@ -836,32 +880,31 @@ if HAS_TRITON:
             # The backward rebuilds the row from the state entering it (the same in every lane).
             tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + r + 0 * lanes, state,
                      mask=(dd < D) & (nn < N) & (lanes == 0))
-            decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine,
-                                                       reverse=KIND == 2)
+            decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine)
             h = drive_cum + decay_cum * state
-            # Padding lanes are identity steps: the row's last step in route order holds its end state.
-            end = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 0), h, 0.0), axis=2, keep_dims=True)
+            # Padding lanes come last and are identity steps: the last lane holds the row's end state.
+            end = tl.sum(tl.where(lanes == LANES - 1, h, 0.0), axis=2, keep_dims=True)
             new_state = tl.broadcast_to(end, h.shape)
         if STORE_STATES:
             tl.store((states_ptr + route * D * N * P) + (dd * N + nn) * P + flat, h, mask=mask & (nn < N))
         y = tl.sum(h * C_row, axis=1, keep_dims=True)
         if HAS_D:
-            y += tl.load(Dskip_ptr + kd, mask=d < D, other=0.0)[:, None, None] * u
+            y += skip * u
         if not ACCUMULATE:
             tl.store((y_ptr + b * stride_y_b + k * stride_y_k) + offsets, y, mask=mask)
         return new_state, y
 
     @triton.jit
-    def _column_totals(total_decay, total_drive, r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes,
-                       D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+    def _column_totals(total_decay, total_drive, r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W,
+                       N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
-        """Adds row r to the totals of column route k: the decay product and the state reached from zero, which a
-        reversed (bottom-to-top) route accumulates here top to bottom as sum_r (prod_{r' < r} decay_r') drive_r."""
-        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, u, unused_kd, unused_route, A, \
-            unused_bias, unused_raw, dt, B_row = _row_inputs(
-                r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b,
-                stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
-        decay = tl.exp(dt * A)
+        """Adds row r to the totals of column route k (lanes at map columns ``cols``): the decay product and the state
+        reached from zero, which a reversed (bottom-to-top) route accumulates here top to bottom as
+        sum_r (prod_{r' < r} decay_r') drive_r."""
+        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, u, unused_route, unused_raw, dt, B_row = \
+            _row_inputs(r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k,
+                        NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
+        decay = _exp(dt * A)
         drive = (dt * u) * B_row
         if KIND == 1:
             return total_decay * decay, decay * total_drive + drive
@@ -877,12 +920,12 @@ if HAS_TRITON:
         return entering
 
     @triton.jit
-    def _kept_column_entering(total_decay, total_drive, entering_ptr, route, D, N, W, MAX_LINES, dd, nn, lanes,
-                              KIND: tl.constexpr):
-        """``_column_entering``, also kept in ``entering_ptr`` for the backward."""
-        entering = _column_entering(total_decay, total_drive, KIND)
-        tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + lanes, entering,
-                 mask=(dd < D) & (nn < N) & (lanes < W))
+    def _kept_column_entering(total_decay, total_drive, entering_ptr, route, D, N, W, MAX_LINES, dd, nn, cols):
+        """``_column_entering`` of a column route whose lanes run in route order (at map columns ``cols``), also kept
+        in ``entering_ptr`` by map column for the backward."""
+        entering = _column_entering(total_decay, total_drive, 1)
+        tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + cols, entering,
+                 mask=(dd < D) & (nn < N) & (cols < W))
         return entering
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
@@ -900,100 +943,118 @@ if HAS_TRITON:
         mask_dn = (dd < D) & (nn < N)
         ones = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
         zeros = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
-        # Walk 1: column totals of the column routes (routes 0..3 unrolled; absent or row routes keep zeros).
+        # Routes 0..3 unrolled: parameters, lane columns and carried states of each (absent routes keep zeros).
+        K0: tl.constexpr = KINDS & 3
+        K1: tl.constexpr = (KINDS >> 2) & 3
+        K2: tl.constexpr = (KINDS >> 4) & 3
+        K3: tl.constexpr = (KINDS >> 6) & 3
+        A0, bias0, skip0 = _route_parameters(0, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
+        A1, bias1, skip1 = A0, bias0, skip0
+        A2, bias2, skip2 = A0, bias0, skip0
+        A3, bias3, skip3 = A0, bias0, skip0
+        if NUM_ROUTES > 1:
+            A1, bias1, skip1 = _route_parameters(1, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
+        if NUM_ROUTES > 2:
+            A2, bias2, skip2 = _route_parameters(2, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
+        if NUM_ROUTES > 3:
+            A3, bias3, skip3 = _route_parameters(3, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
+        cols0 = _walk_columns(lanes, W, K0)
+        cols1 = _walk_columns(lanes, W, K1)
+        cols2 = _walk_columns(lanes, W, K2)
+        cols3 = _walk_columns(lanes, W, K3)
+        # Walk 1: column totals of the column routes.
         a0, b0, a1, b1, a2, b2, a3, b3 = ones, zeros, ones, zeros, ones, zeros, ones, zeros
         if (KINDS & 0x55) != 0:
             for r in tl.range(0, H, num_stages=NUM_STAGES):
-                if KINDS & 1:
-                    a0, b0 = _column_totals(a0, b0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
-                                            lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
-                                            HAS_BIAS, SOFTPLUS, KINDS & 3)
+                if K0 % 2 == 1:
+                    a0, b0 = _column_totals(a0, b0, r, 0, u_ptr, delta_ptr, B_ptr, A0, bias0, b, dd, nn, cols0, D, P,
+                                            W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
+                                            K0)
                 if NUM_ROUTES > 1:
-                    if (KINDS >> 2) & 1:
-                        a1, b1 = _column_totals(a1, b1, r, 1, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
-                                                lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
-                                                HAS_BIAS, SOFTPLUS, (KINDS >> 2) & 3)
+                    if K1 % 2 == 1:
+                        a1, b1 = _column_totals(a1, b1, r, 1, u_ptr, delta_ptr, B_ptr, A1, bias1, b, dd, nn, cols1, D,
+                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                                SOFTPLUS, K1)
                 if NUM_ROUTES > 2:
-                    if (KINDS >> 4) & 1:
-                        a2, b2 = _column_totals(a2, b2, r, 2, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
-                                                lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
-                                                HAS_BIAS, SOFTPLUS, (KINDS >> 4) & 3)
+                    if K2 % 2 == 1:
+                        a2, b2 = _column_totals(a2, b2, r, 2, u_ptr, delta_ptr, B_ptr, A2, bias2, b, dd, nn, cols2, D,
+                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                                SOFTPLUS, K2)
                 if NUM_ROUTES > 3:
-                    if (KINDS >> 6) & 1:
-                        a3, b3 = _column_totals(a3, b3, r, 3, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn,
-                                                lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED,
-                                                HAS_BIAS, SOFTPLUS, (KINDS >> 6) & 3)
+                    if K3 % 2 == 1:
+                        a3, b3 = _column_totals(a3, b3, r, 3, u_ptr, delta_ptr, B_ptr, A3, bias3, b, dd, nn, cols3, D,
+                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                                SOFTPLUS, K3)
         s0, s1, s2, s3 = zeros, zeros, zeros, zeros
-        if KINDS & 1:
-            s0 = _kept_column_entering(a0, b0, entering_ptr, b * NUM_ROUTES + 0, D, N, W, MAX_LINES, dd,
-                                       nn, lanes, KINDS & 3)
+        if K0 % 2 == 1:
+            s0 = _kept_column_entering(a0, b0, entering_ptr, b * NUM_ROUTES + 0, D, N, W, MAX_LINES, dd, nn, cols0)
         if NUM_ROUTES > 1:
-            if (KINDS >> 2) & 1:
-                s1 = _kept_column_entering(a1, b1, entering_ptr, b * NUM_ROUTES + 1, D, N, W, MAX_LINES, dd,
-                                           nn, lanes, (KINDS >> 2) & 3)
+            if K1 % 2 == 1:
+                s1 = _kept_column_entering(a1, b1, entering_ptr, b * NUM_ROUTES + 1, D, N, W, MAX_LINES, dd, nn,
+                                           cols1)
         if NUM_ROUTES > 2:
-            if (KINDS >> 4) & 1:
-                s2 = _kept_column_entering(a2, b2, entering_ptr, b * NUM_ROUTES + 2, D, N, W, MAX_LINES, dd,
-                                           nn, lanes, (KINDS >> 4) & 3)
+            if K2 % 2 == 1:
+                s2 = _kept_column_entering(a2, b2, entering_ptr, b * NUM_ROUTES + 2, D, N, W, MAX_LINES, dd, nn,
+                                           cols2)
         if NUM_ROUTES > 3:
-            if (KINDS >> 6) & 1:
-                s3 = _kept_column_entering(a3, b3, entering_ptr, b * NUM_ROUTES + 3, D, N, W, MAX_LINES, dd,
-                                           nn, lanes, (KINDS >> 6) & 3)
-        # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; walk 3 adds to walk 2's y.
+            if K3 % 2 == 1:
+                s3 = _kept_column_entering(a3, b3, entering_ptr, b * NUM_ROUTES + 3, D, N, W, MAX_LINES, dd, nn,
+                                           cols3)
+        # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top (their lanes right to left);
+        # walk 3 adds to walk 2's y.
         for walk in tl.static_range(2):
             tl.debug_barrier()  # walk 3 reads y written by other threads of the program
+            cols = _walk_columns(lanes, W, 2 * walk)
             for i in tl.range(0, H, num_stages=NUM_STAGES):
                 if walk == 0:
                     r = i
                 else:
                     r = H - 1 - i
-                flat = r * W + lanes
-                mask = (dd < D) & (lanes < W) & (flat < P)
+                flat = r * W + cols
+                mask = (dd < D) & (cols < W) & (flat < P)
                 y = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
-                if ((KINDS >> 1) & 1) == walk:
-                    s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr,
-                                       states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N, MAX_LINES,
-                                       stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
-                                       HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, KINDS & 3, LANES)
+                if (K0 >> 1) == walk:
+                    s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, B_ptr, C_ptr, A0, bias0, skip0, y_ptr, states_ptr,
+                                       entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b,
+                                       stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS,
+                                       SOFTPLUS, ACCUMULATE, STORE_STATES, K0, LANES)
                     y += y0
                 if NUM_ROUTES > 1:
-                    if ((KINDS >> 3) & 1) == walk:
-                        s1, y1 = _row_step(s1, r, 1, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           y_ptr, states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N,
-                                           MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
-                                           U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES,
-                                           (KINDS >> 2) & 3, LANES)
+                    if (K1 >> 1) == walk:
+                        s1, y1 = _row_step(s1, r, 1, u_ptr, delta_ptr, B_ptr, C_ptr, A1, bias1, skip1, y_ptr,
+                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
+                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K1, LANES)
                         y += y1
                 if NUM_ROUTES > 2:
-                    if ((KINDS >> 5) & 1) == walk:
-                        s2, y2 = _row_step(s2, r, 2, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           y_ptr, states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N,
-                                           MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
-                                           U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES,
-                                           (KINDS >> 4) & 3, LANES)
+                    if (K2 >> 1) == walk:
+                        s2, y2 = _row_step(s2, r, 2, u_ptr, delta_ptr, B_ptr, C_ptr, A2, bias2, skip2, y_ptr,
+                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
+                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K2, LANES)
                         y += y2
                 if NUM_ROUTES > 3:
-                    if ((KINDS >> 7) & 1) == walk:
-                        s3, y3 = _row_step(s3, r, 3, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr,
-                                           y_ptr, states_ptr, entering_ptr, b, d, dd, nn, lanes, D, P, W, N,
-                                           MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
-                                           U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES,
-                                           (KINDS >> 6) & 3, LANES)
+                    if (K3 >> 1) == walk:
+                        s3, y3 = _row_step(s3, r, 3, u_ptr, delta_ptr, B_ptr, C_ptr, A3, bias3, skip3, y_ptr,
+                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
+                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K3, LANES)
                         y += y3
                 if ACCUMULATE:
                     if walk == 1:
-                        if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very lanes
+                        if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very positions
                             y += tl.load((y_ptr + b * stride_y_b) + dd * P + flat, mask=mask, other=0.0)
                     tl.store((y_ptr + b * stride_y_b) + dd * P + flat, y, mask=mask)
-        # Final states: row routes carry one value in every lane; column routes end in column W-1 (or 0, reversed).
+        # Final states: row routes carry one value in every lane; a column route ends in its last lane (the map's
+        # last column, or its first for a reversed route).
         last = last_ptr + ((b * NUM_ROUTES) * D + dd) * N + nn
-        tl.store(last, _last_state(s0, lanes, W, KINDS & 3), mask=mask_dn)
+        tl.store(last, _last_state(s0, lanes, W), mask=mask_dn)
         if NUM_ROUTES > 1:
-            tl.store(last + D * N, _last_state(s1, lanes, W, (KINDS >> 2) & 3), mask=mask_dn)
+            tl.store(last + D * N, _last_state(s1, lanes, W), mask=mask_dn)
         if NUM_ROUTES > 2:
-            tl.store(last + 2 * D * N, _last_state(s2, lanes, W, (KINDS >> 4) & 3), mask=mask_dn)
+            tl.store(last + 2 * D * N, _last_state(s2, lanes, W), mask=mask_dn)
         if NUM_ROUTES > 3:
-            tl.store(last + 3 * D * N, _last_state(s3, lanes, W, (KINDS >> 6) & 3), mask=mask_dn)
+            tl.store(last + 3 * D * N, _last_state(s3, lanes, W), mask=mask_dn)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Backward for large maps, in the row walk's form. Each route is walked against its own direction: row routes in
@@ -1005,16 +1066,16 @@ if HAS_TRITON:
     # successor on the route), read from the successor's position.
     # -----------------------------------------------------------------------------------------------------------------
     @triton.jit
-    def _row_adjoint_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, dy_ptr, dstates_ptr, dlast_ptr,
-                            b, d, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+    def _row_adjoint_inputs(r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr,
+                            b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
                             NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                             SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
                             HAS_DLAST: tl.constexpr, KIND: tl.constexpr):
         """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and its decay (that of
         each step's successor; 1 on padding, 0 past the route's end)."""
-        flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, bias, dt_raw, dt, B_row = _row_inputs(
-            r, k, u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, b, d, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k,
-            NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
+        flat, on_map, mask, offsets, bc_offsets, u, route, dt_raw, dt, B_row = _row_inputs(
+            r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES,
+            U_SHARED, HAS_BIAS, SOFTPLUS)
         C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
         if ACCUMULATE:
             dy = tl.load((dy_ptr + b * stride_y_b) + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -1035,11 +1096,11 @@ if HAS_TRITON:
         successor, has_successor = _raster_successor(r + 0 * lanes, lanes, flat, H, W, P, KIND)
         unused_raw, dt_next = _step_size((delta_ptr + route * D * P) + dd * P + successor, bias,
                                          mask & has_successor, HAS_BIAS, SOFTPLUS)
-        decay_next = tl.where(mask, tl.where(has_successor, tl.exp(dt_next * A), 0.0), 1.0)
-        return flat, on_map, mask, offsets, bc_offsets, u, kd, route, A, dt_raw, dt, B_row, dy, g, decay_next
+        decay_next = tl.where(mask, tl.where(has_successor, _exp(dt_next * A), 0.0), 1.0)
+        return flat, on_map, mask, offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next
 
     @triton.jit
-    def _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, kd, bc_offsets, on_map, mask, nn, N, dB_ptr, dC_ptr,
+    def _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, bc_offsets, on_map, mask, nn, N, dB_ptr, dC_ptr,
                        SOFTPLUS: tl.constexpr):
         """Gradients of one row given its states h and adjoint dh: dB and dC are added here; returns du (without
         the D term), ddelta, and the row's dA, dD and ddelta_bias contributions."""
@@ -1070,6 +1131,7 @@ if HAS_TRITON:
             BLOCK_D: tl.constexpr):
         """Gradients of route k (of KIND); du is stored by the first route and accumulated by the others."""
         route = b * NUM_ROUTES + k
+        A, bias, skip = _route_parameters(k, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
         entering_rows = entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES
         if U_SHARED:
             du_base = du_ptr + b * stride_u_b
@@ -1093,12 +1155,12 @@ if HAS_TRITON:
                     r = i
                 else:
                     r = H - 1 - i
-                flat, on_map, mask, offsets, bc_offsets, u, kd, unused_route, A, dt_raw, dt, B_row, dy, g, \
-                    decay_next = _row_adjoint_inputs(
-                        r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, dy_ptr, dstates_ptr, dlast_ptr, b, d,
-                        dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES,
-                        U_SHARED, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
-                h = tl.exp(dt * A) * h + (dt * u) * B_row
+                flat, on_map, mask, offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
+                    _row_adjoint_inputs(r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr,
+                                        b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b,
+                                        stride_y_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES,
+                                        HAS_DLAST, KIND)
+                h = _exp(dt * A) * h + (dt * u) * B_row
                 tl.store(scratch + r * (BLOCK_D * NP * LANES), h)
                 total_drive += total_decay * g
                 total_decay *= decay_next
@@ -1110,18 +1172,17 @@ if HAS_TRITON:
                 r = H - 1 - i
             else:
                 r = i
-            flat, on_map, mask, offsets, bc_offsets, u, kd, unused_route, A, dt_raw, dt, B_row, dy, g, decay_next = \
-                _row_adjoint_inputs(r, k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, bias_ptr, dy_ptr, dstates_ptr,
-                                    dlast_ptr, b, d, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b,
-                                    stride_y_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES,
-                                    HAS_DLAST, KIND)
+            flat, on_map, mask, offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = _row_adjoint_inputs(
+                r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr, b, dd, nn, lanes, D, P,
+                H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
+                ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
             if KIND % 2 == 1:
                 h = tl.load(scratch + r * (BLOCK_D * NP * LANES))
                 dh = g + decay_next * adjoint
                 adjoint = dh
             else:
                 entering = tl.load(entering_rows + r, mask=(dd < D) & (nn < N), other=0.0)
-                decay_cum, drive_cum = tl.associative_scan((tl.exp(dt * A), (dt * u) * B_row), 2,
+                decay_cum, drive_cum = tl.associative_scan((_exp(dt * A), (dt * u) * B_row), 2,
                                                            _linear_recurrence_combine, reverse=KIND == 2)
                 h = drive_cum + decay_cum * entering
                 adj_decay, adj_drive = tl.associative_scan((decay_next, g), 2, _linear_recurrence_combine,
@@ -1130,13 +1191,13 @@ if HAS_TRITON:
                 # The adjoint entering the next row handled is the one at this row's first step on the route.
                 first = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 2), dh, 0.0), axis=2, keep_dims=True)
                 adjoint = tl.broadcast_to(first, dh.shape)
-            du, ddt, dA_row, dD_row, dbias_row = _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, kd, bc_offsets,
+            du, ddt, dA_row, dD_row, dbias_row = _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, bc_offsets,
                                                                 on_map, mask, nn, N, dB_ptr, dC_ptr, SOFTPLUS)
             dA += dA_row
             dD += dD_row
             dbias += dbias_row
             if HAS_D:
-                du += tl.load(Dskip_ptr + kd, mask=d < D, other=0.0)[:, None, None] * dy
+                du += skip * dy
             tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
             if U_SHARED:
                 if not FIRST_ROUTE:  # every raster route visits every position: the first one initialises du
@@ -1172,12 +1233,8 @@ if HAS_TRITON:
                 (KINDS >> (2 * k)) & 3, k == 0, LANES, NP, BLOCK_D)
 
     @triton.jit
-    def _last_state(state, lanes, W, KIND: tl.constexpr):
-        if KIND == 1:
-            lane = W - 1
-        else:
-            lane = 0
-        return tl.sum(tl.where(lanes == lane, state, 0.0), axis=2, keep_dims=True)
+    def _last_state(state, lanes, W):
+        return tl.sum(tl.where(lanes == W - 1, state, 0.0), axis=2, keep_dims=True)
 
 
 # The raster kernels keep every state of a row in registers; measured on the H200 at stage 1 (D=192, 28x28) they beat
