@@ -531,9 +531,9 @@ if HAS_TRITON:
 # still beats the chunked one. Larger maps run the row-walk forward and the chunked backward.
 WHOLE_MAP_FWD_MAX_TILE = 64
 WHOLE_MAP_BWD_MAX_TILE = 256
-# The row-walk backward (below) is tested for correctness but not yet timed on a GPU; until it is, larger maps keep
-# the chunked backward, whose speed was measured.
-ROW_WALK_BACKWARD = False
+# Above WHOLE_MAP_BWD_MAX_TILE the row-walk backward runs; against the chunked backward, forward+backward took 4.96 vs
+# 11.35 ms at 56x56 and 2.90 vs 4.85 ms at 28x28 (H200, 2026-11-29, bench_raster.py). False keeps the chunked one.
+ROW_WALK_BACKWARD = True
 RASTER_MAX_WIDTH = 1024  # lanes of the row-walk kernel
 
 
@@ -787,18 +787,24 @@ if HAS_TRITON:
                 for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8) for stages in (1, 3)]
 
     def _prune_raster_rows_configs(configs, named_args, **kwargs):
-        """Rows of 256 or 512 (channel, state, lane) elements at 4 per thread, with and without software
-        pipelining of the row loads."""
+        """Rows of 64 to 512 (channel, state, lane) elements, 2 to 4 per thread, without software pipelining.
+
+        On the H200 (2026-11-29 sweep, ``benchmarks/results/README.md``) small programs won: one warp with 2 or 4
+        elements per thread beat every larger block, and pipelining the row loads (NUM_STAGES=3) helped in none of
+        the fastest configurations. The walks are bound by instruction issue and latency, so more resident programs
+        beat more work per program.
+        """
         if triton_interpreting():
             return configs
         named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
         row = named_args['NP'] * named_args['LANES']
         widest = _next_power_of_2(named_args['D'])
         wanted = set()
-        for elements in (256, 512):
+        for elements in (64, 128, 256, 512):
             block_d = max(1, min(widest, elements // row))
-            wanted.add((block_d, max(1, min(8, block_d * row // 128))))
-        return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted] or configs[:1]
+            wanted.add((block_d, max(1, min(8, block_d * row // 128)), 1))
+        return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps, c.kwargs['NUM_STAGES']) in wanted] \
+            or configs[:1]
 
     # -----------------------------------------------------------------------------------------------------------------
     # Forward for large maps: rows of the map in the lanes, walked top to bottom and back.
