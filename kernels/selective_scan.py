@@ -526,11 +526,11 @@ if HAS_TRITON:
 # The backward recomputes the states and runs the adjoint recurrence as the mirrored route, with the decay of each
 # step's successor (loaded from the successor's position), so it too reads everything once per program.
 # ---------------------------------------------------------------------------------------------------------------------
-# Map sizes (padded H * W) up to which the whole-map kernels run; measured on the H200 at B=128, N=1, bf16: the
-# whole-map forward wins at 7x7 (0.21 vs 0.28 ms) but loses at 14x14 (0.55 vs 0.34 ms), where the whole-map backward
-# still beats the chunked one. Larger maps run the row-walk forward and the chunked backward.
-WHOLE_MAP_FWD_MAX_TILE = 64
-WHOLE_MAP_BWD_MAX_TILE = 256
+# Map sizes (padded H * W) up to which the whole-map kernels run. On the H200 (B=128, N=1, bf16, 2026-11-29) the
+# row walk now wins or ties everywhere: forward 0.23 vs 0.41 ms at 14x14 and 0.17 vs 0.18 ms at 7x7, forward+backward
+# 1.8 vs 2.0 ms and 1.5 vs 1.9 ms. So no map runs them by default; they stay selectable here and tested.
+WHOLE_MAP_FWD_MAX_TILE = 0
+WHOLE_MAP_BWD_MAX_TILE = 0
 # Above WHOLE_MAP_BWD_MAX_TILE the row-walk backward runs; against the chunked backward, forward+backward took 4.96 vs
 # 11.35 ms at 56x56 and 2.90 vs 4.85 ms at 28x28 (H200, 2026-11-29, bench_raster.py). False keeps the chunked one.
 ROW_WALK_BACKWARD = True
@@ -786,25 +786,25 @@ if HAS_TRITON:
         return [triton.Config({'BLOCK_D': bd, 'NUM_STAGES': stages}, num_warps=w)
                 for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8) for stages in (1, 3)]
 
-    def _prune_raster_rows_configs(configs, named_args, **kwargs):
-        """Rows of 64 to 512 (channel, state, lane) elements, 2 to 4 per thread, without software pipelining.
+    def _row_walk_pruner(programs):
+        """Pruning to the (elements per program, warps) pairs in ``programs``, without software pipelining.
 
-        On the H200 (2026-11-29 sweep, ``benchmarks/results/README.md``) small programs won: one warp with 2 or 4
-        elements per thread beat every larger block, and pipelining the row loads (NUM_STAGES=3) helped in none of
-        the fastest configurations. The walks are bound by instruction issue and latency, so more resident programs
-        beat more work per program.
+        H200 sweeps (2026-11-29, ``benchmarks/results/README.md``): the walks are bound by instruction issue and
+        latency, so many small resident programs win. The forward is fastest with 64 elements per program on one
+        or two warps at every VMamba stage; the backward, which keeps more values per element, with 128 on one warp
+        or 256 on two. Pipelining the row loads (NUM_STAGES=3) won in none of the fastest configurations, and
+        Triton's autotuner picked a 2x slower configuration out of a wider set.
         """
-        if triton_interpreting():
-            return configs
-        named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
-        row = named_args['NP'] * named_args['LANES']
-        widest = _next_power_of_2(named_args['D'])
-        wanted = set()
-        for elements in (64, 128, 256, 512):
-            block_d = max(1, min(widest, elements // row))
-            wanted.add((block_d, max(1, min(8, block_d * row // 128)), 1))
-        return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps, c.kwargs['NUM_STAGES']) in wanted] \
-            or configs[:1]
+        def prune(configs, named_args, **kwargs):
+            if triton_interpreting():
+                return configs
+            named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
+            row = named_args['NP'] * named_args['LANES']
+            widest = _next_power_of_2(named_args['D'])
+            wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in programs}
+            return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted
+                    and c.kwargs['NUM_STAGES'] == 1] or configs[:1]
+        return prune
 
     # -----------------------------------------------------------------------------------------------------------------
     # Forward for large maps: rows of the map in the lanes, walked top to bottom and back.
@@ -935,7 +935,7 @@ if HAS_TRITON:
         return entering
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
-                     prune_configs_by={'early_config_prune': _prune_raster_rows_configs})
+                     prune_configs_by={'early_config_prune': _row_walk_pruner(((64, 1), (64, 2), (128, 1)))})
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr, entering_ptr,
@@ -1217,7 +1217,7 @@ if HAS_TRITON:
         tl.debug_barrier()  # the next route reads du back through other threads
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
-                     prune_configs_by={'early_config_prune': _prune_raster_rows_configs},
+                     prune_configs_by={'early_config_prune': _row_walk_pruner(((64, 1), (128, 1), (256, 2)))},
                      reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_bwd_kernel(
