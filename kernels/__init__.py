@@ -1,8 +1,9 @@
-"""vmamba_zoo.kernels: the shared selective-scan core.
+"""vmamba_zoo.kernels: the shared selective-scan core, and the channel-first LayerNorm the SS2D networks run.
 
 Installed as ``vmamba_zoo.kernels`` from the top-level ``kernels/`` folder. Imports without Triton or a GPU.
 """
 from ._triton_utils import HAS_TRITON
+from .layer_norm import layer_norm_2d, layer_norm_2d_ref
 from .multi_scan import multi_scan_2d
 from .scan_patterns import (
     ScanPattern, cached_outside_inference_mode, atrous_pattern, bidirectional_pattern, cross_merge, cross_pattern,
@@ -15,7 +16,7 @@ from .selective_scan import (
 )
 
 __all__ = [
-    'HAS_TRITON', 'multi_scan_2d', 'ScanPattern', 'cached_outside_inference_mode', 'atrous_pattern',
+    'HAS_TRITON', 'layer_norm_2d', 'layer_norm_2d_ref', 'multi_scan_2d', 'ScanPattern', 'cached_outside_inference_mode', 'atrous_pattern',
     'bidirectional_pattern', 'cross_merge', 'cross_pattern', 'cross_scan', 'custom_pattern', 'get_pattern',
     'list_patterns', 'multiscale_patterns', 'register_pattern', 'unidirectional_pattern', 'SCAN_OP_NAMES',
     'fvcore_op_handles', 'scan_routes',

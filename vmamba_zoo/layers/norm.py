@@ -8,7 +8,8 @@ from typing import Type
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from vmamba_zoo.kernels.layer_norm import layer_norm_2d
 
 __all__ = ['LayerNorm2d', 'Permute', 'get_norm_layer', 'to_channels_first', 'to_channels_last']
 
@@ -18,12 +19,19 @@ class LayerNorm2d(nn.LayerNorm):
 
     A subclass of ``nn.LayerNorm`` (same ``weight``/``bias`` parameters and default ``eps=1e-5``) so that channel-last
     and channel-first checkpoints are interchangeable and ``isinstance(m, nn.LayerNorm)`` initialisation applies.
+
+    On CUDA it runs ``vmamba_zoo.kernels.layer_norm_2d``: one read and one write in NCHW, float32 statistics. Under
+    CUDA autocast its output is in the autocast dtype (as timm's ``fast_norm``), where ``nn.LayerNorm`` would return
+    float32. Elsewhere it is ``F.layer_norm`` on the channel-last view.
     """
 
+    backend = 'auto'  # layer_norm_2d's backend; tests set 'triton' to run the kernel in the interpreter
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        out_dtype = None
+        if x.is_cuda and torch.is_autocast_enabled('cuda'):
+            out_dtype = torch.get_autocast_dtype('cuda')
+        return layer_norm_2d(x, self.weight, self.bias, self.eps, out_dtype=out_dtype, backend=self.backend)
 
 
 class Permute(nn.Module):

@@ -1,0 +1,224 @@
+"""LayerNorm over the channels of a (B, C, H, W) map, read once and written once in its own layout.
+
+Channel-first VMamba-style networks normalise over C at every pixel three times per block. PyTorch has no
+channel-first LayerNorm: the usual ``permute -> F.layer_norm -> permute`` copies the map to channel-last, and under
+autocast computes and returns float32, so the next 1x1 convolution gets a float32 channel-last map and cuDNN converts
+it back. On the H200 that pattern took more time than the selective scans in VMamba-T (2026-11-29 profile,
+``benchmarks/results/README.md``).
+
+Here one program holds all C channels of a block of pixels: each channel's pixels are contiguous in NCHW, so every
+load and store is coalesced, the statistics are reduced across the channel axis in registers (float32), and the
+output is written in NCHW in the requested dtype. The backward reduces the same way and writes per-program partial
+sums of the weight and bias gradients, which are added up afterwards (no atomics, deterministic).
+
+Contents: ``layer_norm_2d_ref`` (readable float reference), the Triton forward/backward kernels, an autograd
+Function, and ``layer_norm_2d``, which dispatches: Triton for CUDA tensors, PyTorch's ``F.layer_norm`` on
+channel-last views otherwise. Imports without Triton and without a GPU.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ._triton_utils import HAS_TRITON, tl, triton, use_triton_for
+
+__all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
+
+_BACKENDS = ('auto', 'triton', 'torch')
+_TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
+MAX_CHANNELS = 8192  # one program holds every channel of its pixels
+
+
+def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Readable reference: normalise each pixel's C values, in float32 (float64 for float64 input).
+
+    Args:
+        x: (B, C, H, W).
+        weight: (C,) scale, or None.
+        bias: (C,) shift, or None.
+        eps: added to the variance.
+
+    Returns:
+        (B, C, H, W) in float32 (float64 for float64 input).
+    """
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(compute)
+    mean = x.mean(dim=1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=1, keepdim=True)  # biased, as nn.LayerNorm
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight.to(compute)[:, None, None]
+    if bias is not None:
+        y = y + bias.to(compute)[:, None, None]
+    return y
+
+
+def _layer_norm_2d_torch(x, weight, bias, eps, out_dtype):
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, eps).permute(0, 3, 1, 2)
+    return y if out_dtype is None else y.to(out_dtype)
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _pixel_tile(x_ptr, C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """Offsets and mask of this program's [BLOCK_C, BLOCK_P] tile (all channels of BLOCK_P pixels)."""
+        image = tl.program_id(1).to(tl.int64)
+        pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        channels = tl.arange(0, BLOCK_C)
+        mask = (channels[:, None] < C) & (pixels[None, :] < P)
+        offsets = image * C * P + channels[:, None].to(tl.int64) * P + pixels[None, :]
+        return image, pixels, channels, mask, offsets
+
+    @triton.jit
+    def _layer_norm_2d_fwd_kernel(
+            x_ptr, weight_ptr, bias_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps,
+            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
+            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        image, pixels, channels, mask, offsets = _pixel_tile(x_ptr, C, P, BLOCK_C, BLOCK_P)
+        compute = mean_ptr.dtype.element_ty  # float32, or float64 for float64 input
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
+        mean = tl.sum(x, axis=0) / C
+        centered = tl.where(mask, x - mean[None, :], 0.0)
+        rstd = tl.rsqrt(tl.sum(centered * centered, axis=0) / C + eps)
+        y = centered * rstd[None, :]
+        if HAS_WEIGHT:
+            y *= tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
+        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if STORE_STATS:
+            tl.store(mean_ptr + image * P + pixels, mean, mask=pixels < P)
+            tl.store(rstd_ptr + image * P + pixels, rstd, mask=pixels < P)
+
+    @triton.jit
+    def _layer_norm_2d_bwd_kernel(
+            x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
+            HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):
+        image, pixels, channels, mask, offsets = _pixel_tile(x_ptr, C, P, BLOCK_C, BLOCK_P)
+        compute = mean_ptr.dtype.element_ty
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(compute)
+        mean = tl.load(mean_ptr + image * P + pixels, mask=pixels < P, other=0.0)
+        rstd = tl.load(rstd_ptr + image * P + pixels, mask=pixels < P, other=0.0)
+        x_hat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
+        g = dy
+        if HAS_WEIGHT:
+            g = dy * tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
+        # d/dx of (x - mean) * rstd, contracted with g: rstd * (g - mean_c(g) - x_hat * mean_c(g * x_hat)).
+        dx = (g - tl.sum(g, axis=0)[None, :] / C - x_hat * (tl.sum(g * x_hat, axis=0)[None, :] / C)) * rstd[None, :]
+        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        part = (image * tl.num_programs(0) + tl.program_id(0)) * C + channels
+        tl.store(dweight_part_ptr + part, tl.sum(dy * x_hat, axis=1), mask=channels < C)
+        tl.store(dbias_part_ptr + part, tl.sum(dy, axis=1), mask=channels < C)
+
+
+def _launch_shape(channels: int, pixels: int) -> Tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_P, num_warps): every channel, and enough pixels for rows of at least 32 bytes."""
+    block_c = triton.next_power_of_2(channels)
+    block_p = max(16, min(128, _TILE_ELEMENTS // block_c, triton.next_power_of_2(pixels)))
+    return block_c, block_p, 8 if block_c * block_p > _TILE_ELEMENTS else 4
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats):
+    batch, channels, height, width = x.shape
+    pixels = height * width
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    stats = torch.empty(2, batch, pixels if store_stats else 0, device=x.device, dtype=_stats_dtype(x))
+    block_c, block_p, warps = _launch_shape(channels, pixels)
+    _layer_norm_2d_fwd_kernel[(triton.cdiv(pixels, block_p), batch)](
+        x, weight, bias, y, stats[0], stats[1], channels, pixels, eps, HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None, STORE_STATS=store_stats, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    return y, stats
+
+
+def _layer_norm_2d_bwd(x, weight, stats, dy):
+    batch, channels, height, width = x.shape
+    pixels = height * width
+    block_c, block_p, warps = _launch_shape(channels, pixels)
+    grid = (triton.cdiv(pixels, block_p), batch)
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
+    _layer_norm_2d_bwd_kernel[grid](x, weight, dy.contiguous(), stats[0], stats[1], dx, parts[0], parts[1], channels,
+                                    pixels, HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+                                    num_warps=warps)
+    return dx, parts.sum(dim=1)
+
+
+class _LayerNorm2dFunction(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype):
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        y, stats = _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats=needs_grad)
+        ctx.save_for_backward(x, weight, stats)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, stats = ctx.saved_tensors
+        dx, (dweight, dbias) = _layer_norm_2d_bwd(x, weight, stats, dy)
+        dweight = None if weight is None else dweight.to(weight.dtype)
+        dbias = dbias.to(x.dtype if weight is None else weight.dtype) if ctx.has_bias else None
+        return dx, dweight, dbias, None, None
+
+
+def _check(x, weight, bias, eps, out_dtype, backend):
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f'layer_norm_2d: x must be a (B, C, H, W) tensor, got '
+                         f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
+    if not x.is_floating_point():
+        raise TypeError(f'layer_norm_2d: x must be a floating-point tensor, got {x.dtype}')
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is None:
+            continue
+        if t.shape != (x.shape[1],):
+            raise ValueError(f'layer_norm_2d: {name} must have shape ({x.shape[1]},) (the channels of x), got '
+                             f'{tuple(t.shape)}')
+        if t.device != x.device:
+            raise ValueError(f'layer_norm_2d: {name} is on {t.device} but x is on {x.device}')
+    if eps <= 0:
+        raise ValueError(f'layer_norm_2d: eps must be positive, got {eps}')
+    if out_dtype is not None and not out_dtype.is_floating_point:
+        raise TypeError(f'layer_norm_2d: out_dtype must be a floating-point dtype, got {out_dtype}')
+    if backend not in _BACKENDS:
+        raise ValueError(f'layer_norm_2d: backend must be one of {_BACKENDS}, got {backend!r}')
+
+
+def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float = 1e-5,
+                  out_dtype: Optional[torch.dtype] = None, backend: str = 'auto') -> torch.Tensor:
+    """LayerNorm over the channels of a (B, C, H, W) map (``nn.LayerNorm(C)`` applied at every pixel).
+
+    Args:
+        x: (B, C, H, W), any float dtype.
+        weight: (C,) scale, or None.
+        bias: (C,) shift, or None.
+        eps: added to the variance.
+        out_dtype: dtype of the output (default ``x.dtype``). The arithmetic is float32 (float64 for float64 x).
+        backend: 'auto' (Triton for CUDA tensors of up to ``MAX_CHANNELS`` channels, except while tracing or
+            scripting; PyTorch otherwise), 'triton' (also runs in Triton's CPU interpreter) or 'torch'.
+
+    Returns:
+        (B, C, H, W) in ``out_dtype``, contiguous (NCHW) from the Triton path. Gradients flow to x, weight and bias.
+    """
+    _check(x, weight, bias, eps, out_dtype, backend)
+    use_triton = backend == 'triton' or (
+        backend == 'auto' and use_triton_for(x) and x.shape[1] <= MAX_CHANNELS
+        and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+    if not use_triton:
+        return _layer_norm_2d_torch(x, weight, bias, eps, out_dtype)
+    if not HAS_TRITON:
+        raise RuntimeError("layer_norm_2d: backend='triton' needs triton installed")
+    if x.shape[1] > MAX_CHANNELS:
+        raise ValueError(f'layer_norm_2d: the Triton path handles up to {MAX_CHANNELS} channels, got {x.shape[1]}')
+    if x.numel() == 0:
+        return torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype)
+    return _LayerNorm2dFunction.apply(x.contiguous(), weight, bias, float(eps), out_dtype or x.dtype)

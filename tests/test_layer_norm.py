@@ -1,0 +1,114 @@
+"""Channel-first LayerNorm kernel (kernels/layer_norm.py) against its float64 reference, in Triton's interpreter."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmamba_zoo.kernels import layer_norm as ln
+from vmamba_zoo.layers import LayerNorm2d
+
+pytest.importorskip('triton')
+
+
+def _inputs(shape, dtype, affine=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 3 + 1).to(dtype)
+    channels = shape[1]
+    weight = torch.randn(channels, generator=gen) if affine else None
+    bias = torch.randn(channels, generator=gen) if affine else None
+    return x, weight, bias
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 3, 7), (1, 96, 4, 4), (3, 1, 2, 2), (1, 33, 1, 40)])
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-6), (torch.float16, 2e-3)])
+@pytest.mark.parametrize('affine', [True, False])
+def test_forward_and_backward_match_the_reference(shape, dtype, tol, affine):
+    x, weight, bias = _inputs(shape, dtype, affine)
+    leaves = [t.requires_grad_() for t in (x, weight, bias) if t is not None]
+    y = ln.layer_norm_2d(x, weight, bias, 1e-5, backend='triton')
+    assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    x64, w64, b64 = (ref_leaves + [None, None])[:3] if affine else (ref_leaves[0], None, None)
+    y_ref = ln.layer_norm_2d_ref(x64, w64, b64, 1e-5)
+    assert _rel_err(y, y_ref) < tol
+    dy = torch.randn(shape, dtype=torch.float64)
+    grads = torch.autograd.grad(y, leaves, dy.to(dtype))
+    grads_ref = torch.autograd.grad(y_ref, ref_leaves, dy)
+    for name, g, g_ref in zip(('x', 'weight', 'bias'), grads, grads_ref):
+        assert g.dtype == (dtype if name == "x" else torch.float32)
+        assert _rel_err(g, g_ref) < 5 * tol, name
+
+
+def test_output_dtype_is_independent_of_the_input():
+    x, weight, bias = _inputs((2, 8, 3, 3), torch.float32)
+    y = ln.layer_norm_2d(x, weight, bias, backend='triton', out_dtype=torch.float16)
+    assert y.dtype == torch.float16
+    assert _rel_err(y, ln.layer_norm_2d_ref(x.double(), weight.double(), bias.double())) < 1e-3
+
+
+def test_gradcheck_triton_float64():
+    x, weight, bias = (t.double().requires_grad_() for t in _inputs((2, 3, 2, 3), torch.float64))
+    assert torch.autograd.gradcheck(lambda *a: ln.layer_norm_2d(*a, 1e-5, backend='triton'), (x, weight, bias))
+
+
+def test_torch_path_is_pytorch_layer_norm():
+    x, weight, bias = _inputs((2, 6, 4, 5), torch.float32)
+    expected = F.layer_norm(x.permute(0, 2, 3, 1), (6,), weight, bias, 1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ln.layer_norm_2d(x, weight, bias, 1e-6, backend='torch'), expected, rtol=0, atol=0)
+    assert ln.layer_norm_2d(x, weight, bias, backend='auto').dtype == torch.float32  # CPU tensors take this path
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 2), channels=st.integers(1, 40), height=st.integers(1, 9), width=st.integers(1, 9))
+def test_any_shape(batch, channels, height, width):
+    x, weight, bias = _inputs((batch, channels, height, width), torch.float32)
+    y = ln.layer_norm_2d(x, weight, bias, backend='triton')
+    assert _rel_err(y, ln.layer_norm_2d_ref(x.double(), weight.double(), bias.double())) < 1e-5
+
+
+def test_every_output_element_is_written(monkeypatch):
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float('nan')) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, 'empty', poisoned_empty)
+    x, weight, bias = (t.requires_grad_() for t in _inputs((2, 7, 5, 3), torch.float32))
+    y = ln.layer_norm_2d(x, weight, bias, backend='triton')
+    grads = torch.autograd.grad(y, (x, weight, bias), torch.ones_like(y))
+    assert not y.isnan().any() and not any(g.isnan().any() for g in grads)
+
+
+@pytest.mark.parametrize('call, error, message', [
+    (lambda x, w, b: ln.layer_norm_2d(x[0], w, b), ValueError, r'x must be a \(B, C, H, W\) tensor'),
+    (lambda x, w, b: ln.layer_norm_2d(x.long(), None, None), TypeError, 'x must be a floating-point'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w[:3], b), ValueError, r'weight must have shape \(4,\)'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w, b[None]), ValueError, r'bias must have shape \(4,\)'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w.to('meta'), b), ValueError, 'weight is on meta'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w, b, eps=0.0), ValueError, 'eps must be positive'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w, b, out_dtype=torch.int32), TypeError, 'out_dtype must be'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w, b, backend='cuda'), ValueError, 'backend must be one of'),
+])
+def test_bad_input_names_the_argument(call, error, message):
+    x, weight, bias = _inputs((2, 4, 3, 3), torch.float32)
+    with pytest.raises(error, match=message):
+        call(x, weight, bias)
+
+
+def test_layer_norm_2d_module_runs_the_kernel(monkeypatch):
+    """LayerNorm2d routes through layer_norm_2d: the same numbers as nn.LayerNorm over channel-last pixels."""
+    module = LayerNorm2d(6)
+    with torch.no_grad():
+        module.weight.normal_()
+        module.bias.normal_()
+    x = torch.randn(2, 6, 5, 4)
+    expected = F.layer_norm(x.permute(0, 2, 3, 1), (6,), module.weight, module.bias, module.eps).permute(0, 3, 1, 2)
+    torch.testing.assert_close(module(x), expected)
+    monkeypatch.setattr(LayerNorm2d, 'backend', 'triton')
+    torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
