@@ -16,7 +16,8 @@ from .selective_scan import (
 )
 
 __all__ = [
-    'HAS_TRITON', 'layer_norm_2d', 'layer_norm_2d_ref', 'multi_scan_2d', 'ScanPattern', 'cached_outside_inference_mode', 'atrous_pattern',
+    'HAS_TRITON', 'layer_norm_2d', 'layer_norm_2d_ref', 'multi_scan_2d', 'ScanPattern',
+    'cached_outside_inference_mode', 'atrous_pattern',
     'bidirectional_pattern', 'cross_merge', 'cross_pattern', 'cross_scan', 'custom_pattern', 'get_pattern',
     'list_patterns', 'multiscale_patterns', 'register_pattern', 'unidirectional_pattern', 'SCAN_OP_NAMES',
     'fvcore_op_handles', 'scan_routes',
