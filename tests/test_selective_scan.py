@@ -86,8 +86,7 @@ PATTERN_FACTORIES = {
     'atrous': lambda: K.atrous_pattern(4, 6, 2),
     'multiscale_half': lambda: K.multiscale_patterns(5, 9)[1],
     'custom_revisiting': lambda: K.custom_pattern(
-        torch.tensor([[0, 3, 5, 3, 1, 0, 2, 4, 5], [5, 4, 3, 2, 1, 0, 0, 1, 2]]),
-                                                  2, 3),
+        torch.tensor([[0, 3, 5, 3, 1, 0, 2, 4, 5], [5, 4, 3, 2, 1, 0, 0, 1, 2]]), 2, 3),
 }
 
 
