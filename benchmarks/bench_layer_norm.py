@@ -1,0 +1,104 @@
+"""GPU evidence for the channel-first LayerNorm (``kernels/layer_norm.py``) at VMamba-T's stage shapes.
+
+For B=128 and (C, H, W) in VMamba-T's four stages it:
+
+1. checks the Triton forward and backward against the float64 reference (bf16 in and out, and float32 in with bf16
+   out, which is what a block's first norm sees under autocast: a float32 residual stream);
+2. times forward and forward+backward of the kernel and of what ``LayerNorm2d`` ran before it (``permute ->
+   F.layer_norm -> permute`` under bf16 autocast, which computes and returns float32), with CUDA events;
+3. prints the bytes floor (read x once, write y once; backward reads x and dy, writes dx) at the measured copy
+   bandwidth, and writes everything to JSON.
+
+Usage: python benchmarks/bench_layer_norm.py [--out OUT.json]
+"""
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scan as bs  # noqa: E402
+
+STAGES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
+BATCH = 128
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='')
+    args = parser.parse_args()
+    import triton
+    import triton.testing
+    kernels = bs.import_kernels()
+    ln = kernels.layer_norm_2d
+    result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                  gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, batch=BATCH,
+                  checks={}, timings={})
+    start = time.time()
+    for in_dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(4, 96, 13, 17, device='cuda').mul(3).add(1).to(in_dtype).requires_grad_()
+        weight = torch.randn(96, device='cuda', requires_grad=True)
+        bias = torch.randn(96, device='cuda', requires_grad=True)
+        y = ln(x, weight, bias, 1e-5, out_dtype=torch.bfloat16)
+        ref_in = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+        y_ref = kernels.layer_norm_2d_ref(*ref_in, 1e-5)
+        dy = torch.randn_like(y_ref)
+        grads = torch.autograd.grad(y, (x, weight, bias), dy.to(y.dtype))
+        grads_ref = torch.autograd.grad(y_ref, ref_in, dy)
+        errs = [rel_err(y, y_ref)] + [rel_err(g, r) for g, r in zip(grads, grads_ref)]
+        key = f'{str(in_dtype)[6:]}_in_bf16_out'
+        result['checks'][key] = dict(zip(('y', 'dx', 'dweight', 'dbias'), errs))
+        print('check', key, ' '.join(f'{e:.1e}' for e in errs), flush=True)
+    bandwidth = bs.measure_copy_bandwidth()
+    result['copy_bandwidth_GBps'] = bandwidth
+
+    def bench(fn, rep=50):
+        return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode='median')
+
+    for channels, height, width in STAGES:
+        weight = torch.randn(channels, device='cuda', requires_grad=True)
+        bias = torch.randn(channels, device='cuda', requires_grad=True)
+        row = {}
+        for in_dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(BATCH, channels, height, width, device='cuda', dtype=in_dtype, requires_grad=True)
+            dy = torch.randn(BATCH, channels, height, width, device='cuda', dtype=torch.bfloat16)
+
+            def ours():
+                return ln(x, weight, bias, 1e-5, out_dtype=torch.bfloat16)
+
+            def permuted():  # LayerNorm2d before: float32 statistics and output under autocast
+                with torch.autocast('cuda', torch.bfloat16):
+                    return F.layer_norm(x.permute(0, 2, 3, 1), (channels,), weight, bias, 1e-5).permute(0, 3, 1, 2)
+
+            tag = str(in_dtype)[6:]
+            for name, fn in (('ours', ours), ('permute_layer_norm', permuted)):
+                with torch.no_grad():
+                    row[f'{name}_{tag}_in_fwd_ms'] = bench(fn)
+                grad_out = dy if name == 'ours' else dy.float()
+                row[f'{name}_{tag}_in_fwd_bwd_ms'] = bench(
+                    lambda: torch.autograd.grad(fn(), (x, weight, bias), grad_out))
+            size = x.element_size()
+            elements = x.numel()
+            row[f'floor_{tag}_in_fwd_ms'] = elements * (size + 2) / bandwidth / 1e6
+            row[f'floor_{tag}_in_fwd_bwd_ms'] = elements * (size + 2 + size + 2 + size) / bandwidth / 1e6
+        key = f'C{channels}_{height}x{width}'
+        result['timings'][key] = row
+        print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
+    result['wall_s'] = time.time() - start
+    out = Path(args.out) if args.out else Path(
+        f"benchmarks/results/bench_layer_norm_{result['date'][:10]}_{result['gpu'].replace(' ', '_')}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print('wrote', out)
+
+
+if __name__ == '__main__':
+    main()
