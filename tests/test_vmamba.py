@@ -150,30 +150,6 @@ def test_linear2d_mlp_and_conv_downsample_layouts():
     torch.testing.assert_close(LayerNorm2d(8)(x), F.layer_norm(x.permute(0, 2, 3, 1), (8,)).permute(0, 3, 1, 2))
 
 
-@pytest.mark.parametrize('groups, bias', [(1, True), (1, False), (4, True)])
-def test_pointwise_gemm_is_the_1x1_convolution(groups, bias):
-    """The batched-GEMM form of a 1x1 conv that CUDA maps take: same values and gradients, contiguous NCHW output,
-    and F.conv2d's dtype under autocast (the bias joins in the GEMM's dtype)."""
-    from vmamba_zoo.layers.mlp import _pointwise_gemm
-    x = torch.randn(3, 8, 5, 7, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(12, 8 // groups, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(12, dtype=torch.float64, requires_grad=True) if bias else None
-    leaves = [t for t in (x, weight, b) if t is not None]
-    out = _pointwise_gemm(x, weight, b, groups)
-    ref = F.conv2d(x, weight[:, :, None, None], b, groups=groups)
-    assert out.is_contiguous()
-    torch.testing.assert_close(out, ref)
-    dy = torch.randn_like(ref)
-    for g, g_ref in zip(torch.autograd.grad(out, leaves, dy), torch.autograd.grad(ref, leaves, dy)):
-        torch.testing.assert_close(g, g_ref)
-    with torch.autocast('cpu', torch.bfloat16):
-        low = _pointwise_gemm(x.detach().float(), weight.detach().float(), None if b is None else b.detach().float(),
-                              groups)
-        low_ref = F.conv2d(x.detach().float(), weight.detach().float()[:, :, None, None],
-                           None if b is None else b.detach().float(), groups=groups)
-    assert low.dtype == low_ref.dtype == torch.bfloat16
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Full-size configs (cheap checks)
 # ---------------------------------------------------------------------------------------------------------------------

@@ -5,46 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'pointwise_conv']
-
-
-POINTWISE_GEMM = True  # False runs every 1x1 projection through F.conv2d (for A/B timing)
-
-
-def _pointwise_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int) -> torch.Tensor:
-    batch, channels, height, width = x.shape
-    out_per_group = weight.shape[0] // groups
-    x = x.reshape(batch, groups, channels // groups, height * width)
-    w = weight.reshape(groups, out_per_group, channels // groups).expand(batch, -1, -1, -1)
-    y = torch.matmul(w, x)
-    if bias is not None:  # in the GEMM's dtype, as F.conv2d under autocast
-        y = y + bias.to(y.dtype).reshape(groups, out_per_group, 1)
-    return y.view(batch, weight.shape[0], height, width)
-
-
-def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                   groups: int = 1) -> torch.Tensor:
-    """A 1x1 convolution of a (B, C, H, W) map with an (out, C // groups) weight, output contiguous in NCHW.
-
-    On CUDA a contiguous NCHW map is multiplied as a batched GEMM, ``weight @ x[b]`` over (C, H*W) per image: cuDNN
-    runs 1x1 convolutions in NHWC and converts the map both ways around each one, which cost more than the GEMMs in
-    VMamba-T on the H200 (2026-11-29 profile, ``benchmarks/results/README.md``). Elsewhere, and while tracing (where
-    fvcore would count a broadcast matmul without its batch), it is ``F.conv2d``.
-
-    Args:
-        x: (B, C, H, W).
-        weight: (out, C // groups), or a conv-shaped (out, C // groups, 1, 1).
-        bias: (out,) or None.
-        groups: channel groups, as in ``F.conv2d``.
-
-    Returns:
-        (B, out, H, W).
-    """
-    weight = weight.reshape(weight.shape[0], -1)
-    if POINTWISE_GEMM and x.is_cuda and x.is_contiguous() and not torch.jit.is_tracing() \
-            and not torch.jit.is_scripting():
-        return _pointwise_gemm(x, weight, bias, groups)
-    return F.conv2d(x, weight[:, :, None, None], bias, groups=groups)
+__all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer']
 
 
 class Linear2d(nn.Linear):
@@ -56,7 +17,7 @@ class Linear2d(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pointwise_conv(x, self.weight, self.bias)
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

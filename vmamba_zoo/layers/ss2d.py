@@ -35,10 +35,11 @@ from typing import Optional, Type, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vmamba_zoo.kernels import get_pattern, multi_scan_2d
 
-from .mlp import get_linear_layer, pointwise_conv
+from .mlp import get_linear_layer
 from .norm import LayerNorm2d, Permute
 
 __all__ = ['SS2D', 'dt_bias_init', 'A_log_init', 'SpatialSoftmax']
@@ -239,11 +240,11 @@ class SS2D(nn.Module):
         """
         batch, _, height, width = x.shape
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
-        x_dbl = pointwise_conv(x, self.x_proj_weight.reshape(-1, d_inner).to(x.dtype))
+        x_dbl = F.conv2d(x, self.x_proj_weight.reshape(-1, d_inner, 1, 1).to(x.dtype))
         x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
         dts, Bs, Cs = torch.split(x_dbl, [rank, d_state, d_state], dim=2)
-        dts = pointwise_conv(dts.reshape(batch, k_group * rank, height, width),
-                             self.dt_projs_weight.reshape(k_group * d_inner, rank).to(x.dtype), groups=k_group)
+        dts = F.conv2d(dts.reshape(batch, k_group * rank, height, width),
+                       self.dt_projs_weight.reshape(k_group * d_inner, rank, 1, 1).to(x.dtype), groups=k_group)
         return dts.view(batch, k_group, d_inner, height, width), Bs.contiguous(), Cs.contiguous()
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
