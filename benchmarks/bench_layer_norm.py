@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_layer_norm.py [--out OUT.json]
 """
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,6 @@ import bench_scan as bs  # noqa: E402
 
 STAGES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
 BATCH = 128
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def main():
@@ -54,7 +49,7 @@ def main():
         dy = torch.randn_like(y_ref)
         grads = torch.autograd.grad(y, (x, weight, bias), dy.to(y.dtype))
         grads_ref = torch.autograd.grad(y_ref, ref_in, dy)
-        errs = [rel_err(y, y_ref)] + [rel_err(g, r) for g, r in zip(grads, grads_ref)]
+        errs = [bs.rel_err(y, y_ref)] + [bs.rel_err(g, r) for g, r in zip(grads, grads_ref)]
         key = f'{str(in_dtype)[6:]}_in_bf16_out'
         result['checks'][key] = dict(zip(('y', 'dx', 'dweight', 'dbias'), errs))
         print('check', key, ' '.join(f'{e:.1e}' for e in errs), flush=True)
@@ -94,10 +89,7 @@ def main():
         result['timings'][key] = row
         print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
     result['wall_s'] = time.time() - start
-    out = Path(args.out) if args.out else Path(
-        f"benchmarks/results/bench_layer_norm_{result['date'][:10]}_{result['gpu'].replace(' ', '_')}.json")
-    out.write_text(json.dumps(result, indent=1))
-    print('wrote', out)
+    bs.write_result(result, args.out, 'bench_layer_norm')
 
 
 if __name__ == '__main__':

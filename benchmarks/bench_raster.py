@@ -15,7 +15,6 @@ Usage: python benchmarks/bench_raster.py [--no-checks] [--out OUT.json]
 """
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -103,10 +102,7 @@ def main():
             a.grad = None
         torch.cuda.empty_cache()
     result['wall_s'] = time.time() - start
-    out = Path(args_cli.out) if args_cli.out else Path(
-        f"benchmarks/results/bench_raster_{result['date'][:10]}_{result['gpu'].replace(' ', '_')}.json")
-    out.write_text(json.dumps(result, indent=1))
-    print('wrote', out)
+    bs.write_result(result, args_cli.out, 'bench_raster')
 
 
 if __name__ == '__main__':

@@ -316,6 +316,16 @@ def child_compiled(spec):
     print('CHILD_RESULT ' + json.dumps(dict(fwd_ms=fwd_ms, fwd_bwd_ms=fb_ms)))
 
 
+def write_result(result: dict, out: str, name: str) -> Path:
+    """Write a benchmark's JSON to ``out``, or to ``benchmarks/results/<name>_<date>_<gpu>.json`` when it is empty."""
+    path = Path(out) if out else ROOT / 'benchmarks' / 'results' / (
+        f"{name}_{result['date'][:10]}_{result['gpu'].replace(' ', '_')}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print('wrote', path)
+    return path
+
+
 def measure_copy_bandwidth():
     n = 1 << 29  # 2 GiB of fp32
     src = torch.randn(n, device='cuda')
