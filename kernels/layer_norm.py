@@ -203,8 +203,9 @@ def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optiona
         bias: (C,) shift, or None.
         eps: added to the variance.
         out_dtype: dtype of the output (default ``x.dtype``). The arithmetic is float32 (float64 for float64 x).
-        backend: 'auto' (Triton for CUDA tensors of up to ``MAX_CHANNELS`` channels, except while tracing or
-            scripting; PyTorch otherwise), 'triton' (also runs in Triton's CPU interpreter) or 'torch'.
+        backend: 'auto' (Triton for CUDA tensors of up to ``MAX_CHANNELS`` channels, except while tracing,
+            scripting or compiling, where inductor fuses PyTorch's LayerNorm itself; PyTorch otherwise), 'triton'
+            (also runs in Triton's CPU interpreter) or 'torch'.
 
     Returns:
         (B, C, H, W) in ``out_dtype``, contiguous (NCHW) from the Triton path. Gradients flow to x, weight and bias.
@@ -212,7 +213,7 @@ def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optiona
     _check(x, weight, bias, eps, out_dtype, backend)
     use_triton = backend == 'triton' or (
         backend == 'auto' and use_triton_for(x) and x.shape[1] <= MAX_CHANNELS
-        and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+        and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
     if not use_triton:
         return _layer_norm_2d_torch(x, weight, bias, eps, out_dtype)
     if not HAS_TRITON:

@@ -1,0 +1,104 @@
+"""SASS instruction counts of the row-walk scan kernels, per walk loop, compiled for sm_90 without a GPU.
+
+The row-walk kernels are bound by instruction issue (``benchmarks/results/README.md``), so the instructions one row
+costs are a GPU-free proxy for their speed. This compiles ``_raster_rows_fwd_kernel`` and ``_raster_rows_bwd_kernel``
+for sm_90 with Triton's bundled ptxas at the tiles VMamba-T's stages use (cross pattern, bf16 activations, D, delta
+bias and softplus), disassembles them with Triton's bundled cuobjdump, finds each loop (a backward branch) and prints
+its instruction count and most common opcodes, with the registers and spills ptxas reports.
+
+Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--json OUT.json]
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scan as bs  # noqa: E402
+
+ACTIVATIONS = {'u_ptr', 'delta_ptr', 'B_ptr', 'C_ptr'}
+CROSS_KINDS = 0 | 1 << 2 | 2 << 4 | 3 << 6
+FLAGS = dict(KINDS=CROSS_KINDS, NUM_ROUTES=4, U_SHARED=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
+             ACCUMULATE=True, STORE_STATES=False, HAS_FORWARD_ROUTES=True, HAS_DSTATES=False, HAS_DLAST=False, NP=1,
+             NUM_STAGES=1)
+# (kernel, lanes, channels per program, warps): the configurations the H200 sweeps picked at 56x56 and 28x28.
+CASES = (('_raster_rows_fwd_kernel', 64, 1, 1), ('_raster_rows_fwd_kernel', 32, 2, 1),
+         ('_raster_rows_bwd_kernel', 64, 4, 2), ('_raster_rows_bwd_kernel', 32, 4, 1))
+INSTRUCTION = re.compile(r'\s+/\*([0-9a-f]{4,6})\*/\s+(.*?);')
+
+
+def jit_function(kernel):
+    import triton
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):  # autotuner -> JITFunction
+        kernel = kernel.fn
+    return kernel
+
+
+def compile_sass(module, name, lanes, block_d, warps):
+    """(SASS text, ptxas -v output) of one kernel configuration."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    fn = jit_function(getattr(module, name))
+    constants = {k: v for k, v in dict(FLAGS, LANES=lanes, BLOCK_D=block_d).items() if k in fn.arg_names}
+    signature = {arg: 'constexpr' if arg in constants else ('*bf16' if arg in ACTIVATIONS else '*fp32')
+                 if arg.endswith('_ptr') else 'i32' for arg in fn.arg_names}
+    source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
+    kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
+    tools = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin'
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / 'kernel.cubin'
+        cubin.write_bytes(kernel.asm['cubin'])
+        sass = subprocess.run([str(tools / 'cuobjdump'), '-sass', str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    ptxas = subprocess.run([str(tools / 'ptxas'), '-arch=sm_90a', '-v', '-o', os.devnull, '-'], input=kernel.asm['ptx'],
+                           capture_output=True, text=True).stderr
+    return sass, ptxas
+
+
+def loop_counts(sass):
+    """Per loop (backward branch), in program order: its instruction count and top opcodes."""
+    instructions = [(int(m.group(1), 16), m.group(2)) for m in map(INSTRUCTION.match, sass.splitlines()) if m]
+    loops = []
+    for address, text in instructions:
+        target = re.search(r'BRA\s+0x([0-9a-f]+)', text)
+        if target and int(target.group(1), 16) < address:
+            body = [t for a, t in instructions if int(target.group(1), 16) <= a <= address]
+            opcodes = collections.Counter(re.sub(r'^@!?U?P\w+\s+', '', t).split()[0].split('.')[0] for t in body)
+            loops.append(dict(instructions=len(body), top=dict(opcodes.most_common(6))))
+    return len(instructions), loops
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--json', default='')
+    args = parser.parse_args()
+    if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
+        sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')
+    bs.import_kernels()  # makes vmamba_zoo.kernels importable from an uninstalled checkout
+    from vmamba_zoo.kernels import selective_scan as ss
+    results = []
+    for name, lanes, block_d, warps in CASES:
+        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps)
+        total, loops = loop_counts(sass)
+        registers = re.search(r'Used (\d+) registers', ptxas)
+        spills = re.search(r'(\d+) bytes spill stores', ptxas)
+        row = dict(kernel=name, lanes=lanes, channels=block_d, warps=warps, total=total,
+                   registers=int(registers.group(1)) if registers else None,
+                   spill_bytes=int(spills.group(1)) if spills else None,
+                   per_row=sum(loop['instructions'] for loop in loops), loops=loops)
+        results.append(row)
+        print(f"{name} lanes={lanes} channels={block_d} warps={warps}: {row['per_row']} instructions per row in "
+              f"{len(loops)} loops ({', '.join(str(loop['instructions']) for loop in loops)}), "
+              f"{row['registers']} registers, {row['spill_bytes']} bytes spilled", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == '__main__':
+    main()
