@@ -112,3 +112,10 @@ def test_layer_norm_2d_module_runs_the_kernel(monkeypatch):
     torch.testing.assert_close(module(x), expected)
     monkeypatch.setattr(LayerNorm2d, 'backend', 'triton')
     torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_too_many_channels_for_the_kernel():
+    x = torch.randn(1, ln.MAX_CHANNELS + 1, 1, 2)
+    with pytest.raises(ValueError, match=f'handles up to {ln.MAX_CHANNELS} channels'):
+        ln.layer_norm_2d(x, None, None, backend='triton')
+    assert ln.layer_norm_2d(x, None, None).shape == x.shape  # 'auto' falls back to PyTorch
