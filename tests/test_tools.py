@@ -171,6 +171,21 @@ def test_throughput_cpu_writes_csv_json_png(tmp_path):
     assert replot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_throughput_profile_steps_keep_the_top_operators(tmp_path):
+    tool = _load_tool('throughput')
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = tool.main(['--model', TIMM_CONV_MODEL, '--device', 'cpu', '--img-size', '32', '32', '--runs',
+                             'inference:float32', '--num-bench-iter', '1', '--profile-steps', '1', '--no-flops',
+                             '--results-json', str(tmp_path / 'p.json'), '--no-progress'])
+    profile = results['results'][0]['profile']
+    assert profile['activity'] == 'cpu' and profile['total_ms_per_step'] > 0
+    names = [name for name, ms, share in profile['top']]
+    assert any('conv' in name for name in names), names
+    assert all(ms >= 0 and 0 <= share <= 1 for name, ms, share in profile['top'])
+    assert [ms for name, ms, share in profile['top']] == sorted((ms for name, ms, share in profile['top']),
+                                                                 reverse=True)
+
+
 def test_throughput_run_list():
     tool = _load_tool('throughput')
     args = tool.parse_args(['--model', 'resnet18', '--device', 'cpu', '--bench', 'both', '--amp-dtype', 'float32',

@@ -76,6 +76,8 @@ def parse_args(argv=None):
     group.add_argument('--drop-path', type=float, default=None,
                        help="training drop-path rate for every model (default: each model's own)")
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    group.add_argument('--profile-steps', type=int, default=0, metavar='N',
+                       help='after timing, profile N more steps and store the top kernels (CPU: operators) per row')
     group = parser.add_argument_group('output')
     group.add_argument('--output-dir', default=None, help='write <tag>.json, <tag>.csv and <tag>.png here')
     group.add_argument('--tag', default=None, help='file name stem in --output-dir (default: throughput-<device>)')
@@ -228,7 +230,8 @@ def main(argv=None):
         compile_mode=args.compile_mode, img_size=img_size,
         num_warm_iter=train_warm if mode == 'train' else args.num_warm_iter,
         num_bench_iter=train_iters if mode == 'train' else args.num_bench_iter,
-        opt=args.opt, lr=args.lr, drop_path=args.drop_path, device=args.device) for mode, dtype in runs]
+        opt=args.opt, lr=args.lr, drop_path=args.drop_path, device=args.device, profile_steps=args.profile_steps)
+        for mode, dtype in runs]
     torch.backends.cudnn.benchmark = True
 
     settings = dict(vars(args), runs=[f'{mode}:{dtype}' for mode, dtype in runs])

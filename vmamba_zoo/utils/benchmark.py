@@ -62,6 +62,8 @@ class BenchConfig:
         lr: learning rate of that optimizer.
         drop_path: drop-path rate for training; None keeps each model's default.
         device: 'cuda' or 'cpu' (or 'cuda:N').
+        profile_steps: after timing, run this many more steps under ``torch.profiler`` and add the kernels (CUDA)
+            or operators (CPU) that took the most time per step to the result row (0: no profile).
     """
     mode: str = 'inference'
     amp_dtype: str = 'bfloat16'
@@ -76,14 +78,15 @@ class BenchConfig:
     lr: float = 1e-4
     drop_path: Optional[float] = None
     device: str = 'cuda'
+    profile_steps: int = 0
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got '{self.mode}'")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f'amp_dtype must be one of {tuple(AMP_DTYPES)}, got {self.amp_dtype!r}')
-        if self.num_bench_iter < 1 or self.num_warm_iter < 0:
-            raise ValueError('num_bench_iter must be >= 1 and num_warm_iter >= 0')
+        if self.num_bench_iter < 1 or self.num_warm_iter < 0 or self.profile_steps < 0:
+            raise ValueError('num_bench_iter must be >= 1, num_warm_iter and profile_steps >= 0')
 
 
 @dataclasses.dataclass
@@ -322,6 +325,37 @@ def _make_optimizer(model: nn.Module, name: str, lr: float, device: torch.device
     raise ValueError(f"opt must be 'sgd' or 'adamw', got '{name}'")
 
 
+PROFILE_TOP = 25  # kernels (or operators) kept per profiled row
+
+
+def profile_steps(step: Callable[[], None], steps: int, device: torch.device) -> Dict[str, Any]:
+    """Run ``step`` ``steps`` times under ``torch.profiler`` and sum the time of each kernel (CUDA) or of each
+    operator's own CPU time (CPU), per step.
+
+    Returns:
+        ``{'activity': 'cuda' | 'cpu', 'total_ms_per_step': ..., 'top': [[name, ms per step, share], ...]}`` with
+        the ``PROFILE_TOP`` largest, names cut to 100 characters.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _synchronize(device)
+    totals: Dict[str, float] = {}
+    for event in prof.events():
+        on_device = event.device_type == torch.autograd.DeviceType.CUDA
+        if cuda != on_device:
+            continue
+        micros = event.device_time if cuda else event.self_cpu_time_total
+        totals[event.name[:100]] = totals.get(event.name[:100], 0.0) + micros / 1e3 / steps
+    total = sum(totals.values())
+    top = sorted(totals.items(), key=lambda item: -item[1])[:PROFILE_TOP]
+    return dict(activity='cuda' if cuda else 'cpu', total_ms_per_step=round(total, 3),
+                top=[[name, round(ms, 4), round(ms / total, 4) if total else 0.0] for name, ms in top])
+
+
 def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Time one model at one batch size (raises on out-of-memory; ``run_with_oom_fallback`` retries)."""
@@ -386,6 +420,7 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
             if progress is not None and device.type == 'cpu':
                 progress(f'{index + 1}/{config.num_bench_iter}')
         times = timer.step_times_ms()
+        profile = profile_steps(step, config.profile_steps, device) if config.profile_steps else None
 
     total_ms = sum(times)
     mean = total_ms / len(times)
@@ -399,6 +434,8 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         peak_memory_mib=round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1) if device.type == 'cuda'
         else None,
     )
+    if profile is not None:
+        result['profile'] = profile
     return result
 
 
