@@ -9,7 +9,8 @@
 # OFFICIAL_VMAMBA_CHECKOUT is the root of a MzeroMiko/VMamba checkout; EXTENSION_DIRs hold its compiled scan
 # extensions (selective_scan_cuda_oflex*.so, and selective_scan_cuda*.so for vanilla VMamba). Environment knobs:
 # TIME_BUDGET_S (default 360: no new measurement starts after it), WARM/ITERS (inference, default 5/20),
-# TRAIN_WARM/TRAIN_ITERS (default 3/10), BATCH (128), EXTRA_ARGS (passed to tools/throughput.py).
+# TRAIN_WARM/TRAIN_ITERS (default 3/10), BATCH (128), PROFILE_STEPS (default 0: profiled steps per row, whose top
+# kernels land in the JSON), EXTRA_ARGS (passed to tools/throughput.py).
 set -euo pipefail
 
 OUT_DIR=${1:?usage: benchmarks/run_headline.sh OUT_DIR [OFFICIAL_VMAMBA_CHECKOUT [EXTENSION_DIR ...]]}
@@ -78,6 +79,7 @@ FIRST=(vmamba_tiny_s1l8 official:vmamba_tiny_s1l8 convnext_tiny swin_tiny_patch4
     --num-warm-iter "${WARM:-5}" --num-bench-iter "${ITERS:-20}" \
     --train-num-warm-iter "${TRAIN_WARM:-3}" --train-num-bench-iter "${TRAIN_ITERS:-10}" \
     --drop-path 0 --opt sgd --time-budget-s "${TIME_BUDGET_S:-360}" --progress lines \
+    --profile-steps "${PROFILE_STEPS:-0}" \
     --order model --first "${FIRST[@]}" \
     --output-dir "$OUT_DIR" --tag headline ${EXTRA_ARGS:-}
 
