@@ -11,7 +11,10 @@ A few maps are first checked against the float64 PyTorch path with each kernel f
 thresholds in ``kernels/selective_scan.py`` were chosen; ``bench_scan.py`` holds the full comparison with the other
 paths and mamba_ssm.
 
-Usage: python benchmarks/bench_raster.py [--no-checks] [--out OUT.json]
+With ``--sweep SECONDS`` it then times the row-walk kernels one (channels per program, warps) configuration at a
+time, which is how their autotuning lists were chosen.
+
+Usage: python benchmarks/bench_raster.py [--no-checks] [--sweep SECONDS] [--out OUT.json]
 """
 import argparse
 import datetime
@@ -29,14 +32,59 @@ CHECKS = ((56, 56, 1, torch.bfloat16, 0), (28, 28, 4, torch.float32, 0), (13, 17
           (7, 7, 1, torch.bfloat16, 256))  # (H, W, N, dtype, whole-map limit); the limit 0 runs the row walk
 
 
+# (channels per program, warps) tried by --sweep: the forward at every stage, the backward at the two large ones.
+SWEEP_FWD = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2), (32, 4))
+SWEEP_BWD = ((1, 1), (2, 1), (4, 1), (4, 2), (8, 2), (8, 4))
+
+
 def set_whole_map_limit(ss, tile):
     ss.WHOLE_MAP_FWD_MAX_TILE = ss.WHOLE_MAP_BWD_MAX_TILE = tile
+
+
+def sweep_row_walk(kernels, ss, bench, budget_s):
+    """Time the row-walk kernels with one configuration forced at a time (the autotuner's list replaced by it):
+    forward at every stage, backward alone (a retained graph) at 56x56 and 28x28. Stops starting new
+    configurations after ``budget_s`` seconds."""
+    start, timings = time.time(), {}
+    saved = (ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD)
+    set_whole_map_limit(ss, 0)
+    ss.ROW_WALK_BACKWARD = True
+    for kernel, stages, programs, backward in ((ss._raster_rows_fwd_kernel, STAGE_SHAPES[:4], SWEEP_FWD, False),
+                                               (ss._raster_rows_bwd_kernel, STAGE_SHAPES[:2], SWEEP_BWD, True)):
+        every_config = list(kernel.configs)
+        for dim, height, width, state_dim in stages:
+            args = bs.make_inputs(dim, height, width, state_dim, torch.bfloat16, requires_grad=backward)
+
+            def forward():
+                return kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
+
+            if backward:
+                y = forward()
+                grad = torch.randn_like(y)
+                run = lambda: torch.autograd.grad(y, args, grad, retain_graph=True)  # noqa: E731
+            else:
+                run = forward
+            for block_d, warps in programs:
+                if time.time() - start > budget_s:
+                    break
+                kernel.configs = [c for c in every_config if c.kwargs['BLOCK_D'] == block_d and c.num_warps == warps
+                                  and c.kwargs['NUM_STAGES'] == 1]
+                kernel.cache = {}
+                key = f"{'bwd' if backward else 'fwd'}_D{dim}_{height}x{width}_channels{block_d}_warps{warps}"
+                with torch.enable_grad() if backward else torch.no_grad():
+                    timings[key] = bench(run)
+                print('sweep', key, f'{timings[key]:.3f}', flush=True)
+        kernel.configs, kernel.cache = every_config, {}
+    ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD = saved
+    return timings
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='')
     parser.add_argument('--no-checks', action='store_true', help='skip the float64 checks (they compile 8 kernels)')
+    parser.add_argument('--sweep', type=float, default=0, metavar='SECONDS',
+                        help='then time the row-walk kernels one configuration at a time, for up to SECONDS')
     args_cli = parser.parse_args()
     import triton
     import triton.testing
@@ -101,6 +149,8 @@ def main():
         for a in args:
             a.grad = None
         torch.cuda.empty_cache()
+    if args_cli.sweep:
+        result['sweep_ms'] = sweep_row_walk(kernels, ss, bench, args_cli.sweep)
     result['wall_s'] = time.time() - start
     bs.write_result(result, args_cli.out, 'bench_raster')
 
