@@ -156,8 +156,7 @@ class _LayerNorm2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype):
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        y, stats = _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats=needs_grad)
+        y, stats = _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats=True)
         ctx.save_for_backward(x, weight, stats)
         ctx.has_bias = bias is not None
         return y
@@ -222,4 +221,7 @@ def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optiona
         raise ValueError(f'layer_norm_2d: the Triton path handles up to {MAX_CHANNELS} channels, got {x.shape[1]}')
     if x.numel() == 0:
         return torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if not needs_grad:  # inference: no statistics to keep, no autograd node
+        return _layer_norm_2d_fwd(x.contiguous(), weight, bias, float(eps), out_dtype or x.dtype, False)[0]
     return _LayerNorm2dFunction.apply(x.contiguous(), weight, bias, float(eps), out_dtype or x.dtype)

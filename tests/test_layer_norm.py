@@ -119,3 +119,13 @@ def test_too_many_channels_for_the_kernel():
     with pytest.raises(ValueError, match=f'handles up to {ln.MAX_CHANNELS} channels'):
         ln.layer_norm_2d(x, None, None, backend='triton')
     assert ln.layer_norm_2d(x, None, None).shape == x.shape  # 'auto' falls back to PyTorch
+
+
+def test_inference_keeps_no_graph_and_matches_training_forward():
+    x, weight, bias = _inputs((2, 6, 3, 5), torch.float32)
+    weight.requires_grad_()
+    with torch.no_grad():
+        y_inference = ln.layer_norm_2d(x, weight, bias, backend='triton')
+    y_training = ln.layer_norm_2d(x, weight, bias, backend='triton')
+    assert y_inference.grad_fn is None and y_training.grad_fn is not None
+    torch.testing.assert_close(y_inference, y_training, rtol=0, atol=0)
