@@ -6,7 +6,8 @@
 One row per model: params, GFLOPs, images/s for bf16 inference, fp32 (TF32) inference and bf16 training, and the
 training peak memory; then our models against the official ones and the targets of the headline (VMamba-T[s1l8] at
 least as fast as ConvNeXt-T in every mode, >= 2.5x the official VMamba-T, training peak memory no higher than the
-official), each marked met or missed from the measured figures.
+official), each marked met or missed from the measured figures; and, for rows measured with ``--profile-steps``, the
+kernels VMamba-T[s1l8] and ConvNeXt-T spend their time in.
 """
 import argparse
 import json
@@ -115,10 +116,30 @@ def summarize(data: Dict[str, Any]) -> str:
     met = None if memory is None else memory <= 1.0
     lines.append(f"- Training peak memory vs official: {_fmt(memory, '{:.2f}x')} "
                  f"({'met' if met else 'not measured' if met is None else 'MISSED'}, target <= 1.00x)")
+    lines += _profile_lines(by_key)
     if notes:
         lines.append('')
         lines += [f'[^{i}]: {note}' for i, note in enumerate(notes, 1)]
     return '\n'.join(lines) + '\n'
+
+
+PROFILE_ROWS = 10  # kernels listed per profiled measurement
+
+
+def _profile_lines(by_key: Dict[Any, Dict[str, Any]]) -> List[str]:
+    """Where the time goes: the top kernels of the target model and its peer, for rows run with --profile-steps."""
+    lines: List[str] = []
+    for model in (TARGET_MODEL, TARGET_PEER):
+        for mode, dtype, label in COLUMNS:
+            profile = (by_key.get((model, mode, dtype)) or {}).get('profile')
+            if not profile:
+                continue
+            if not lines:
+                lines += ['', 'Where the time goes (`--profile-steps`; time per step of each kernel, or CPU operator):']
+            lines += ['', f"`{model}`, {label}: {profile['total_ms_per_step']:.1f} ms of {profile['activity']} time "
+                          'per step', '', '| Kernel | ms / step | Share |', '|---|---:|---:|']
+            lines += [f"| `{name}` | {ms:.2f} | {share:.0%} |" for name, ms, share in profile['top'][:PROFILE_ROWS]]
+    return lines
 
 
 def _verdict(ratio: Optional[float], target: float) -> str:

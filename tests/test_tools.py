@@ -416,3 +416,10 @@ def test_summarize_headline_table_and_targets(tmp_path):
     assert '- Infer fp32/TF32: MISSED vs `convnext_tiny` (0.86x); met vs official (3.00x' in text
     assert 'Training peak memory vs official: 0.80x (met' in text
     assert 'n/a[^1]' in text and '[^1]: swin_tiny_patch4_window7_224 train bfloat16: skipped: time budget' in text
+    assert 'Where the time goes' not in text  # no row was profiled
+    rows[0]['profile'] = dict(activity='cuda', total_ms_per_step=24.0,
+                              top=[['_raster_rows_fwd_kernel', 4.87, 0.203], ['layer_norm', 2.15, 0.0896]])
+    path.write_text(json.dumps(dict(meta={}, results=rows)))
+    text = summarize.summarize(summarize.load([str(path)]))
+    assert '`vmamba_tiny_s1l8`, Infer bf16: 24.0 ms of cuda time per step' in text
+    assert '| `_raster_rows_fwd_kernel` | 4.87 | 20% |' in text and '| `layer_norm` | 2.15 | 9% |' in text
