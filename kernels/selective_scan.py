@@ -817,28 +817,6 @@ if HAS_TRITON:
     # forward routes and writes y, the third (bottom to top) runs the reversed routes and adds to y in the same lanes.
     # -----------------------------------------------------------------------------------------------------------------
     @triton.jit
-    def _lane_broadcast(x, lane):
-        """Every lane (axis 2) gets ``x`` at ``lane``: one indexed shuffle per value inside a warp, where a masked sum
-        is a butterfly reduction of log2(lanes) shuffles and adds."""
-        return tl.gather(x, tl.full(x.shape, lane, tl.int32), 2)
-
-    @triton.jit
-    def _lane_flip(x):
-        """``x`` with its lanes (axis 2) in reverse order, by indexed shuffles (``tl.flip`` reduces through xor)."""
-        mirrored = (x.shape[2] - 1) - tl.arange(0, x.shape[2])
-        return tl.gather(x, tl.broadcast_to(mirrored[None, None, :], x.shape), 2)
-
-    @triton.jit
-    def _lane_scan(decay, drive, REVERSE: tl.constexpr):
-        """Linear-recurrence scan along the lanes (axis 2), last lane to first if REVERSE. Triton's own reversed scan
-        flips its operands through xor reductions; two indexed-shuffle flips cost a fraction of that."""
-        if REVERSE:
-            decay_cum, drive_cum = tl.associative_scan((_lane_flip(decay), _lane_flip(drive)), 2,
-                                                       _linear_recurrence_combine)
-            return _lane_flip(decay_cum), _lane_flip(drive_cum)
-        return tl.associative_scan((decay, drive), 2, _linear_recurrence_combine)
-
-    @triton.jit
     def _row_walk_program(D, BLOCK_D: tl.constexpr, NP: tl.constexpr, LANES: tl.constexpr):
         """Image and channel block of this program; channel, state and lane indices as [BLOCK_D, NP, LANES] axes."""
         b, d = _image_and_channels(D, BLOCK_D)
@@ -911,7 +889,8 @@ if HAS_TRITON:
             decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine)
             h = drive_cum + decay_cum * state
             # Padding lanes come last and are identity steps: the last lane holds the row's end state.
-            new_state = _lane_broadcast(h, LANES - 1)
+            end = tl.sum(tl.where(lanes == LANES - 1, h, 0.0), axis=2, keep_dims=True)
+            new_state = tl.broadcast_to(end, h.shape)
         if STORE_STATES:
             tl.store((states_ptr + route * D * N * P) + (dd * N + nn) * P + flat, h, mask=mask & (nn < N))
         y = tl.sum(h * C_row, axis=1, keep_dims=True)
@@ -1130,8 +1109,7 @@ if HAS_TRITON:
     def _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, bc_offsets, on_map, mask, nn, N, dB_ptr, dC_ptr,
                        SOFTPLUS: tl.constexpr):
         """Gradients of one row given its states h and adjoint dh: dB and dC are added here; returns du (without
-        the D term), ddelta, and the row's dA, dD and ddelta_bias contributions per lane (the walk sums them over its
-        rows and reduces across the lanes once, instead of a butterfly reduction per row)."""
+        the D term), ddelta, and the row's dA, dD and ddelta_bias contributions."""
         drive = (dt * u) * B_row
         dh = tl.where(mask & (nn < N), dh, 0.0)
         # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
@@ -1145,7 +1123,8 @@ if HAS_TRITON:
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(dt_raw)
         ddt = tl.where(mask, ddt, 0.0)
-        return du, ddt, dh_decay * dt, u * dy, ddt
+        return du, ddt, tl.sum(dh_decay * dt, axis=2), tl.sum(tl.sum(u * dy, axis=2), axis=1), \
+            tl.sum(tl.sum(ddt, axis=2), axis=1)
 
     @triton.jit
     def _row_walk_route_bwd(
@@ -1164,9 +1143,9 @@ if HAS_TRITON:
             du_base = du_ptr + b * stride_u_b
         else:
             du_base = du_ptr + b * stride_u_b + k * stride_u_k
-        dA = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
-        dD = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
-        dbias = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
+        dA = tl.zeros([BLOCK_D, NP], tl.float32)
+        dD = tl.zeros([BLOCK_D], tl.float32)
+        dbias = tl.zeros([BLOCK_D], tl.float32)
         # Scratch rows of this program: the rebuilt states of a column route, [H, BLOCK_D, NP, LANES].
         scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * H * (BLOCK_D * NP * LANES) \
             + ((tl.arange(0, BLOCK_D)[:, None, None] * NP + nn) * LANES + lanes)
@@ -1209,19 +1188,20 @@ if HAS_TRITON:
                 adjoint = dh
             else:
                 entering = tl.load(entering_rows + r, mask=(dd < D) & (nn < N), other=0.0)
-                decay_cum, drive_cum = _lane_scan(_exp(dt * A), (dt * u) * B_row, KIND == 2)
+                decay_cum, drive_cum = tl.associative_scan((_exp(dt * A), (dt * u) * B_row), 2,
+                                                           _linear_recurrence_combine, reverse=KIND == 2)
                 h = drive_cum + decay_cum * entering
-                adj_decay, adj_drive = _lane_scan(decay_next, g, KIND == 0)
+                adj_decay, adj_drive = tl.associative_scan((decay_next, g), 2, _linear_recurrence_combine,
+                                                           reverse=KIND == 0)
                 dh = adj_drive + adj_decay * adjoint
                 # The adjoint entering the next row handled is the one at this row's first step on the route.
-                adjoint = _lane_broadcast(dh, (LANES - 1) * (KIND == 2))
+                first = tl.sum(tl.where(lanes == (LANES - 1) * (KIND == 2), dh, 0.0), axis=2, keep_dims=True)
+                adjoint = tl.broadcast_to(first, dh.shape)
             du, ddt, dA_row, dD_row, dbias_row = _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, bc_offsets,
                                                                 on_map, mask, nn, N, dB_ptr, dC_ptr, SOFTPLUS)
             dA += dA_row
-            if HAS_D:
-                dD += dD_row
-            if HAS_BIAS:
-                dbias += dbias_row
+            dD += dD_row
+            dbias += dbias_row
             if HAS_D:
                 du += skip * dy
             tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
@@ -1229,12 +1209,11 @@ if HAS_TRITON:
                 if not FIRST_ROUTE:  # every raster route visits every position: the first one initialises du
                     du += tl.load(du_base + offsets, mask=mask, other=0.0)
             tl.store(du_base + offsets, du, mask=mask)
-        tl.atomic_add(dA_ptr + (k * D + dd) * N + nn, tl.sum(dA, axis=2, keep_dims=True), mask=(dd < D) & (nn < N),
-                      sem='relaxed')
+        tl.atomic_add(dA_ptr + (k * D + dd) * N + nn, dA[:, :, None], mask=(dd < D) & (nn < N), sem='relaxed')
         if HAS_D:
-            tl.atomic_add(dDskip_ptr + k * D + d, tl.sum(tl.sum(dD, axis=2), axis=1), mask=d < D, sem='relaxed')
+            tl.atomic_add(dDskip_ptr + k * D + d, dD, mask=d < D, sem='relaxed')
         if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + k * D + d, tl.sum(tl.sum(dbias, axis=2), axis=1), mask=d < D, sem='relaxed')
+            tl.atomic_add(dbias_ptr + k * D + d, dbias, mask=d < D, sem='relaxed')
         tl.debug_barrier()  # the next route reads du back through other threads
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
