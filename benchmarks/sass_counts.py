@@ -3,8 +3,9 @@
 The row-walk kernels are bound by instruction issue (``benchmarks/results/README.md``), so the instructions one row
 costs are a GPU-free proxy for their speed. This compiles ``_raster_rows_fwd_kernel`` and ``_raster_rows_bwd_kernel``
 for sm_90 with Triton's bundled ptxas at the tiles VMamba-T's stages use (cross pattern, bf16 activations, D, delta
-bias and softplus), disassembles them with Triton's bundled cuobjdump, finds each loop (a backward branch) and prints
-its instruction count and most common opcodes, with the registers and spills ptxas reports.
+bias and softplus; pointers and integers specialised as at run time). It disassembles them with Triton's bundled
+cuobjdump, finds each loop (a backward branch) and prints its instruction count and most common opcodes, with the
+registers and spills ptxas reports.
 
 Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--json OUT.json]
 """
@@ -26,9 +27,10 @@ CROSS_KINDS = 0 | 1 << 2 | 2 << 4 | 3 << 6
 FLAGS = dict(KINDS=CROSS_KINDS, NUM_ROUTES=4, U_SHARED=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
              ACCUMULATE=True, STORE_STATES=False, HAS_FORWARD_ROUTES=True, HAS_DSTATES=False, HAS_DLAST=False, NP=1,
              NUM_STAGES=1)
-# (kernel, lanes, channels per program, warps): the configurations the H200 sweeps picked at 56x56 and 28x28.
-CASES = (('_raster_rows_fwd_kernel', 64, 1, 1), ('_raster_rows_fwd_kernel', 32, 2, 1),
-         ('_raster_rows_bwd_kernel', 64, 4, 2), ('_raster_rows_bwd_kernel', 32, 4, 1))
+# (kernel, lanes, channels per program, warps, (D, H, W)): the configurations the H200 sweeps picked at 56x56 and
+# 28x28, with VMamba-T's channels there.
+CASES = (('_raster_rows_fwd_kernel', 64, 1, 1, (96, 56, 56)), ('_raster_rows_fwd_kernel', 32, 2, 1, (192, 28, 28)),
+         ('_raster_rows_bwd_kernel', 64, 4, 2, (96, 56, 56)), ('_raster_rows_bwd_kernel', 32, 4, 1, (192, 28, 28)))
 INSTRUCTION = re.compile(r'\s+/\*([0-9a-f]{4,6})\*/\s+(.*?);')
 
 
@@ -39,8 +41,16 @@ def jit_function(kernel):
     return kernel
 
 
-def compile_sass(module, name, lanes, block_d, warps):
-    """(SASS text, ptxas -v output) of one kernel configuration."""
+def _runtime_ints(dim, height, width):
+    """The integer arguments of a B=128, K=4, N=1 call at this stage (contiguous tensors, shared input)."""
+    positions = height * width
+    return dict(D=dim, P=positions, H=height, W=width, N=1, MAX_LINES=max(height, width), stride_u_b=dim * positions,
+                stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0)
+
+
+def compile_sass(module, name, lanes, block_d, warps, shape):
+    """(SASS text, ptxas -v output) of one kernel configuration, specialised as Triton does at run time: every
+    pointer 16-byte aligned, every integer argument that is a multiple of 16 marked so."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -48,7 +58,11 @@ def compile_sass(module, name, lanes, block_d, warps):
     constants = {k: v for k, v in dict(FLAGS, LANES=lanes, BLOCK_D=block_d).items() if k in fn.arg_names}
     signature = {arg: 'constexpr' if arg in constants else ('*bf16' if arg in ACTIVATIONS else '*fp32')
                  if arg.endswith('_ptr') else 'i32' for arg in fn.arg_names}
-    source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
+    ints = _runtime_ints(*shape)
+    attrs = {(index,): [['tt.divisibility', 16]] for index, arg in enumerate(fn.arg_names)
+             if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0)}
+    source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
+                       attrs=attrs)
     kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
     tools = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin'
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,12 +97,12 @@ def main():
     bs.import_kernels()  # makes vmamba_zoo.kernels importable from an uninstalled checkout
     from vmamba_zoo.kernels import selective_scan as ss
     results = []
-    for name, lanes, block_d, warps in CASES:
-        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps)
+    for name, lanes, block_d, warps, shape in CASES:
+        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape)
         total, loops = loop_counts(sass)
         registers = re.search(r'Used (\d+) registers', ptxas)
         spills = re.search(r'(\d+) bytes spill stores', ptxas)
-        row = dict(kernel=name, lanes=lanes, channels=block_d, warps=warps, total=total,
+        row = dict(kernel=name, lanes=lanes, channels=block_d, warps=warps, stage=list(shape), total=total,
                    registers=int(registers.group(1)) if registers else None,
                    spill_bytes=int(spills.group(1)) if spills else None,
                    per_row=sum(loop['instructions'] for loop in loops), loops=loops)
