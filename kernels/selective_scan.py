@@ -934,6 +934,68 @@ if HAS_TRITON:
                  mask=(dd < D) & (nn < N) & (cols < W))
         return entering
 
+    @triton.jit
+    def _route_setup(k: tl.constexpr, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, lanes, D, W, N, NUM_ROUTES: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, KIND: tl.constexpr):
+        """Route k's parameters (``_route_parameters``) and the map column of each lane (``_walk_columns``); zeros,
+        which nothing reads, for a route beyond NUM_ROUTES."""
+        A = tl.zeros([d.shape[0], nn.shape[1], 1], tl.float32)
+        bias = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        skip = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        if k < NUM_ROUTES:
+            A, bias, skip = _route_parameters(k, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
+        return A, bias, skip, _walk_columns(lanes, W, KIND)
+
+    @triton.jit
+    def _route_column_totals(total_decay, total_drive, r, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, A, bias, b, dd,
+                             nn, cols, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr,
+                             U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                             KIND: tl.constexpr):
+        """``_column_totals`` for a column route k < NUM_ROUTES; the totals unchanged for any other route."""
+        if k < NUM_ROUTES:
+            if KIND % 2 == 1:
+                total_decay, total_drive = _column_totals(
+                    total_decay, total_drive, r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N,
+                    stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, KIND)
+        return total_decay, total_drive
+
+    @triton.jit
+    def _route_start(zeros, total_decay, total_drive, k: tl.constexpr, entering_ptr, b, D, N, W, MAX_LINES, dd, nn,
+                     cols, NUM_ROUTES: tl.constexpr, KIND: tl.constexpr):
+        """The state route k starts its walk with: for a column route the state entering each column
+        (``_kept_column_entering``), for a row route (or a route beyond NUM_ROUTES) zeros."""
+        state = zeros
+        if k < NUM_ROUTES:
+            if KIND % 2 == 1:
+                state = _kept_column_entering(total_decay, total_drive, entering_ptr, b * NUM_ROUTES + k, D, N, W,
+                                              MAX_LINES, dd, nn, cols)
+        return state
+
+    @triton.jit
+    def _route_row(state, y, walk: tl.constexpr, r, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, skip,
+                   y_ptr, states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b,
+                   stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                   HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr,
+                   STORE_STATES: tl.constexpr, KIND: tl.constexpr, LANES: tl.constexpr):
+        """``_row_step`` of route k on row r when this walk is the route's (walk 0 forward, 1 reversed), its output
+        added to the row's y; state and y unchanged otherwise."""
+        if k < NUM_ROUTES:
+            if (KIND >> 1) == walk:
+                state, y_route = _row_step(state, r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, skip, y_ptr,
+                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
+                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, KIND, LANES)
+                y += y_route
+        return state, y
+
+    @triton.jit
+    def _store_last_state(state, k: tl.constexpr, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES: tl.constexpr):
+        """Route k's final state: row routes carry one value in every lane; a column route ends in its last lane
+        (the map's last column, or its first for a reversed route)."""
+        if k < NUM_ROUTES:
+            tl.store(last_ptr + (((b * NUM_ROUTES + k) * D + dd) * N + nn), _last_state(state, lanes, W),
+                     mask=(dd < D) & (nn < N))
+
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
                      prune_configs_by={'early_config_prune': _row_walk_pruner(((64, 1), (64, 2), (128, 1)))})
     @triton.jit(do_not_specialize=['P'])
@@ -946,66 +1008,42 @@ if HAS_TRITON:
             NUM_STAGES: tl.constexpr,
     ):
         b, d, dd, nn, lanes = _row_walk_program(D, BLOCK_D, NP, LANES)
-        mask_dn = (dd < D) & (nn < N)
         ones = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
         zeros = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
-        # Routes 0..3 unrolled: parameters, lane columns and carried states of each (absent routes keep zeros).
+        # Routes 0..3 unrolled (each route's carried state is its own loop variable); the per-route helpers do
+        # nothing for a route beyond NUM_ROUTES or one that another walk handles.
         K0: tl.constexpr = KINDS & 3
         K1: tl.constexpr = (KINDS >> 2) & 3
         K2: tl.constexpr = (KINDS >> 4) & 3
         K3: tl.constexpr = (KINDS >> 6) & 3
-        A0, bias0, skip0 = _route_parameters(0, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
-        A1, bias1, skip1 = A0, bias0, skip0
-        A2, bias2, skip2 = A0, bias0, skip0
-        A3, bias3, skip3 = A0, bias0, skip0
-        if NUM_ROUTES > 1:
-            A1, bias1, skip1 = _route_parameters(1, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
-        if NUM_ROUTES > 2:
-            A2, bias2, skip2 = _route_parameters(2, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
-        if NUM_ROUTES > 3:
-            A3, bias3, skip3 = _route_parameters(3, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, D, N, HAS_BIAS, HAS_D)
-        cols0 = _walk_columns(lanes, W, K0)
-        cols1 = _walk_columns(lanes, W, K1)
-        cols2 = _walk_columns(lanes, W, K2)
-        cols3 = _walk_columns(lanes, W, K3)
+        A0, bias0, skip0, cols0 = _route_setup(0, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, lanes, D, W, N, NUM_ROUTES,
+                                               HAS_BIAS, HAS_D, K0)
+        A1, bias1, skip1, cols1 = _route_setup(1, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, lanes, D, W, N, NUM_ROUTES,
+                                               HAS_BIAS, HAS_D, K1)
+        A2, bias2, skip2, cols2 = _route_setup(2, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, lanes, D, W, N, NUM_ROUTES,
+                                               HAS_BIAS, HAS_D, K2)
+        A3, bias3, skip3, cols3 = _route_setup(3, A_ptr, bias_ptr, Dskip_ptr, d, dd, nn, lanes, D, W, N, NUM_ROUTES,
+                                               HAS_BIAS, HAS_D, K3)
         # Walk 1: column totals of the column routes.
         a0, b0, a1, b1, a2, b2, a3, b3 = ones, zeros, ones, zeros, ones, zeros, ones, zeros
         if (KINDS & 0x55) != 0:
             for r in tl.range(0, H, num_stages=NUM_STAGES):
-                if K0 % 2 == 1:
-                    a0, b0 = _column_totals(a0, b0, r, 0, u_ptr, delta_ptr, B_ptr, A0, bias0, b, dd, nn, cols0, D, P,
-                                            W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
-                                            K0)
-                if NUM_ROUTES > 1:
-                    if K1 % 2 == 1:
-                        a1, b1 = _column_totals(a1, b1, r, 1, u_ptr, delta_ptr, B_ptr, A1, bias1, b, dd, nn, cols1, D,
-                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
-                                                SOFTPLUS, K1)
-                if NUM_ROUTES > 2:
-                    if K2 % 2 == 1:
-                        a2, b2 = _column_totals(a2, b2, r, 2, u_ptr, delta_ptr, B_ptr, A2, bias2, b, dd, nn, cols2, D,
-                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
-                                                SOFTPLUS, K2)
-                if NUM_ROUTES > 3:
-                    if K3 % 2 == 1:
-                        a3, b3 = _column_totals(a3, b3, r, 3, u_ptr, delta_ptr, B_ptr, A3, bias3, b, dd, nn, cols3, D,
-                                                P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
-                                                SOFTPLUS, K3)
-        s0, s1, s2, s3 = zeros, zeros, zeros, zeros
-        if K0 % 2 == 1:
-            s0 = _kept_column_entering(a0, b0, entering_ptr, b * NUM_ROUTES + 0, D, N, W, MAX_LINES, dd, nn, cols0)
-        if NUM_ROUTES > 1:
-            if K1 % 2 == 1:
-                s1 = _kept_column_entering(a1, b1, entering_ptr, b * NUM_ROUTES + 1, D, N, W, MAX_LINES, dd, nn,
-                                           cols1)
-        if NUM_ROUTES > 2:
-            if K2 % 2 == 1:
-                s2 = _kept_column_entering(a2, b2, entering_ptr, b * NUM_ROUTES + 2, D, N, W, MAX_LINES, dd, nn,
-                                           cols2)
-        if NUM_ROUTES > 3:
-            if K3 % 2 == 1:
-                s3 = _kept_column_entering(a3, b3, entering_ptr, b * NUM_ROUTES + 3, D, N, W, MAX_LINES, dd, nn,
-                                           cols3)
+                a0, b0 = _route_column_totals(a0, b0, r, 0, u_ptr, delta_ptr, B_ptr, A0, bias0, b, dd, nn, cols0, D,
+                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              SOFTPLUS, K0)
+                a1, b1 = _route_column_totals(a1, b1, r, 1, u_ptr, delta_ptr, B_ptr, A1, bias1, b, dd, nn, cols1, D,
+                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              SOFTPLUS, K1)
+                a2, b2 = _route_column_totals(a2, b2, r, 2, u_ptr, delta_ptr, B_ptr, A2, bias2, b, dd, nn, cols2, D,
+                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              SOFTPLUS, K2)
+                a3, b3 = _route_column_totals(a3, b3, r, 3, u_ptr, delta_ptr, B_ptr, A3, bias3, b, dd, nn, cols3, D,
+                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              SOFTPLUS, K3)
+        s0 = _route_start(zeros, a0, b0, 0, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols0, NUM_ROUTES, K0)
+        s1 = _route_start(zeros, a1, b1, 1, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols1, NUM_ROUTES, K1)
+        s2 = _route_start(zeros, a2, b2, 2, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols2, NUM_ROUTES, K2)
+        s3 = _route_start(zeros, a3, b3, 3, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols3, NUM_ROUTES, K3)
         # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top (their lanes right to left);
         # walk 3 adds to walk 2's y.
         for walk in tl.static_range(2):
@@ -1019,48 +1057,31 @@ if HAS_TRITON:
                 flat = r * W + cols
                 mask = (dd < D) & (cols < W) & (flat < P)
                 y = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
-                if (K0 >> 1) == walk:
-                    s0, y0 = _row_step(s0, r, 0, u_ptr, delta_ptr, B_ptr, C_ptr, A0, bias0, skip0, y_ptr, states_ptr,
-                                       entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b,
-                                       stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS,
-                                       SOFTPLUS, ACCUMULATE, STORE_STATES, K0, LANES)
-                    y += y0
-                if NUM_ROUTES > 1:
-                    if (K1 >> 1) == walk:
-                        s1, y1 = _row_step(s1, r, 1, u_ptr, delta_ptr, B_ptr, C_ptr, A1, bias1, skip1, y_ptr,
-                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
-                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K1, LANES)
-                        y += y1
-                if NUM_ROUTES > 2:
-                    if (K2 >> 1) == walk:
-                        s2, y2 = _row_step(s2, r, 2, u_ptr, delta_ptr, B_ptr, C_ptr, A2, bias2, skip2, y_ptr,
-                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
-                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K2, LANES)
-                        y += y2
-                if NUM_ROUTES > 3:
-                    if (K3 >> 1) == walk:
-                        s3, y3 = _row_step(s3, r, 3, u_ptr, delta_ptr, B_ptr, C_ptr, A3, bias3, skip3, y_ptr,
-                                           states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
-                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K3, LANES)
-                        y += y3
+                s0, y = _route_row(s0, y, walk, r, 0, u_ptr, delta_ptr, B_ptr, C_ptr, A0, bias0, skip0, y_ptr,
+                                   states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
+                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K0, LANES)
+                s1, y = _route_row(s1, y, walk, r, 1, u_ptr, delta_ptr, B_ptr, C_ptr, A1, bias1, skip1, y_ptr,
+                                   states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
+                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K1, LANES)
+                s2, y = _route_row(s2, y, walk, r, 2, u_ptr, delta_ptr, B_ptr, C_ptr, A2, bias2, skip2, y_ptr,
+                                   states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
+                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K2, LANES)
+                s3, y = _route_row(s3, y, walk, r, 3, u_ptr, delta_ptr, B_ptr, C_ptr, A3, bias3, skip3, y_ptr,
+                                   states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
+                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
+                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K3, LANES)
                 if ACCUMULATE:
                     if walk == 1:
                         if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very positions
                             y += tl.load((y_ptr + b * stride_y_b) + dd * P + flat, mask=mask, other=0.0)
                     tl.store((y_ptr + b * stride_y_b) + dd * P + flat, y, mask=mask)
-        # Final states: row routes carry one value in every lane; a column route ends in its last lane (the map's
-        # last column, or its first for a reversed route).
-        last = last_ptr + ((b * NUM_ROUTES) * D + dd) * N + nn
-        tl.store(last, _last_state(s0, lanes, W), mask=mask_dn)
-        if NUM_ROUTES > 1:
-            tl.store(last + D * N, _last_state(s1, lanes, W), mask=mask_dn)
-        if NUM_ROUTES > 2:
-            tl.store(last + 2 * D * N, _last_state(s2, lanes, W), mask=mask_dn)
-        if NUM_ROUTES > 3:
-            tl.store(last + 3 * D * N, _last_state(s3, lanes, W), mask=mask_dn)
+        _store_last_state(s0, 0, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
+        _store_last_state(s1, 1, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
+        _store_last_state(s2, 2, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
+        _store_last_state(s3, 3, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Backward for large maps, in the row walk's form. Each route is walked against its own direction: row routes in
