@@ -116,11 +116,15 @@ if HAS_TRITON:
         tl.store(dbias_part_ptr + part, tl.sum(dy, axis=1), mask=channels < C)
 
 
-def _launch_shape(channels: int, pixels: int) -> Tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_P, num_warps): every channel, and enough pixels for rows of at least 32 bytes."""
+def _launch(x: torch.Tensor) -> Tuple[Tuple[int, int], int, int, int, int]:
+    """(grid, pixels, BLOCK_C, BLOCK_P, num_warps) for x: every channel, and enough pixels for rows of at least
+    32 bytes; the grid runs pixel blocks on axis 0 and images on axis 1."""
+    batch, channels, height, width = x.shape
+    pixels = height * width
     block_c = triton.next_power_of_2(channels)
     block_p = max(16, min(128, _TILE_ELEMENTS // block_c, triton.next_power_of_2(pixels)))
-    return block_c, block_p, 8 if block_c * block_p > _TILE_ELEMENTS else 4
+    warps = 8 if block_c * block_p > _TILE_ELEMENTS else 4
+    return (triton.cdiv(pixels, block_p), batch), pixels, block_c, block_p, warps
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -128,25 +132,20 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats):
-    batch, channels, height, width = x.shape
-    pixels = height * width
+    grid, pixels, block_c, block_p, warps = _launch(x)
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
-    stats = torch.empty(2, batch, pixels if store_stats else 0, device=x.device, dtype=_stats_dtype(x))
-    block_c, block_p, warps = _launch_shape(channels, pixels)
-    _layer_norm_2d_fwd_kernel[(triton.cdiv(pixels, block_p), batch)](
-        x, weight, bias, y, stats[0], stats[1], channels, pixels, eps, HAS_WEIGHT=weight is not None,
+    stats = torch.empty(2, x.shape[0], pixels if store_stats else 0, device=x.device, dtype=_stats_dtype(x))
+    _layer_norm_2d_fwd_kernel[grid](
+        x, weight, bias, y, stats[0], stats[1], x.shape[1], pixels, eps, HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None, STORE_STATS=store_stats, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return y, stats
 
 
 def _layer_norm_2d_bwd(x, weight, stats, dy):
-    batch, channels, height, width = x.shape
-    pixels = height * width
-    block_c, block_p, warps = _launch_shape(channels, pixels)
-    grid = (triton.cdiv(pixels, block_p), batch)
+    grid, pixels, block_c, block_p, warps = _launch(x)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
-    _layer_norm_2d_bwd_kernel[grid](x, weight, dy.contiguous(), stats[0], stats[1], dx, parts[0], parts[1], channels,
+    parts = torch.empty(2, grid[0] * grid[1], x.shape[1], device=x.device, dtype=stats.dtype)
+    _layer_norm_2d_bwd_kernel[grid](x, weight, dy.contiguous(), stats[0], stats[1], dx, parts[0], parts[1], x.shape[1],
                                     pixels, HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
                                     num_warps=warps)
     return dx, parts.sum(dim=1)
