@@ -848,34 +848,39 @@ if HAS_TRITON:
 
     @triton.jit
     def _row_inputs(r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k,
+                    stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p,
                     NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
         """Row r of route k at the map columns ``cols`` (W on padding lanes): input, step sizes (raw and final) and B
         per (channel, state, lane), with offsets and masks."""
         flat = r * W + cols
         on_map = (cols < W) & (flat < P)
         mask = (dd < D) & on_map
-        offsets = dd * P + flat
+        offsets = dd * stride_u_d + flat * stride_u_p
         if U_SHARED:
             u = tl.load((u_ptr + b * stride_u_b) + offsets, mask=mask, other=0.0).to(tl.float32)
         else:
             u = tl.load((u_ptr + b * stride_u_b + k * stride_u_k) + offsets, mask=mask, other=0.0).to(tl.float32)
         route = b * NUM_ROUTES + k
-        dt_raw, dt = _step_size((delta_ptr + route * D * P) + offsets, bias, mask, HAS_BIAS, SOFTPLUS)
+        dt_offsets = dd * stride_dt_d + flat * stride_dt_p
+        dt_raw, dt = _step_size((delta_ptr + b * stride_dt_b + k * stride_dt_k) + dt_offsets, bias, mask, HAS_BIAS,
+                                SOFTPLUS)
         bc_offsets = (route * N * P) + nn * P + flat
         B_row = tl.load(B_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
-        return flat, on_map, mask, offsets, bc_offsets, u, route, dt_raw, dt, B_row
+        return flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, route, dt_raw, dt, B_row
 
     @triton.jit
     def _row_step(state, r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, skip, y_ptr, states_ptr, entering_ptr, b,
-                  dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+                  dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p,
+                  stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                   NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                   SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, KIND: tl.constexpr,
                   LANES: tl.constexpr):
         """Route k (of KIND) on row r, its lanes at map columns ``cols``: the new carried state and the route's output
         on the row, [BLOCK_D, 1, LANES], which is stored here when the routes keep separate outputs."""
-        flat, on_map, mask, offsets, bc_offsets, u, route, unused_raw, dt, B_row = _row_inputs(
-            r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES,
-            U_SHARED, HAS_BIAS, SOFTPLUS)
+        flat, on_map, mask, unused_offsets, unused_dt_offsets, bc_offsets, u, route, unused_raw, dt, B_row = \
+            _row_inputs(r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k,
+                        stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES,
+                        U_SHARED, HAS_BIAS, SOFTPLUS)
         decay = _exp(dt * A)
         drive = (dt * u) * B_row
         C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
@@ -897,18 +902,21 @@ if HAS_TRITON:
         if HAS_D:
             y += skip * u
         if not ACCUMULATE:
-            tl.store((y_ptr + b * stride_y_b + k * stride_y_k) + offsets, y, mask=mask)
+            tl.store((y_ptr + b * stride_y_b + k * stride_y_k) + dd * stride_y_d + flat * stride_y_p, y, mask=mask)
         return new_state, y
 
     @triton.jit
     def _column_totals(total_decay, total_drive, r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W,
-                       N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                       N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d,
+                       stride_dt_p, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
         """Adds row r to the totals of column route k (lanes at map columns ``cols``): the decay product and the state
         reached from zero, which a reversed (bottom-to-top) route accumulates here top to bottom as
         sum_r (prod_{r' < r} decay_r') drive_r."""
-        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_bc, u, unused_route, unused_raw, dt, B_row = \
+        unused_flat, unused_on_map, unused_mask, unused_offsets, unused_dt_offsets, unused_bc, u, unused_route, \
+            unused_raw, dt, B_row = \
             _row_inputs(r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N, stride_u_b, stride_u_k,
+                        stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p,
                         NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS)
         decay = _exp(dt * A)
         drive = (dt * u) * B_row
@@ -948,7 +956,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _route_column_totals(total_decay, total_drive, r, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, A, bias, b, dd,
-                             nn, cols, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES: tl.constexpr,
+                             nn, cols, D, P, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
+                             stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES: tl.constexpr,
                              U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                              KIND: tl.constexpr):
         """``_column_totals`` for a column route k < NUM_ROUTES; the totals unchanged for any other route."""
@@ -956,7 +965,8 @@ if HAS_TRITON:
             if KIND % 2 == 1:
                 total_decay, total_drive = _column_totals(
                     total_decay, total_drive, r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, cols, D, P, W, N,
-                    stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, KIND)
+                    stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p,
+                    NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, KIND)
         return total_decay, total_drive
 
     @triton.jit
@@ -974,7 +984,8 @@ if HAS_TRITON:
     @triton.jit
     def _route_row(state, y, walk: tl.constexpr, r, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, skip,
                    y_ptr, states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES, stride_u_b,
-                   stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
+                   stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b,
+                   stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr,
                    STORE_STATES: tl.constexpr, KIND: tl.constexpr, LANES: tl.constexpr):
         """``_row_step`` of route k on row r when this walk is the route's (walk 0 forward, 1 reversed), its output
@@ -983,7 +994,9 @@ if HAS_TRITON:
             if (KIND >> 1) == walk:
                 state, y_route = _row_step(state, r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, skip, y_ptr,
                                            states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                           stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED,
+                                           stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+                                           stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
+                                           NUM_ROUTES, U_SHARED,
                                            HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, KIND, LANES)
                 y += y_route
         return state, y
@@ -1001,7 +1014,8 @@ if HAS_TRITON:
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr, entering_ptr,
-            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+            stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
             KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
             HAS_FORWARD_ROUTES: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -1029,16 +1043,20 @@ if HAS_TRITON:
         if (KINDS & 0x55) != 0:
             for r in tl.range(0, H, num_stages=NUM_STAGES):
                 a0, b0 = _route_column_totals(a0, b0, r, 0, u_ptr, delta_ptr, B_ptr, A0, bias0, b, dd, nn, cols0, D,
-                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              P, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
+                                              stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
                                               SOFTPLUS, K0)
                 a1, b1 = _route_column_totals(a1, b1, r, 1, u_ptr, delta_ptr, B_ptr, A1, bias1, b, dd, nn, cols1, D,
-                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              P, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
+                                              stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
                                               SOFTPLUS, K1)
                 a2, b2 = _route_column_totals(a2, b2, r, 2, u_ptr, delta_ptr, B_ptr, A2, bias2, b, dd, nn, cols2, D,
-                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              P, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
+                                              stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
                                               SOFTPLUS, K2)
                 a3, b3 = _route_column_totals(a3, b3, r, 3, u_ptr, delta_ptr, B_ptr, A3, bias3, b, dd, nn, cols3, D,
-                                              P, W, N, stride_u_b, stride_u_k, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                                              P, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
+                                              stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
                                               SOFTPLUS, K3)
         s0 = _route_start(zeros, a0, b0, 0, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols0, NUM_ROUTES, K0)
         s1 = _route_start(zeros, a1, b1, 1, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols1, NUM_ROUTES, K1)
@@ -1059,25 +1077,34 @@ if HAS_TRITON:
                 y = tl.zeros([BLOCK_D, 1, LANES], tl.float32)
                 s0, y = _route_row(s0, y, walk, r, 0, u_ptr, delta_ptr, B_ptr, C_ptr, A0, bias0, skip0, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
-                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K0, LANES)
+                                   stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+                                   stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
+                                   NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K0,
+                                   LANES)
                 s1, y = _route_row(s1, y, walk, r, 1, u_ptr, delta_ptr, B_ptr, C_ptr, A1, bias1, skip1, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
-                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K1, LANES)
+                                   stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+                                   stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
+                                   NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K1,
+                                   LANES)
                 s2, y = _route_row(s2, y, walk, r, 2, u_ptr, delta_ptr, B_ptr, C_ptr, A2, bias2, skip2, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
-                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K2, LANES)
+                                   stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+                                   stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
+                                   NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K2,
+                                   LANES)
                 s3, y = _route_row(s3, y, walk, r, 3, u_ptr, delta_ptr, B_ptr, C_ptr, A3, bias3, skip3, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
-                                   stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_D,
-                                   HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K3, LANES)
+                                   stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+                                   stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
+                                   NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K3,
+                                   LANES)
                 if ACCUMULATE:
+                    y_row = (y_ptr + b * stride_y_b) + dd * stride_y_d + flat * stride_y_p
                     if walk == 1:
                         if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very positions
-                            y += tl.load((y_ptr + b * stride_y_b) + dd * P + flat, mask=mask, other=0.0)
-                    tl.store((y_ptr + b * stride_y_b) + dd * P + flat, y, mask=mask)
+                            y += tl.load(y_row, mask=mask, other=0.0)
+                    tl.store(y_row, y, mask=mask)
         _store_last_state(s0, 0, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
         _store_last_state(s1, 1, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
         _store_last_state(s2, 2, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
@@ -1094,20 +1121,23 @@ if HAS_TRITON:
     # -----------------------------------------------------------------------------------------------------------------
     @triton.jit
     def _row_adjoint_inputs(r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr,
-                            b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
-                            NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p,
+                            stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d,
+                            stride_y_p, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                             SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
                             HAS_DLAST: tl.constexpr, KIND: tl.constexpr):
         """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and its decay (that of
         each step's successor; 1 on padding, 0 past the route's end)."""
-        flat, on_map, mask, offsets, bc_offsets, u, route, dt_raw, dt, B_row = _row_inputs(
-            r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k, NUM_ROUTES,
+        flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, route, dt_raw, dt, B_row = _row_inputs(
+            r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k, stride_u_d,
+            stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES,
             U_SHARED, HAS_BIAS, SOFTPLUS)
         C_row = tl.load(C_ptr + bc_offsets, mask=(nn < N) & on_map, other=0.0).to(tl.float32)
         if ACCUMULATE:
-            dy = tl.load((dy_ptr + b * stride_y_b) + offsets, mask=mask, other=0.0).to(tl.float32)
+            dy_row = dy_ptr + b * stride_y_b
         else:
-            dy = tl.load((dy_ptr + b * stride_y_b + k * stride_y_k) + offsets, mask=mask, other=0.0).to(tl.float32)
+            dy_row = dy_ptr + b * stride_y_b + k * stride_y_k
+        dy = tl.load(dy_row + dd * stride_y_d + flat * stride_y_p, mask=mask, other=0.0).to(tl.float32)
         g = dy * C_row
         if HAS_DSTATES:
             g += tl.load((dstates_ptr + route * D * N * P) + (dd * N + nn) * P + flat, mask=mask & (nn < N),
@@ -1121,10 +1151,11 @@ if HAS_TRITON:
             g += tl.where(route_end, dlast, 0.0)
         g = tl.where(mask & (nn < N), g, 0.0)
         successor, has_successor = _raster_successor(r + 0 * lanes, lanes, flat, H, W, P, KIND)
-        unused_raw, dt_next = _step_size((delta_ptr + route * D * P) + dd * P + successor, bias,
+        unused_raw, dt_next = _step_size((delta_ptr + b * stride_dt_b + k * stride_dt_k) + dd * stride_dt_d
+                                         + successor * stride_dt_p, bias,
                                          mask & has_successor, HAS_BIAS, SOFTPLUS)
         decay_next = tl.where(mask, tl.where(has_successor, _exp(dt_next * A), 0.0), 1.0)
-        return flat, on_map, mask, offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next
+        return flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next
 
     @triton.jit
     def _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, bc_offsets, on_map, mask, nn, N, dB_ptr, dC_ptr,
@@ -1151,7 +1182,8 @@ if HAS_TRITON:
     def _row_walk_route_bwd(
             k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr,
             dlast_ptr, scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
-            b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
+            stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
             NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
             SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr, HAS_DLAST: tl.constexpr,
             KIND: tl.constexpr, FIRST_ROUTE: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr,
@@ -1182,10 +1214,12 @@ if HAS_TRITON:
                     r = i
                 else:
                     r = H - 1 - i
-                flat, on_map, mask, offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
+                flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
                     _row_adjoint_inputs(r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr,
-                                        b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_y_b,
-                                        stride_y_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES,
+                                        b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p,
+                                        stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b,
+                                        stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
+                                        ACCUMULATE, HAS_DSTATES,
                                         HAS_DLAST, KIND)
                 h = _exp(dt * A) * h + (dt * u) * B_row
                 tl.store(scratch + r * (BLOCK_D * NP * LANES), h)
@@ -1199,9 +1233,11 @@ if HAS_TRITON:
                 r = H - 1 - i
             else:
                 r = i
-            flat, on_map, mask, offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = _row_adjoint_inputs(
+            flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
+                _row_adjoint_inputs(
                 r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr, b, dd, nn, lanes, D, P,
-                H, W, N, stride_u_b, stride_u_k, stride_y_b, stride_y_k, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
+                H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d,
+                stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
                 ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
             if KIND % 2 == 1:
                 h = tl.load(scratch + r * (BLOCK_D * NP * LANES))
@@ -1225,7 +1261,7 @@ if HAS_TRITON:
             dbias += dbias_row
             if HAS_D:
                 du += skip * dy
-            tl.store((ddelta_ptr + route * D * P) + offsets, ddt, mask=mask)
+            tl.store((ddelta_ptr + b * stride_dt_b + k * stride_dt_k) + dt_offsets, ddt, mask=mask)
             if U_SHARED:
                 if not FIRST_ROUTE:  # every raster route visits every position: the first one initialises du
                     du += tl.load(du_base + offsets, mask=mask, other=0.0)
@@ -1244,7 +1280,8 @@ if HAS_TRITON:
     def _raster_rows_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr, dlast_ptr,
             scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
-            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+            stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
             KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
             HAS_DLAST: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -1255,7 +1292,8 @@ if HAS_TRITON:
             _row_walk_route_bwd(
                 k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr,
                 dlast_ptr, scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
-                b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_y_b, stride_y_k,
+                b, d, dd, nn, lanes, D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p,
+                stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                 NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST,
                 (KINDS >> (2 * k)) & 3, k == 0, LANES, NP, BLOCK_D)
 
@@ -1279,12 +1317,48 @@ def _raster_plan(u, route_kinds, map_hw, state_dim):
     return None if tile is None else (*tile, sum(kind << (2 * k) for k, kind in enumerate(route_kinds)))
 
 
+def _row_walk_reads(u, delta, plan) -> bool:
+    """Whether the row-walk kernels run this call and read ``u`` and ``delta`` through their strides (any layout
+    whose offsets inside one image fit in int32); every other kernel needs them contiguous."""
+    if plan is None or _whole_map(plan):
+        return False
+    return all(sum((size - 1) * abs(stride) for size, stride in zip(t.shape[2:], t.stride()[2:])) < 2 ** 31
+               for t in (u, delta))
+
+
+def _channels_contiguous(u: torch.Tensor) -> bool:
+    """Whether a (batch, Ku, dim, P) input keeps its channels adjacent in memory: a channel-last (NHWC) map."""
+    return u.shape[2] > 1 and u.stride(2) == 1
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s strides are a permutation of a contiguous layout (no gaps, no overlap, no broadcast)."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _scan_output(u: torch.Tensor, num_routes: int, accumulate: bool, row_walk: bool) -> torch.Tensor:
+    """The float32 output of a raster scan. A merged output of the row walk on a channel-last input is channel-last
+    too, (batch, dim, P) with the channels adjacent, so that the channel-last ops after the scan read it as is."""
+    batch, _, dim, positions = u.shape
+    if accumulate and row_walk and _channels_contiguous(u):
+        return torch.empty(batch, positions, dim, device=u.device, dtype=torch.float32).transpose(1, 2)
+    return torch.empty(batch, *(() if accumulate else (num_routes,)), dim, positions, device=u.device,
+                       dtype=torch.float32)
+
+
 def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     height, width, tile_h, tile_w, kinds = plan
-    y = torch.empty(batch, *(() if accumulate else (num_routes,)), dim, positions, device=u.device,
-                    dtype=torch.float32)
+    row_walk = _row_walk_reads(u, delta, plan)
+    if not row_walk:
+        u, delta = u.contiguous(), delta.contiguous()
+    y = _scan_output(u, num_routes, accumulate, row_walk)
     last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
     states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
                          dtype=torch.float32)
@@ -1300,10 +1374,17 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
         return y, last_state, u.new_empty(0, dtype=torch.float32), states
     entering = torch.empty(_row_walk_entering_shape(u, delta, A, plan), device=u.device, dtype=torch.float32)
     _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5],
-                                  entering.shape[-1], *common[5:], **flags,
+                                  entering.shape[-1], *_row_walk_strides(u, delta, y, accumulate), **flags,
                                   HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),
                                   LANES=tile_w, NP=_next_power_of_2(state_dim))
     return y, last_state, entering, states
+
+
+def _row_walk_strides(u, delta, y, accumulate):
+    """Batch, route, channel and position strides of u, delta and y (or dy) for the row-walk kernels."""
+    u_strides = (u.stride(0), u.stride(1) if u.shape[1] > 1 else 0, u.stride(2), u.stride(3))
+    y_strides = (y.stride(0), 0, y.stride(1), y.stride(2)) if accumulate else tuple(y.stride())
+    return u_strides + tuple(delta.stride()) + y_strides
 
 
 def _row_walk_entering_shape(u, delta, A, plan):
@@ -1322,9 +1403,12 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     height, width, tile_h, tile_w, kinds = plan
     accumulate = dy.dim() == 3
-    dy = dy.contiguous()
-    du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
-    ddelta = torch.empty(delta.shape, device=u.device, dtype=torch.float32)
+    row_walk = entering is not None and _row_walk_reads(u, delta, plan) and _is_dense(u) and _is_dense(delta)
+    if not row_walk:
+        u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
+    # du and ddelta take the layout of u and delta: the row walk writes them through the same strides.
+    du = torch.empty_strided(u.shape, u.stride(), device=u.device, dtype=torch.float32)
+    ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device, dtype=torch.float32)
     dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
     dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
@@ -1349,8 +1433,8 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     has_columns = any(kind % 2 for kind in _unpack_kinds(kinds, num_routes))
     scratch = torch.empty(batch * (dim + widest) * height * state_tile * tile_w if has_columns else 0,
                           device=u.device, dtype=torch.float32)
-    _raster_rows_bwd_kernel[grid](*inputs, entering, *upstream, scratch, *grads, *sizes, entering.shape[-1], *strides,
-                                  **flags, LANES=tile_w, NP=state_tile)
+    _raster_rows_bwd_kernel[grid](*inputs, entering, *upstream, scratch, *grads, *sizes, entering.shape[-1],
+                                  *_row_walk_strides(u, delta, dy, accumulate), **flags, LANES=tile_w, NP=state_tile)
     return grads
 
 
@@ -1493,10 +1577,13 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
     batch, _, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     out_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    y = u.new_empty(batch, dim, positions, dtype=out_dtype) if accumulate else u.new_empty(
-        batch, num_routes, dim, positions, dtype=out_dtype)
-    last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
     plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
+    if plan is not None:
+        y = _scan_output(u, num_routes, accumulate, _row_walk_reads(u, delta, plan))
+    else:
+        y = u.new_empty(batch, dim, positions, dtype=out_dtype) if accumulate else u.new_empty(
+            batch, num_routes, dim, positions, dtype=out_dtype)
+    last_state = u.new_empty(batch, num_routes, dim, state_dim, dtype=out_dtype)
     if plan is not None:
         chunk_states = u.new_empty(0 if _whole_map(plan) else _row_walk_entering_shape(u, delta, A, plan),
                                    dtype=torch.float32)
@@ -1531,11 +1618,13 @@ def _scan_routes_bwd_op(
                                 entering=chunk_states)
             return [g if g is not None else u.new_empty(0) for g in grads]
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
+        u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None
     if plan is not None:
         grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast)
     elif backend == 'triton':
+        u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
         grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
                             dlast, scatter_atomic)
     else:  # Recompute the chunked forward and differentiate it (torch.func works below the autograd key).
@@ -1760,7 +1849,9 @@ def scan_routes(
     if backend == 'triton':
         # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
-        u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+        B, C = B.contiguous(), C.contiguous()
+        if not _row_walk_reads(u, delta, _raster_plan(u, route_kinds, map_hw, state_dim)):
+            u, delta = u.contiguous(), delta.contiguous()
     y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
                                                    accumulate, return_states, backend, route_kinds, map_hw)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())

@@ -410,8 +410,9 @@ def test_raster_cross_matches_reference_on_any_map(height, width, state_dim, ker
 def test_raster_kernels_write_every_output_element(monkeypatch, kernel):
     for name, value in RASTER_KERNELS[kernel].items():
         monkeypatch.setattr(ss, name, value)
-    real_empty = torch.empty
+    real_empty, real_empty_strided = torch.empty, torch.empty_strided
     monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
+    monkeypatch.setattr(torch, 'empty_strided', lambda *a, **k: real_empty_strided(*a, **k).fill_(float('nan')))
     pattern = K.cross_pattern(5, 6)
     inputs = routed_inputs(pattern, 3, 2, torch.float32, batch=2)
     outs = _run_raster(pattern, inputs, 'triton')
@@ -419,6 +420,43 @@ def test_raster_kernels_write_every_output_element(monkeypatch, kernel):
         assert torch.isfinite(t).all(), f'{name} has unwritten elements'
     grads = torch.autograd.grad(sum(t.sum() for t in outs), inputs)
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+def _channel_last(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """The same values as ``t`` with the dims from ``channel_dim`` on moved last in memory (an NHWC copy)."""
+    order = list(range(t.dim()))
+    spatial = order[channel_dim + 1:]
+    stored = t.permute(*order[:channel_dim], *spatial, channel_dim).contiguous()
+    inverse = [0] * t.dim()
+    for position, dim in enumerate(order[:channel_dim] + spatial + [channel_dim]):
+        inverse[dim] = position
+    return stored.permute(*inverse)
+
+
+@pytest.mark.parametrize('kernel', ['row_walk', 'whole_map'])
+def test_raster_kernels_read_and_write_channel_last_maps(monkeypatch, kernel):
+    """NHWC input and (batch, H, W, K, D) step sizes (the layouts of a channel-last model) are read in place by the
+    row walk, which returns an NHWC output and NHWC gradients; other kernels copy them. Same values either way."""
+    for name, value in RASTER_KERNELS[kernel].items():
+        monkeypatch.setattr(ss, name, value)
+    pattern = K.cross_pattern(5, 7)
+    x, delta, A, B, C, D, bias = [t.detach() for t in routed_inputs(pattern, 4, 1, torch.float32, batch=2)]
+    x_last = _channel_last(x, 1).requires_grad_(True)  # (2, 4, 5, 7) with channels adjacent
+    stored = delta.permute(0, 3, 4, 1, 2).contiguous()  # (2, 5, 7, K, 4): route-major channels per position
+    delta_last = stored.permute(0, 3, 4, 1, 2).requires_grad_(True)
+    assert x_last.stride(1) == 1 and delta_last.stride(2) == 1
+    y = K.multi_scan_2d(x_last, delta_last, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
+                        backend='triton')
+    x_ref, delta_ref = x.double().requires_grad_(True), delta.double().requires_grad_(True)
+    ref = K.multi_scan_2d(x_ref, delta_ref, A.double(), B.double(), C.double(), D.double(),
+                          delta_bias=bias.double(), delta_softplus=True, pattern=pattern, backend='torch')
+    assert_close(y, ref, torch.float32, 'y')
+    assert (y.stride(1) == 1) == (kernel == 'row_walk'), f'y strides {y.stride()}'
+    cotangent = torch.randn_like(ref)
+    dx, ddelta = torch.autograd.grad(y, (x_last, delta_last), cotangent.float())
+    dx_ref, ddelta_ref = torch.autograd.grad(ref, (x_ref, delta_ref), cotangent)
+    assert_close(dx, dx_ref, torch.float32, 'dx')
+    assert_close(ddelta, ddelta_ref, torch.float32, 'ddelta')
 
 
 @pytest.mark.parametrize('kwargs,message', [
