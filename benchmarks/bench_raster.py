@@ -28,13 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scan as bs  # noqa: E402
 
 STAGE_SHAPES = ((96, 56, 56, 1), (192, 28, 28, 1), (384, 14, 14, 1), (768, 7, 7, 1), (192, 28, 28, 16))
-CHECKS = ((56, 56, 1, torch.bfloat16, 0), (28, 28, 4, torch.float32, 0), (13, 17, 1, torch.float32, 0),
-          (7, 7, 1, torch.bfloat16, 256))  # (H, W, N, dtype, whole-map limit); the limit 0 runs the row walk
+CHECKS = ((56, 56, 1, torch.bfloat16, 0, False), (28, 28, 4, torch.float32, 0, False),
+          (13, 17, 1, torch.float32, 0, False), (7, 7, 1, torch.bfloat16, 256, False),
+          (56, 56, 1, torch.bfloat16, 0, True), (13, 17, 2, torch.float32, 0, True))
+# (H, W, N, dtype, whole-map limit, channel-last); the limit 0 runs the row walk
 
 
-# (channels per program, warps) tried by --sweep: the forward at every stage, the backward at the two large ones.
+# (channels per program, warps) tried by --sweep: the forward at every stage, the backward at the two large ones;
+# on contiguous maps and on channel-last maps (a channel-last program needs several channels for coalesced loads).
 SWEEP_FWD = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2), (32, 4))
 SWEEP_BWD = ((1, 1), (2, 1), (4, 1), (4, 2), (8, 2), (8, 4))
+SWEEP_FWD_NHWC = ((2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4), (32, 8))
+SWEEP_BWD_NHWC = ((4, 1), (4, 2), (8, 2), (8, 4), (16, 4), (16, 8))
+LAYOUTS = ('nchw', 'nhwc')
 
 
 def set_whole_map_limit(ss, tile):
@@ -49,11 +55,15 @@ def sweep_row_walk(kernels, ss, bench, budget_s):
     saved = (ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD)
     set_whole_map_limit(ss, 0)
     ss.ROW_WALK_BACKWARD = True
-    for kernel, stages, programs, backward in ((ss._raster_rows_fwd_kernel, STAGE_SHAPES[:4], SWEEP_FWD, False),
-                                               (ss._raster_rows_bwd_kernel, STAGE_SHAPES[:2], SWEEP_BWD, True)):
+    sweeps = ((ss._raster_rows_fwd_kernel, STAGE_SHAPES[:4], SWEEP_FWD_NHWC, False, 'nhwc'),
+              (ss._raster_rows_bwd_kernel, STAGE_SHAPES[:2], SWEEP_BWD_NHWC, True, 'nhwc'),
+              (ss._raster_rows_fwd_kernel, STAGE_SHAPES[:4], SWEEP_FWD, False, 'nchw'),
+              (ss._raster_rows_bwd_kernel, STAGE_SHAPES[:2], SWEEP_BWD, True, 'nchw'))
+    for kernel, stages, programs, backward, layout in sweeps:
         every_config = list(kernel.configs)
         for dim, height, width, state_dim in stages:
-            args = bs.make_inputs(dim, height, width, state_dim, torch.bfloat16, requires_grad=backward)
+            args = bs.make_inputs(dim, height, width, state_dim, torch.bfloat16, requires_grad=backward,
+                                  channels_last=layout == 'nhwc')
 
             def forward():
                 return kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
@@ -70,7 +80,7 @@ def sweep_row_walk(kernels, ss, bench, budget_s):
                 kernel.configs = [c for c in every_config if c.kwargs['BLOCK_D'] == block_d and c.num_warps == warps
                                   and c.kwargs['NUM_STAGES'] == 1]
                 kernel.cache = {}
-                key = f"{'bwd' if backward else 'fwd'}_D{dim}_{height}x{width}_channels{block_d}_warps{warps}"
+                key = f"{'bwd' if backward else 'fwd'}_{layout}_D{dim}_{height}x{width}_channels{block_d}_warps{warps}"
                 with torch.enable_grad() if backward else torch.no_grad():
                     timings[key] = bench(run)
                 print('sweep', key, f'{timings[key]:.3f}', flush=True)
@@ -95,10 +105,11 @@ def main():
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                   batch=bs.BATCH, routes=bs.ROUTES, checks={}, timings={})
     start = time.time()
-    for height, width, state_dim, dtype, tile in () if args_cli.no_checks else CHECKS:
+    for height, width, state_dim, dtype, tile, channels_last in () if args_cli.no_checks else CHECKS:
         set_whole_map_limit(ss, tile)
         ss.ROW_WALK_BACKWARD = tile == 0
-        args = bs.make_inputs(8, height, width, state_dim, dtype, batch=2, requires_grad=True)
+        args = bs.make_inputs(8, height, width, state_dim, dtype, batch=2, requires_grad=True,
+                              channels_last=channels_last)
         y = kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
         ref_args = [a.detach().double().requires_grad_() for a in args]
         y_ref = kernels.multi_scan_2d(*ref_args[:6], delta_bias=ref_args[6], delta_softplus=True, backend='torch')
@@ -106,6 +117,7 @@ def main():
         errs = [bs.rel_err(y, y_ref)] + [bs.rel_err(a, b) for a, b in zip(
             torch.autograd.grad(y, args, grad.float()), torch.autograd.grad(y_ref, ref_args, grad))]
         key = f'{height}x{width}_N{state_dim}_{str(dtype)[6:]}_whole_map_limit{tile}'
+        key += '_nhwc' if channels_last else ''
         result['checks'][key] = errs
         print(f'check {key}: y {errs[0]:.1e} grads ' + ' '.join(f'{e:.1e}' for e in errs[1:]), flush=True)
     bandwidth = bs.measure_copy_bandwidth()
@@ -114,15 +126,18 @@ def main():
     def bench(fn, rep=40):
         return triton.testing.do_bench(fn, warmup=10, rep=rep, return_mode='median')
 
-    for dim, height, width, state_dim in STAGE_SHAPES:
-        args = bs.make_inputs(dim, height, width, state_dim, torch.bfloat16, requires_grad=True)
+    for (dim, height, width, state_dim), layout in [(shape, layout) for shape in STAGE_SHAPES for layout in LAYOUTS]:
+        if layout == 'nhwc' and state_dim > ss.RASTER_MAX_STATE_DIM:
+            continue  # the chunked kernels copy a channel-last input to contiguous
+        args = bs.make_inputs(dim, height, width, state_dim, torch.bfloat16, requires_grad=True,
+                              channels_last=layout == 'nhwc')
 
         def forward():
             return kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
 
         row = {}
         for name, tile in (('row_walk_fwd_ms', 0), ('whole_map_fwd_ms', 1 << 20)):
-            if state_dim > ss.RASTER_MAX_STATE_DIM:
+            if state_dim > ss.RASTER_MAX_STATE_DIM or (layout == 'nhwc' and name.startswith('whole')):
                 break  # the chunked kernels run
             if name.startswith('whole') and height >= 28:
                 continue  # 1 to 6 ms on the larger maps (first measurement, benchmarks/results/README.md)
@@ -131,6 +146,8 @@ def main():
                 row[name] = bench(forward)
         ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD = defaults
         grad = torch.randn(bs.BATCH, dim, height, width, device='cuda')
+        if layout == 'nhwc':
+            grad = grad.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             row['default_fwd_ms'] = bench(forward)
         row['default_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
@@ -143,7 +160,7 @@ def main():
         row['floor_ms_fwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, False) / bandwidth / 1e6
         row['floor_ms_fwd_bwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, True) / bandwidth / 1e6
         row['row_walk_config'] = str(getattr(ss._raster_rows_fwd_kernel, 'best_config', None))
-        key = f'D{dim}_{height}x{width}_N{state_dim}'
+        key = f'D{dim}_{height}x{width}_N{state_dim}' + ('_nhwc' if layout == 'nhwc' else '')
         result['timings'][key] = row
         print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items() if isinstance(v, float)), flush=True)
         for a in args:

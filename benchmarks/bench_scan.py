@@ -128,15 +128,21 @@ class MambaScan(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs, paths, bytes.
 # ---------------------------------------------------------------------------------------------------------------------
-def make_inputs(dim, height, width, state_dim, dtype, batch=BATCH, routes=ROUTES, requires_grad=False, seed=0):
+def make_inputs(dim, height, width, state_dim, dtype, batch=BATCH, routes=ROUTES, requires_grad=False, seed=0,
+                channels_last=False):
+    """Random scan operands (x, delta, A, B, C, D, delta_bias). With ``channels_last`` x is stored (B, H, W, D) and
+    delta (B, H, W, K, D), as a channel-last model produces them; the returned tensors are permuted views."""
     gen = torch.Generator(device='cuda').manual_seed(seed)
-    shape = (batch, dim, height, width)
 
     def rnd(*s, scale=1.0, dt=dtype):
         return (torch.randn(*s, generator=gen, device='cuda') * scale).to(dt)
 
-    x = rnd(*shape)
-    delta = rnd(batch, routes, dim, height, width, scale=0.5)
+    if channels_last:
+        x = rnd(batch, height, width, dim).permute(0, 3, 1, 2)
+        delta = rnd(batch, height, width, routes, dim, scale=0.5).permute(0, 3, 4, 1, 2)
+    else:
+        x = rnd(batch, dim, height, width)
+        delta = rnd(batch, routes, dim, height, width, scale=0.5)
     A = -torch.exp(rnd(routes * dim, state_dim, scale=0.5, dt=torch.float32))
     B = rnd(batch, routes, state_dim, height, width)
     C = rnd(batch, routes, state_dim, height, width)
@@ -144,8 +150,7 @@ def make_inputs(dim, height, width, state_dim, dtype, batch=BATCH, routes=ROUTES
     bias = rnd(routes * dim, scale=0.1, dt=torch.float32) - 1.0
     tensors = [x, delta, A, B, C, D, bias]
     if requires_grad:
-        for t in tensors:
-            t.requires_grad_(True)
+        tensors = [t.detach().requires_grad_(True) for t in tensors]  # leaves, whatever their strides
     return tensors
 
 

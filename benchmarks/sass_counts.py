@@ -27,10 +27,20 @@ CROSS_KINDS = 0 | 1 << 2 | 2 << 4 | 3 << 6
 FLAGS = dict(KINDS=CROSS_KINDS, NUM_ROUTES=4, U_SHARED=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
              ACCUMULATE=True, STORE_STATES=False, HAS_FORWARD_ROUTES=True, HAS_DSTATES=False, HAS_DLAST=False, NP=1,
              NUM_STAGES=1)
-# (kernel, lanes, channels per program, warps, (D, H, W)): the configurations the H200 sweeps picked at 56x56 and
-# 28x28, with VMamba-T's channels there.
-CASES = (('_raster_rows_fwd_kernel', 64, 1, 1, (96, 56, 56)), ('_raster_rows_fwd_kernel', 32, 2, 1, (192, 28, 28)),
-         ('_raster_rows_bwd_kernel', 64, 4, 2, (96, 56, 56)), ('_raster_rows_bwd_kernel', 32, 4, 1, (192, 28, 28)))
+# (kernel, lanes, channels per program, warps, (D, H, W), layout): the configurations the H200 sweeps picked at 56x56
+# and 28x28 on contiguous (NCHW) maps, with VMamba-T's channels there, and candidates for channel-last (NHWC) maps,
+# where a program must span several channels for its loads to be coalesced.
+CASES = (('_raster_rows_fwd_kernel', 64, 1, 1, (96, 56, 56), 'nchw'),
+         ('_raster_rows_fwd_kernel', 32, 2, 1, (192, 28, 28), 'nchw'),
+         ('_raster_rows_bwd_kernel', 64, 4, 2, (96, 56, 56), 'nchw'),
+         ('_raster_rows_bwd_kernel', 32, 4, 1, (192, 28, 28), 'nchw'),
+         ('_raster_rows_fwd_kernel', 64, 8, 2, (96, 56, 56), 'nhwc'),
+         ('_raster_rows_fwd_kernel', 64, 16, 4, (96, 56, 56), 'nhwc'),
+         ('_raster_rows_fwd_kernel', 64, 32, 4, (96, 56, 56), 'nhwc'),
+         ('_raster_rows_fwd_kernel', 32, 16, 2, (192, 28, 28), 'nhwc'),
+         ('_raster_rows_fwd_kernel', 32, 32, 4, (192, 28, 28), 'nhwc'),
+         ('_raster_rows_bwd_kernel', 64, 16, 4, (96, 56, 56), 'nhwc'),
+         ('_raster_rows_bwd_kernel', 32, 16, 4, (192, 28, 28), 'nhwc'))
 INSTRUCTION = re.compile(r'\s+/\*([0-9a-f]{4,6})\*/\s+(.*?);')
 
 
@@ -41,24 +51,33 @@ def jit_function(kernel):
     return kernel
 
 
-def _runtime_ints(dim, height, width):
-    """The integer arguments of a B=128, K=4, N=1 call at this stage (contiguous tensors, shared input)."""
-    positions = height * width
-    return dict(D=dim, P=positions, H=height, W=width, N=1, MAX_LINES=max(height, width), stride_u_b=dim * positions,
-                stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0)
+def _runtime_ints(dim, height, width, layout):
+    """The integer arguments of a B=128, K=4, N=1 call at this stage (shared input, merged output): contiguous
+    tensors ('nchw'), or the channel-last layouts of a channel-last model ('nhwc': u and y (B, H, W, D), delta
+    (B, H, W, K, D))."""
+    positions, routes = height * width, 4
+    ints = dict(D=dim, P=positions, H=height, W=width, N=1, MAX_LINES=max(height, width), stride_u_b=dim * positions,
+                stride_u_k=0, stride_dt_b=routes * dim * positions, stride_y_b=dim * positions, stride_y_k=0)
+    if layout == 'nchw':
+        return dict(ints, stride_u_d=positions, stride_u_p=1, stride_dt_k=dim * positions, stride_dt_d=positions,
+                    stride_dt_p=1, stride_y_d=positions, stride_y_p=1)
+    return dict(ints, stride_u_d=1, stride_u_p=dim, stride_dt_k=dim, stride_dt_d=1, stride_dt_p=routes * dim,
+                stride_y_d=1, stride_y_p=dim)
 
 
-def compile_sass(module, name, lanes, block_d, warps, shape):
+def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw'):
     """(SASS text, ptxas -v output) of one kernel configuration, specialised as Triton does at run time: every
-    pointer 16-byte aligned, every integer argument that is a multiple of 16 marked so."""
+    pointer 16-byte aligned, every integer argument equal to 1 a constant, every one that is a multiple of 16 marked
+    so."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn = jit_function(getattr(module, name))
-    constants = {k: v for k, v in dict(FLAGS, LANES=lanes, BLOCK_D=block_d).items() if k in fn.arg_names}
+    ints = _runtime_ints(*shape, layout)
+    ones = {k: 1 for k, v in ints.items() if v == 1 and k in fn.arg_names and k not in fn.do_not_specialize}
+    constants = {k: v for k, v in dict(FLAGS, LANES=lanes, BLOCK_D=block_d, **ones).items() if k in fn.arg_names}
     signature = {arg: 'constexpr' if arg in constants else ('*bf16' if arg in ACTIVATIONS else '*fp32')
                  if arg.endswith('_ptr') else 'i32' for arg in fn.arg_names}
-    ints = _runtime_ints(*shape)
     attrs = {(index,): [['tt.divisibility', 16]] for index, arg in enumerate(fn.arg_names)
              if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0)}
     source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
@@ -97,17 +116,19 @@ def main():
     bs.import_kernels()  # makes vmamba_zoo.kernels importable from an uninstalled checkout
     from vmamba_zoo.kernels import selective_scan as ss
     results = []
-    for name, lanes, block_d, warps, shape in CASES:
-        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape)
+    for name, lanes, block_d, warps, shape, layout in CASES:
+        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout)
         total, loops = loop_counts(sass)
         registers = re.search(r'Used (\d+) registers', ptxas)
         spills = re.search(r'(\d+) bytes spill stores', ptxas)
-        row = dict(kernel=name, lanes=lanes, channels=block_d, warps=warps, stage=list(shape), total=total,
+        row = dict(kernel=name, layout=layout, lanes=lanes, channels=block_d, warps=warps, stage=list(shape),
+                   total=total,
                    registers=int(registers.group(1)) if registers else None,
                    spill_bytes=int(spills.group(1)) if spills else None,
                    per_row=sum(loop['instructions'] for loop in loops), loops=loops)
         results.append(row)
-        print(f"{name} lanes={lanes} channels={block_d} warps={warps}: {row['per_row']} instructions per row in "
+        print(f"{name} {layout} lanes={lanes} channels={block_d} warps={warps}: {row['per_row']} instructions per row "
+              f"in "
               f"{len(loops)} loops ({', '.join(str(loop['instructions']) for loop in loops)}), "
               f"{row['registers']} registers, {row['spill_bytes']} bytes spilled", flush=True)
     if args.json:

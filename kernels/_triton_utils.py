@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for']
+__all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for', 'cdiv', 'next_power_of_2']
 
 
 def triton_interpreting() -> bool:
@@ -30,3 +30,15 @@ def use_triton_for(*tensors) -> bool:
     ``backend='triton'`` because it is orders of magnitude slower than the vectorised PyTorch path.
     """
     return HAS_TRITON and all(t.is_cuda for t in tensors if t is not None)
+
+
+# Host-side integer helpers. ``triton.cdiv`` and ``triton.next_power_of_2`` are ``@triton.jit`` functions in recent
+# Triton releases, whose Python call costs microseconds per launch; these are plain Python.
+def cdiv(a: int, b: int) -> int:
+    """Ceiling of a / b for positive integers."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()

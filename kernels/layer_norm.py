@@ -6,10 +6,12 @@ autocast computes and returns float32, so the next 1x1 convolution gets a float3
 it back. On the H200 that pattern took more time than the selective scans in VMamba-T (2026-11-29 profile,
 ``benchmarks/results/README.md``).
 
-Here one program holds all C channels of a block of pixels: each channel's pixels are contiguous in NCHW, so every
-load and store is coalesced, the statistics are reduced across the channel axis in registers (float32), and the
-output is written in NCHW in the requested dtype. The backward reduces the same way and writes per-program partial
-sums of the weight and bias gradients, which are added up afterwards (no atomics, deterministic).
+Here one program holds all C channels of a block of pixels: in NCHW each channel's pixels are contiguous and in a
+channel-last (NHWC) map each pixel's channels are, so either way every load and store is coalesced; the statistics
+are reduced across the channel axis in registers (float32), and the output is written in the requested dtype and
+layout (by default the input's). Channel-last networks use it too, as their LayerNorm over the last dim, and a
+channel-first map can be normalised straight into a channel-last one. The backward reduces the same way and writes
+per-program partial sums of the weight and bias gradients, which are added up afterwards (no atomics, deterministic).
 
 Contents: ``layer_norm_2d_ref`` (readable float reference), the Triton forward/backward kernels, an autograd
 Function, and ``layer_norm_2d``, which dispatches: Triton for CUDA tensors, PyTorch's ``F.layer_norm`` on
@@ -20,7 +22,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, tl, triton, use_triton_for
+from ._triton_utils import HAS_TRITON, cdiv, next_power_of_2, tl, triton, use_triton_for
 
 __all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
 
@@ -62,24 +64,31 @@ def _layer_norm_2d_torch(x, weight, bias, eps, out_dtype):
 if HAS_TRITON:
 
     @triton.jit
-    def _pixel_tile(x_ptr, C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-        """Offsets and mask of this program's [BLOCK_C, BLOCK_P] tile (all channels of BLOCK_P pixels)."""
+    def _pixel_tile(C, P, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """Image, pixels, channels and mask of this program's [BLOCK_C, BLOCK_P] tile (all channels of BLOCK_P
+        pixels)."""
         image = tl.program_id(1).to(tl.int64)
         pixels = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         channels = tl.arange(0, BLOCK_C)
         mask = (channels[:, None] < C) & (pixels[None, :] < P)
-        offsets = image * C * P + channels[:, None].to(tl.int64) * P + pixels[None, :]
-        return image, pixels, channels, mask, offsets
+        return image, pixels, channels, mask
+
+    @triton.jit
+    def _tile_offsets(image, pixels, channels, C, P, stride_c, stride_p):
+        """Offsets of the tile in a dense map whose channels are ``stride_c`` apart and pixels ``stride_p`` apart:
+        (P, 1) in NCHW, (1, C) in NHWC."""
+        return image * C * P + channels[:, None].to(tl.int64) * stride_c + pixels[None, :] * stride_p
 
     @triton.jit
     def _layer_norm_2d_fwd_kernel(
-            x_ptr, weight_ptr, bias_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps,
-            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
+            x_ptr, weight_ptr, bias_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, stride_x_c, stride_x_p, stride_y_c,
+            stride_y_p, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        image, pixels, channels, mask, offsets = _pixel_tile(x_ptr, C, P, BLOCK_C, BLOCK_P)
+        image, pixels, channels, mask = _pixel_tile(C, P, BLOCK_C, BLOCK_P)
         compute = mean_ptr.dtype.element_ty  # float32, or float64 for float64 input
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
+        x = tl.load(x_ptr + _tile_offsets(image, pixels, channels, C, P, stride_x_c, stride_x_p), mask=mask,
+                    other=0.0).to(compute)
         mean = tl.sum(x, axis=0) / C
         centered = tl.where(mask, x - mean[None, :], 0.0)
         rstd = tl.rsqrt(tl.sum(centered * centered, axis=0) / C + eps)
@@ -88,7 +97,8 @@ if HAS_TRITON:
             y *= tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
         if HAS_BIAS:
             y += tl.load(bias_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
-        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + _tile_offsets(image, pixels, channels, C, P, stride_y_c, stride_y_p),
+                 y.to(y_ptr.dtype.element_ty), mask=mask)
         if STORE_STATS:
             tl.store(mean_ptr + image * P + pixels, mean, mask=pixels < P)
             tl.store(rstd_ptr + image * P + pixels, rstd, mask=pixels < P)
@@ -96,12 +106,15 @@ if HAS_TRITON:
     @triton.jit
     def _layer_norm_2d_bwd_kernel(
             x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
+            stride_x_c, stride_x_p, stride_y_c, stride_y_p,
             HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        image, pixels, channels, mask, offsets = _pixel_tile(x_ptr, C, P, BLOCK_C, BLOCK_P)
+        image, pixels, channels, mask = _pixel_tile(C, P, BLOCK_C, BLOCK_P)
         compute = mean_ptr.dtype.element_ty
+        offsets = _tile_offsets(image, pixels, channels, C, P, stride_x_c, stride_x_p)  # of x and dx
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
-        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(compute)
+        dy = tl.load(dy_ptr + _tile_offsets(image, pixels, channels, C, P, stride_y_c, stride_y_p), mask=mask,
+                     other=0.0).to(compute)
         mean = tl.load(mean_ptr + image * P + pixels, mask=pixels < P, other=0.0)
         rstd = tl.load(rstd_ptr + image * P + pixels, mask=pixels < P, other=0.0)
         x_hat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
@@ -121,41 +134,58 @@ def _launch(x: torch.Tensor) -> Tuple[Tuple[int, int], int, int, int, int]:
     32 bytes; the grid runs pixel blocks on axis 0 and images on axis 1."""
     batch, channels, height, width = x.shape
     pixels = height * width
-    block_c = triton.next_power_of_2(channels)
-    block_p = max(16, min(128, _TILE_ELEMENTS // block_c, triton.next_power_of_2(pixels)))
+    block_c = next_power_of_2(channels)
+    block_p = max(16, min(128, _TILE_ELEMENTS // block_c, next_power_of_2(pixels)))
     warps = 8 if block_c * block_p > _TILE_ELEMENTS else 4
-    return (triton.cdiv(pixels, block_p), batch), pixels, block_c, block_p, warps
+    return (cdiv(pixels, block_p), batch), pixels, block_c, block_p, warps
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats):
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """A dense NHWC map (and not also NCHW-contiguous, as a map with one channel or one pixel is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself when it is a dense NCHW or NHWC map, else an NCHW copy."""
+    return x if x.is_contiguous() or _is_channels_last(x) else x.contiguous()
+
+
+def _map_strides(x: torch.Tensor) -> Tuple[int, int]:
+    """(channel, pixel) strides of a dense NCHW or NHWC map."""
+    return (1, x.shape[1]) if _is_channels_last(x) else (x.shape[2] * x.shape[3], 1)
+
+
+def _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats, memory_format):
     grid, pixels, block_c, block_p, warps = _launch(x)
-    y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
     stats = torch.empty(2, x.shape[0], pixels if store_stats else 0, device=x.device, dtype=_stats_dtype(x))
     _layer_norm_2d_fwd_kernel[grid](
-        x, weight, bias, y, stats[0], stats[1], x.shape[1], pixels, eps, HAS_WEIGHT=weight is not None,
-        HAS_BIAS=bias is not None, STORE_STATS=store_stats, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+        x, weight, bias, y, stats[0], stats[1], x.shape[1], pixels, eps, *_map_strides(x), *_map_strides(y),
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats, BLOCK_C=block_c,
+        BLOCK_P=block_p, num_warps=warps)
     return y, stats
 
 
 def _layer_norm_2d_bwd(x, weight, stats, dy):
     grid, pixels, block_c, block_p, warps = _launch(x)
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    dx = torch.empty_like(x)  # in x's layout
+    dy = _dense(dy)
     parts = torch.empty(2, grid[0] * grid[1], x.shape[1], device=x.device, dtype=stats.dtype)
-    _layer_norm_2d_bwd_kernel[grid](x, weight, dy.contiguous(), stats[0], stats[1], dx, parts[0], parts[1], x.shape[1],
-                                    pixels, HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-                                    num_warps=warps)
+    _layer_norm_2d_bwd_kernel[grid](x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], x.shape[1], pixels,
+                                    *_map_strides(x), *_map_strides(dy), HAS_WEIGHT=weight is not None,
+                                    BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return dx, parts.sum(dim=1)
 
 
 class _LayerNorm2dFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, out_dtype):
-        y, stats = _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats=True)
+    def forward(ctx, x, weight, bias, eps, out_dtype, memory_format):
+        y, stats = _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, True, memory_format)
         ctx.save_for_backward(x, weight, stats)
         ctx.has_bias = bias is not None
         return y
@@ -166,10 +196,13 @@ class _LayerNorm2dFunction(torch.autograd.Function):
         dx, (dweight, dbias) = _layer_norm_2d_bwd(x, weight, stats, dy)
         dweight = None if weight is None else dweight.to(weight.dtype)
         dbias = dbias.to(x.dtype if weight is None else weight.dtype) if ctx.has_bias else None
-        return dx, dweight, dbias, None, None
+        return dx, dweight, dbias, None, None, None
 
 
-def _check(x, weight, bias, eps, out_dtype, backend):
+_MEMORY_FORMATS = (None, torch.contiguous_format, torch.channels_last)
+
+
+def _check(x, weight, bias, eps, out_dtype, backend, memory_format):
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f'layer_norm_2d: x must be a (B, C, H, W) tensor, got '
                          f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
@@ -189,10 +222,14 @@ def _check(x, weight, bias, eps, out_dtype, backend):
         raise TypeError(f'layer_norm_2d: out_dtype must be a floating-point dtype, got {out_dtype}')
     if backend not in _BACKENDS:
         raise ValueError(f'layer_norm_2d: backend must be one of {_BACKENDS}, got {backend!r}')
+    if memory_format not in _MEMORY_FORMATS:
+        raise ValueError(f'layer_norm_2d: memory_format must be None, torch.contiguous_format or '
+                         f'torch.channels_last, got {memory_format}')
 
 
 def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float = 1e-5,
-                  out_dtype: Optional[torch.dtype] = None, backend: str = 'auto') -> torch.Tensor:
+                  out_dtype: Optional[torch.dtype] = None, backend: str = 'auto',
+                  memory_format: Optional[torch.memory_format] = None) -> torch.Tensor:
     """LayerNorm over the channels of a (B, C, H, W) map (``nn.LayerNorm(C)`` applied at every pixel).
 
     Args:
@@ -204,23 +241,27 @@ def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optiona
         backend: 'auto' (Triton for CUDA tensors of up to ``MAX_CHANNELS`` channels, except while tracing,
             scripting or compiling, where inductor fuses PyTorch's LayerNorm itself; PyTorch otherwise), 'triton'
             (also runs in Triton's CPU interpreter) or 'torch'.
+        memory_format: layout of the output: ``torch.contiguous_format`` (NCHW), ``torch.channels_last`` (NHWC)
+            or None for the input's (NCHW unless x is a dense channel-last map).
 
     Returns:
-        (B, C, H, W) in ``out_dtype``, contiguous (NCHW) from the Triton path. Gradients flow to x, weight and bias.
+        (B, C, H, W) in ``out_dtype`` and ``memory_format``. Gradients flow to x, weight and bias.
     """
-    _check(x, weight, bias, eps, out_dtype, backend)
+    _check(x, weight, bias, eps, out_dtype, backend, memory_format)
     use_triton = backend == 'triton' or (
         backend == 'auto' and use_triton_for(x) and x.shape[1] <= MAX_CHANNELS
         and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+    x = _dense(x)
+    memory_format = memory_format or (torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
     if not use_triton:
-        return _layer_norm_2d_torch(x, weight, bias, eps, out_dtype)
+        return _layer_norm_2d_torch(x, weight, bias, eps, out_dtype).contiguous(memory_format=memory_format)
     if not HAS_TRITON:
         raise RuntimeError("layer_norm_2d: backend='triton' needs triton installed")
     if x.shape[1] > MAX_CHANNELS:
         raise ValueError(f'layer_norm_2d: the Triton path handles up to {MAX_CHANNELS} channels, got {x.shape[1]}')
     if x.numel() == 0:
-        return torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype)
+        return torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype, memory_format=memory_format)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if not needs_grad:  # inference: no statistics to keep, no autograd node
-        return _layer_norm_2d_fwd(x.contiguous(), weight, bias, float(eps), out_dtype or x.dtype, False)[0]
-    return _LayerNorm2dFunction.apply(x.contiguous(), weight, bias, float(eps), out_dtype or x.dtype)
+        return _layer_norm_2d_fwd(x, weight, bias, float(eps), out_dtype or x.dtype, False, memory_format)[0]
+    return _LayerNorm2dFunction.apply(x, weight, bias, float(eps), out_dtype or x.dtype, memory_format)

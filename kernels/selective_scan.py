@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, tl, triton, triton_interpreting, use_triton_for
+from ._triton_utils import HAS_TRITON, cdiv, next_power_of_2, tl, triton, triton_interpreting, use_triton_for
 
 __all__ = [
     'selective_scan_fn', 'selective_scan_ref', 'scan_routes', 'scan_routes_ref', 'selective_scan_flops',
@@ -542,18 +542,14 @@ def _raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, in
     is too wide. Row-only routes reinterpret the positions as rows of up to 64, whatever the map's shape."""
     positions = height * width
     if all(kind % 2 == 0 for kind in route_kinds):
-        width = min(64, _next_power_of_2(positions))
+        width = min(64, next_power_of_2(positions))
         height = -(-positions // width)
-    tile_h, tile_w = _next_power_of_2(height), _next_power_of_2(width)
+    tile_h, tile_w = next_power_of_2(height), next_power_of_2(width)
     return None if tile_w > RASTER_MAX_WIDTH else (height, width, tile_h, tile_w)
 
 
 def _whole_map(plan, backward: bool = False) -> bool:
     return plan[2] * plan[3] <= (WHOLE_MAP_BWD_MAX_TILE if backward else WHOLE_MAP_FWD_MAX_TILE)
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 if HAS_TRITON:
@@ -637,7 +633,7 @@ if HAS_TRITON:
             return configs
         named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
         tile = named_args['HP'] * named_args['WP']
-        widest = _next_power_of_2(named_args['D'])
+        widest = next_power_of_2(named_args['D'])
         wanted = set()
         for elements in (512, 1024):
             block_d = max(1, min(widest, elements // tile))
@@ -786,22 +782,30 @@ if HAS_TRITON:
         return [triton.Config({'BLOCK_D': bd, 'NUM_STAGES': stages}, num_warps=w)
                 for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8) for stages in (1, 3)]
 
-    def _row_walk_pruner(programs):
-        """Pruning to the (elements per program, warps) pairs in ``programs``, without software pipelining.
+    def _row_walk_pruner(programs, channel_last_programs):
+        """Pruning to the (elements per program, warps) pairs in ``programs``, or on a channel-last input to the
+        (channels per program, warps) pairs in ``channel_last_programs``, without software pipelining.
 
-        H200 sweeps (2026-11-29, ``benchmarks/results/README.md``): the walks are bound by instruction issue and
-        latency, so many small resident programs win. The forward is fastest with 64 elements per program on one
-        or two warps at every VMamba stage; the backward, which keeps more values per element, with 128 on one warp
-        or 256 on two. Pipelining the row loads (NUM_STAGES=3) won in none of the fastest configurations, and
-        Triton's autotuner picked a 2x slower configuration out of a wider set.
+        H200 sweeps (2026-11-29 and 11-30, ``benchmarks/results/README.md``): the walks are bound by instruction
+        issue and latency, so many small resident programs win. The forward is fastest with one warp of 32 to 64
+        elements per program on maps down to 14x14 and 128 on two warps at 7x7; the backward, which keeps more
+        values per element, with 64 to 128 on one warp or 256 on two. Each list has one clear winner per stage.
+        Pipelining the row loads (NUM_STAGES=3) won in none of the fastest configurations, and Triton's autotuner
+        picked a 2x slower configuration out of a wider set of close ones.
+
+        On a channel-last map a program must span several channels for its loads to be coalesced (and vectorised):
+        a program of one channel would read one element per 32-byte sector.
         """
         def prune(configs, named_args, **kwargs):
             if triton_interpreting():
                 return configs
             named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
             row = named_args['NP'] * named_args['LANES']
-            widest = _next_power_of_2(named_args['D'])
-            wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in programs}
+            widest = next_power_of_2(named_args['D'])
+            if named_args['stride_u_d'] == 1 and named_args['D'] > 1:
+                wanted = {(min(widest, channels), warps) for channels, warps in channel_last_programs}
+            else:
+                wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in programs}
             return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted
                     and c.kwargs['NUM_STAGES'] == 1] or configs[:1]
         return prune
@@ -874,7 +878,7 @@ if HAS_TRITON:
                   stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                   NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                   SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, KIND: tl.constexpr,
-                  LANES: tl.constexpr):
+                  LANES: tl.constexpr, STORE_ENTERING: tl.constexpr):
         """Route k (of KIND) on row r, its lanes at map columns ``cols``: the new carried state and the route's output
         on the row, [BLOCK_D, 1, LANES], which is stored here when the routes keep separate outputs."""
         flat, on_map, mask, unused_offsets, unused_dt_offsets, bc_offsets, u, route, unused_raw, dt, B_row = \
@@ -888,9 +892,9 @@ if HAS_TRITON:
             h = decay * state + drive
             new_state = h
         else:
-            # The backward rebuilds the row from the state entering it (the same in every lane).
-            tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + r + 0 * lanes, state,
-                     mask=(dd < D) & (nn < N) & (lanes == 0))
+            if STORE_ENTERING:  # the backward rebuilds the row from the state entering it (the same in every lane)
+                tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + r + 0 * lanes, state,
+                         mask=(dd < D) & (nn < N) & (lanes == 0))
             decay_cum, drive_cum = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine)
             h = drive_cum + decay_cum * state
             # Padding lanes come last and are identity steps: the last lane holds the row's end state.
@@ -934,12 +938,14 @@ if HAS_TRITON:
         return entering
 
     @triton.jit
-    def _kept_column_entering(total_decay, total_drive, entering_ptr, route, D, N, W, MAX_LINES, dd, nn, cols):
+    def _kept_column_entering(total_decay, total_drive, entering_ptr, route, D, N, W, MAX_LINES, dd, nn, cols,
+                              STORE_ENTERING: tl.constexpr):
         """``_column_entering`` of a column route whose lanes run in route order (at map columns ``cols``), also kept
         in ``entering_ptr`` by map column for the backward."""
         entering = _column_entering(total_decay, total_drive, 1)
-        tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + cols, entering,
-                 mask=(dd < D) & (nn < N) & (cols < W))
+        if STORE_ENTERING:
+            tl.store(entering_ptr + ((route * D + dd) * N + nn) * MAX_LINES + cols, entering,
+                     mask=(dd < D) & (nn < N) & (cols < W))
         return entering
 
     @triton.jit
@@ -971,14 +977,14 @@ if HAS_TRITON:
 
     @triton.jit
     def _route_start(zeros, total_decay, total_drive, k: tl.constexpr, entering_ptr, b, D, N, W, MAX_LINES, dd, nn,
-                     cols, NUM_ROUTES: tl.constexpr, KIND: tl.constexpr):
+                     cols, NUM_ROUTES: tl.constexpr, KIND: tl.constexpr, STORE_ENTERING: tl.constexpr):
         """The state route k starts its walk with: for a column route the state entering each column
         (``_kept_column_entering``), for a row route (or a route beyond NUM_ROUTES) zeros."""
         state = zeros
         if k < NUM_ROUTES:
             if KIND % 2 == 1:
                 state = _kept_column_entering(total_decay, total_drive, entering_ptr, b * NUM_ROUTES + k, D, N, W,
-                                              MAX_LINES, dd, nn, cols)
+                                              MAX_LINES, dd, nn, cols, STORE_ENTERING)
         return state
 
     @triton.jit
@@ -987,7 +993,7 @@ if HAS_TRITON:
                    stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b,
                    stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr,
                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr,
-                   STORE_STATES: tl.constexpr, KIND: tl.constexpr, LANES: tl.constexpr):
+                   STORE_STATES: tl.constexpr, KIND: tl.constexpr, LANES: tl.constexpr, STORE_ENTERING: tl.constexpr):
         """``_row_step`` of route k on row r when this walk is the route's (walk 0 forward, 1 reversed), its output
         added to the row's y; state and y unchanged otherwise."""
         if k < NUM_ROUTES:
@@ -997,20 +1003,23 @@ if HAS_TRITON:
                                            stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
                                            stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                                            NUM_ROUTES, U_SHARED,
-                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, KIND, LANES)
+                                           HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, KIND, LANES,
+                                           STORE_ENTERING)
                 y += y_route
         return state, y
 
     @triton.jit
-    def _store_last_state(state, k: tl.constexpr, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES: tl.constexpr):
+    def _store_last_state(state, k: tl.constexpr, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES: tl.constexpr,
+                          STORE_LAST: tl.constexpr):
         """Route k's final state: row routes carry one value in every lane; a column route ends in its last lane
         (the map's last column, or its first for a reversed route)."""
-        if k < NUM_ROUTES:
+        if k < NUM_ROUTES and STORE_LAST:
             tl.store(last_ptr + (((b * NUM_ROUTES + k) * D + dd) * N + nn), _last_state(state, lanes, W),
                      mask=(dd < D) & (nn < N))
 
-    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
-                     prune_configs_by={'early_config_prune': _row_walk_pruner(((64, 1), (64, 2), (128, 1)))})
+    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES', 'stride_u_d'],
+                     do_bench=_quick_bench, prune_configs_by={'early_config_prune': _row_walk_pruner(
+                         ((32, 1), (64, 1), (128, 2)), ((8, 4), (16, 4), (32, 8)))})
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr, entering_ptr,
@@ -1019,7 +1028,7 @@ if HAS_TRITON:
             KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr,
             HAS_FORWARD_ROUTES: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
-            NUM_STAGES: tl.constexpr,
+            NUM_STAGES: tl.constexpr, STORE_ENTERING: tl.constexpr, STORE_LAST: tl.constexpr,
     ):
         b, d, dd, nn, lanes = _row_walk_program(D, BLOCK_D, NP, LANES)
         ones = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
@@ -1058,10 +1067,14 @@ if HAS_TRITON:
                                               P, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b,
                                               stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
                                               SOFTPLUS, K3)
-        s0 = _route_start(zeros, a0, b0, 0, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols0, NUM_ROUTES, K0)
-        s1 = _route_start(zeros, a1, b1, 1, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols1, NUM_ROUTES, K1)
-        s2 = _route_start(zeros, a2, b2, 2, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols2, NUM_ROUTES, K2)
-        s3 = _route_start(zeros, a3, b3, 3, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols3, NUM_ROUTES, K3)
+        s0 = _route_start(zeros, a0, b0, 0, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols0, NUM_ROUTES, K0,
+                            STORE_ENTERING)
+        s1 = _route_start(zeros, a1, b1, 1, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols1, NUM_ROUTES, K1,
+                            STORE_ENTERING)
+        s2 = _route_start(zeros, a2, b2, 2, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols2, NUM_ROUTES, K2,
+                            STORE_ENTERING)
+        s3 = _route_start(zeros, a3, b3, 3, entering_ptr, b, D, N, W, MAX_LINES, dd, nn, cols3, NUM_ROUTES, K3,
+                            STORE_ENTERING)
         # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top (their lanes right to left);
         # walk 3 adds to walk 2's y.
         for walk in tl.static_range(2):
@@ -1080,35 +1093,35 @@ if HAS_TRITON:
                                    stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
                                    stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                                    NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K0,
-                                   LANES)
+                                   LANES, STORE_ENTERING)
                 s1, y = _route_row(s1, y, walk, r, 1, u_ptr, delta_ptr, B_ptr, C_ptr, A1, bias1, skip1, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
                                    stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
                                    stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                                    NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K1,
-                                   LANES)
+                                   LANES, STORE_ENTERING)
                 s2, y = _route_row(s2, y, walk, r, 2, u_ptr, delta_ptr, B_ptr, C_ptr, A2, bias2, skip2, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
                                    stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
                                    stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                                    NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K2,
-                                   LANES)
+                                   LANES, STORE_ENTERING)
                 s3, y = _route_row(s3, y, walk, r, 3, u_ptr, delta_ptr, B_ptr, C_ptr, A3, bias3, skip3, y_ptr,
                                    states_ptr, entering_ptr, b, dd, nn, lanes, cols, D, P, W, N, MAX_LINES,
                                    stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
                                    stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
                                    NUM_ROUTES, U_SHARED, HAS_D, HAS_BIAS, SOFTPLUS, ACCUMULATE, STORE_STATES, K3,
-                                   LANES)
+                                   LANES, STORE_ENTERING)
                 if ACCUMULATE:
                     y_row = (y_ptr + b * stride_y_b) + dd * stride_y_d + flat * stride_y_p
                     if walk == 1:
                         if HAS_FORWARD_ROUTES:  # the first walk wrote y in these very positions
                             y += tl.load(y_row, mask=mask, other=0.0)
                     tl.store(y_row, y, mask=mask)
-        _store_last_state(s0, 0, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
-        _store_last_state(s1, 1, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
-        _store_last_state(s2, 2, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
-        _store_last_state(s3, 3, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
+        _store_last_state(s0, 0, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES, STORE_LAST)
+        _store_last_state(s1, 1, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES, STORE_LAST)
+        _store_last_state(s2, 2, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES, STORE_LAST)
+        _store_last_state(s3, 3, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES, STORE_LAST)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Backward for large maps, in the row walk's form. Each route is walked against its own direction: row routes in
@@ -1273,8 +1286,9 @@ if HAS_TRITON:
             tl.atomic_add(dbias_ptr + k * D + d, dbias, mask=d < D, sem='relaxed')
         tl.debug_barrier()  # the next route reads du back through other threads
 
-    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES'], do_bench=_quick_bench,
-                     prune_configs_by={'early_config_prune': _row_walk_pruner(((64, 1), (128, 1), (256, 2)))},
+    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES', 'stride_u_d'],
+                     do_bench=_quick_bench, prune_configs_by={'early_config_prune': _row_walk_pruner(
+                         ((64, 1), (128, 1), (256, 2)), ((4, 1), (4, 2), (8, 2)))},
                      reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_bwd_kernel(
@@ -1351,7 +1365,11 @@ def _scan_output(u: torch.Tensor, num_routes: int, accumulate: bool, row_walk: b
                        dtype=torch.float32)
 
 
-def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states):
+def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states,
+                store_entering=True, store_last=True):
+    """The raster forward: (y, last state, the row walk's entering states for its backward, states). Without
+    ``store_entering``/``store_last`` the row walk neither keeps the entering states nor the last state, and those
+    outputs are empty (inference)."""
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     height, width, tile_h, tile_w, kinds = plan
@@ -1359,10 +1377,12 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     if not row_walk:
         u, delta = u.contiguous(), delta.contiguous()
     y = _scan_output(u, num_routes, accumulate, row_walk)
-    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
+    store_last = store_last or _whole_map(plan)
+    last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32) \
+        if store_last else y.new_empty(0)
     states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
                          dtype=torch.float32)
-    grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     common = (dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
               y.stride(0), 0 if accumulate else y.stride(1))
     flags = dict(KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
@@ -1372,11 +1392,13 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
         _raster_scan_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, *common, **flags,
                                       HP=tile_h, WP=tile_w)
         return y, last_state, u.new_empty(0, dtype=torch.float32), states
-    entering = torch.empty(_row_walk_entering_shape(u, delta, A, plan), device=u.device, dtype=torch.float32)
+    entering_shape = _row_walk_entering_shape(u, delta, A, plan)
+    entering = torch.empty(entering_shape, device=u.device, dtype=torch.float32) if store_entering else y.new_empty(0)
     _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5],
-                                  entering.shape[-1], *_row_walk_strides(u, delta, y, accumulate), **flags,
+                                  entering_shape[-1], *_row_walk_strides(u, delta, y, accumulate), **flags,
                                   HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),
-                                  LANES=tile_w, NP=_next_power_of_2(state_dim))
+                                  LANES=tile_w, NP=next_power_of_2(state_dim), STORE_ENTERING=store_entering,
+                                  STORE_LAST=store_last)
     return y, last_state, entering, states
 
 
@@ -1414,7 +1436,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
     dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
     dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
-    grid = lambda meta: (batch * triton.cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     inputs = (u, delta, A, B, C, D, delta_bias)
     upstream = (dy, None if dstates is None else dstates.contiguous(), None if dlast is None else dlast.contiguous())
     grads = (du, ddelta, dA, dB, dC, dD, dbias)
@@ -1426,7 +1448,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     if entering is None:
         _raster_scan_bwd_kernel[grid](*inputs, *upstream, *grads, *sizes, *strides, **flags, HP=tile_h, WP=tile_w)
         return grads
-    state_tile = _next_power_of_2(state_dim)
+    state_tile = next_power_of_2(state_dim)
     # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
     # largest BLOCK_D the autotuner may pick (the programs' channel blocks cover dim rounded up to it).
     widest = max(c.kwargs['BLOCK_D'] for c in _raster_rows_configs())
@@ -1444,7 +1466,7 @@ def _pass_states(decay, drive, reverse, final=None):
     batch, num_routes, dim, num_chunks, state_dim = decay.shape
     rows = batch * num_routes * dim * state_dim
     block = 128
-    _chunk_state_passing_kernel[(triton.cdiv(rows, block),)](
+    _chunk_state_passing_kernel[(cdiv(rows, block),)](
         decay, drive, entering, final, rows, num_chunks, state_dim, REVERSE=reverse, BLOCK_R=block)
     return entering
 
@@ -1455,11 +1477,11 @@ def _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus):
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     length = positions if routes is None else routes.shape[1]
     chunk = _chunk_size()
-    num_chunks = triton.cdiv(length, chunk)
+    num_chunks = cdiv(length, chunk)
     summary = torch.empty(2, batch, num_routes, dim, num_chunks, state_dim, device=u.device, dtype=torch.float32)
 
     def grid(meta):
-        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+        return num_chunks, batch * cdiv(dim, meta['BLOCK_D']), num_routes
 
     _chunk_summary_fwd_kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1],
                                     dim, positions, length, state_dim, num_chunks, u.stride(0),
@@ -1474,12 +1496,12 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     length = positions if routes is None else routes.shape[1]
     chunk = _chunk_size()
-    num_chunks = triton.cdiv(length, chunk)
+    num_chunks = cdiv(length, chunk)
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
     stride_u = (u.stride(0), u.stride(1) if k_u > 1 else 0)
 
     def grid(meta):
-        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+        return num_chunks, batch * cdiv(dim, meta['BLOCK_D']), num_routes
 
     entering, last_state = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)
     y_routes = 1 if accumulate else num_routes
@@ -1512,7 +1534,7 @@ def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, enteri
     dlast = dlast.contiguous() if dlast is not None else None
 
     def grid(meta):
-        return num_chunks, batch * triton.cdiv(dim, meta['BLOCK_D']), num_routes
+        return num_chunks, batch * cdiv(dim, meta['BLOCK_D']), num_routes
 
     summary = torch.empty(2, *entering.shape, device=u.device, dtype=torch.float32)
     _chunk_summary_bwd_kernel[grid](u, delta, A, C, delta_bias, routes, dy, dstates, dlast, summary[0], summary[1],
@@ -1756,6 +1778,17 @@ def _check_tensor(fn: str, name: str, t, shape, device, optional: bool = False):
         raise ValueError(f'{fn}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}')
 
 
+def _plain_inference(*tensors) -> bool:
+    """Eager inference: no gradient wanted, no tracing, scripting or compiling, no dispatch mode (FLOP counters)
+    watching. The raster forward then runs without the custom op, whose dispatch cost more host time than the
+    kernel at the smaller stages, and without keeping what only the backward needs."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    return torch._C._len_torch_dispatch_stack() == 0
+
+
 def scan_routes(
         u: torch.Tensor,
         delta: torch.Tensor,
@@ -1850,8 +1883,15 @@ def scan_routes(
         # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
         B, C = B.contiguous(), C.contiguous()
-        if not _row_walk_reads(u, delta, _raster_plan(u, route_kinds, map_hw, state_dim)):
+        plan = _raster_plan(u, route_kinds, map_hw, state_dim)
+        if not _row_walk_reads(u, delta, plan):
             u, delta = u.contiguous(), delta.contiguous()
+        if plan is not None and _plain_inference(u, delta, A, B, C, D, delta_bias):
+            y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
+                                                   accumulate, return_states, store_entering=False,
+                                                   store_last=return_last_state)
+            outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
+            return outputs if len(outputs) > 1 else y
     y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
                                                    accumulate, return_states, backend, route_kinds, map_hw)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())

@@ -44,6 +44,26 @@ def test_forward_and_backward_match_the_reference(shape, dtype, tol, affine):
         assert _rel_err(g, g_ref) < 5 * tol, name
 
 
+@pytest.mark.parametrize('in_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('out_format', [None, torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('backend', ['triton', 'torch'])
+def test_reads_and_writes_either_layout(in_format, out_format, backend):
+    """NCHW or NHWC in, the input's layout (None) or the requested one out; gradients in the input's layout."""
+    x, weight, bias = _inputs((2, 6, 3, 5), torch.float32)
+    x = x.contiguous(memory_format=in_format).requires_grad_()
+    y = ln.layer_norm_2d(x, weight, bias, 1e-5, backend=backend, memory_format=out_format)
+    assert y.is_contiguous(memory_format=out_format or in_format)
+    x64 = x.detach().double().requires_grad_()
+    y_ref = ln.layer_norm_2d_ref(x64, weight.double(), bias.double(), 1e-5)
+    assert _rel_err(y, y_ref) < 1e-6
+    dy = torch.randn(y.shape, dtype=torch.float64)
+    (dx,) = torch.autograd.grad(y, x, dy.float().contiguous(memory_format=torch.channels_last))
+    (dx_ref,) = torch.autograd.grad(y_ref, x64, dy)
+    assert _rel_err(dx, dx_ref) < 1e-5
+    if backend == 'triton':
+        assert dx.is_contiguous(memory_format=in_format)
+
+
 def test_output_dtype_is_independent_of_the_input():
     x, weight, bias = _inputs((2, 8, 3, 3), torch.float32)
     y = ln.layer_norm_2d(x, weight, bias, backend='triton', out_dtype=torch.float16)

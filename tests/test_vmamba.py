@@ -56,6 +56,59 @@ def test_ss2d_channel_first_equals_channel_last():
     torch.testing.assert_close(first(x), last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('backend', ['torch', 'triton'])
+def test_ss2d_channel_last_path_equals_channel_first_with_gradients(monkeypatch, backend):
+    """The channel-last path (GEMM projections, grouped dt projection, scan of a copied NCHW map, LayerNorm from NCHW
+    into NHWC) gives the channel-first path's output and gradients, also through the Triton kernels."""
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(LayerNorm2d, 'backend', backend)
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', backend)
+    torch.manual_seed(0)
+    first = SS2D(8, d_state=1, ssm_ratio=1.0, channel_first=True, use_z_gate=False, backend=backend)
+    last = SS2D(8, d_state=1, ssm_ratio=1.0, channel_first=False, use_z_gate=False, backend=backend)
+    last.load_state_dict(first.state_dict())
+    assert isinstance(last.out_norm, ChannelLastLayerNorm)
+    x = torch.randn(2, 8, 3, 5)
+    x_last = x.permute(0, 2, 3, 1).contiguous().requires_grad_(True)
+    x_first = x.clone().requires_grad_(True)
+    out_first, out_last = first(x_first), last(x_last)
+    assert out_last.is_contiguous()
+    torch.testing.assert_close(out_last.permute(0, 3, 1, 2), out_first, rtol=1e-4, atol=1e-5)
+    cotangent = torch.randn_like(out_first)
+    out_first.backward(cotangent)
+    out_last.backward(cotangent.permute(0, 2, 3, 1))
+    torch.testing.assert_close(x_last.grad.permute(0, 3, 1, 2), x_first.grad, rtol=1e-4, atol=1e-5)
+    for (name, p_first), p_last in zip(first.named_parameters(), last.parameters()):
+        torch.testing.assert_close(p_last.grad, p_first.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_grouped_projection_gradients():
+    from vmamba_zoo.layers import grouped_projection
+    weight = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 5, 2, dtype=torch.float64).transpose(1, 2).requires_grad_(True)  # strided, as SS2D passes it
+    assert torch.autograd.gradcheck(grouped_projection, (weight, x))
+    torch.testing.assert_close(grouped_projection(weight, x), torch.bmm(weight, x))
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 5, 8), (2, 7, 8), (4, 8)])
+def test_channel_last_layer_norm_is_layer_norm(monkeypatch, shape):
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    norm = ChannelLastLayerNorm(8)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = torch.randn(shape, requires_grad=True)
+    y = norm(x)
+    ref = F.layer_norm(x, (8,), norm.weight, norm.bias, norm.eps)
+    assert y.shape == x.shape and y.is_contiguous()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    cotangent = torch.randn(shape)
+    grads = torch.autograd.grad(y, (x, norm.weight, norm.bias), cotangent)
+    grads_ref = torch.autograd.grad(ref, (x, norm.weight, norm.bias), cotangent)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_ss2d_matches_unfused_reference_with_gradients():
     """The map-layout projections + fused scan equal an explicit cross-scan -> per-route projections -> scan -> merge.
     """
