@@ -1378,10 +1378,12 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
         u, delta = u.contiguous(), delta.contiguous()
     y = _scan_output(u, num_routes, accumulate, row_walk)
     store_last = store_last or _whole_map(plan)
+    # In inference the outputs that are not kept are never written and y stands in for their buffers (one
+    # allocation less each); the custom op, whose outputs must not alias, gets empty tensors.
     last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32) \
-        if store_last else y.new_empty(0)
+        if store_last else y
     states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
-                         dtype=torch.float32)
+                         dtype=torch.float32) if return_states or store_entering else y
     grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     common = (dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
               y.stride(0), 0 if accumulate else y.stride(1))
@@ -1393,7 +1395,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
                                       HP=tile_h, WP=tile_w)
         return y, last_state, u.new_empty(0, dtype=torch.float32), states
     entering_shape = _row_walk_entering_shape(u, delta, A, plan)
-    entering = torch.empty(entering_shape, device=u.device, dtype=torch.float32) if store_entering else y.new_empty(0)
+    entering = torch.empty(entering_shape, device=u.device, dtype=torch.float32) if store_entering else y
     _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5],
                                   entering_shape[-1], *_row_walk_strides(u, delta, y, accumulate), **flags,
                                   HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),

@@ -459,6 +459,30 @@ def test_raster_kernels_read_and_write_channel_last_maps(monkeypatch, kernel):
     assert_close(ddelta, ddelta_ref, torch.float32, 'ddelta')
 
 
+@pytest.mark.parametrize('kernel', ['row_walk', 'whole_map'])
+def test_raster_inference_path_matches_the_custom_op(monkeypatch, kernel):
+    """Eager inference skips the custom op and the stores only the backward needs; outputs and the requested last
+    state and states equal the custom op's, every element written (poisoned buffers)."""
+    for name, value in RASTER_KERNELS[kernel].items():
+        monkeypatch.setattr(ss, name, value)
+    pattern = K.cross_pattern(4, 6)
+    inputs = routed_inputs(pattern, 3, 2, torch.float32, batch=2)
+    with_op = _run_raster(pattern, inputs, 'triton')  # inputs require grad: the custom op
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
+    calls = []
+    monkeypatch.setattr(ss, '_scan_routes_fwd_op', lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        plain = _run_raster(pattern, inputs, 'triton')
+    assert not calls, 'inference went through the custom op'
+    for name, a, b in zip(('y', 'states', 'last_state'), plain, with_op):
+        torch.testing.assert_close(a, b, msg=name)
+    with torch.no_grad():
+        y_only = K.multi_scan_2d(*inputs[:6], delta_bias=inputs[6], delta_softplus=True, pattern=pattern,
+                                 backend='triton')
+    torch.testing.assert_close(y_only, with_op[0].view(y_only.shape))
+
+
 @pytest.mark.parametrize('kwargs,message', [
     (dict(route_kinds=[0, 1], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
     (dict(route_kinds=[0, 1, 2, 5], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),

@@ -63,7 +63,7 @@ class Mlp(nn.Module):
         self.fc1 = linear(in_features, hidden_features, bias=bias)
         self.act = act_layer()
         self.fc2 = linear(hidden_features, out_features, bias=bias)
-        self.drop = nn.Dropout(drop)
+        self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(self.fc1(x)))
@@ -99,7 +99,7 @@ class GatedMlp(nn.Module):
         self.fc1 = linear(in_features, 2 * hidden_features)
         self.act = act_layer()
         self.fc2 = linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
+        self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = self.fc1(x).chunk(2, dim=self.channel_dim)
