@@ -782,9 +782,20 @@ if HAS_TRITON:
         return [triton.Config({'BLOCK_D': bd, 'NUM_STAGES': stages}, num_warps=w)
                 for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8) for stages in (1, 3)]
 
+    def _row_walk_fwd_program(lanes):
+        """The forward's program, (elements, warps), by lanes per row: the 2026-11-30 H200 sweep's winner at every
+        VMamba stage, fixed because the autotuner's quick benchmarks picked slower ones from run to run."""
+        return ((128, 2),) if lanes <= 8 else ((max(32, lanes), 1),)
+
+    def _row_walk_fwd_channel_last_program(lanes):
+        """The forward's program on a channel-last map, (channels, warps): 512 elements, the sweep's winner."""
+        return ((max(8, min(32, 512 // lanes)), 8 if lanes <= 8 else 4),)
+
     def _row_walk_pruner(programs, channel_last_programs):
         """Pruning to the (elements per program, warps) pairs in ``programs``, or on a channel-last input to the
-        (channels per program, warps) pairs in ``channel_last_programs``, without software pipelining.
+        (channels per program, warps) pairs in ``channel_last_programs``, without software pipelining. Either may
+        be a function of the lanes per row (the map's width rounded up to a power of two) giving the pairs; one
+        pair means no autotuning at all.
 
         H200 sweeps (2026-11-29 and 11-30, ``benchmarks/results/README.md``): the walks are bound by instruction
         issue and latency, so many small resident programs win. The forward is fastest with one warp of 32 to 64
@@ -802,10 +813,13 @@ if HAS_TRITON:
             named_args = {**named_args, **kwargs}  # Triton versions differ in where the constexpr arguments go
             row = named_args['NP'] * named_args['LANES']
             widest = next_power_of_2(named_args['D'])
+            lanes = named_args['LANES']
             if named_args['stride_u_d'] == 1 and named_args['D'] > 1:
-                wanted = {(min(widest, channels), warps) for channels, warps in channel_last_programs}
+                pairs = channel_last_programs(lanes) if callable(channel_last_programs) else channel_last_programs
+                wanted = {(min(widest, channels), warps) for channels, warps in pairs}
             else:
-                wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in programs}
+                pairs = programs(lanes) if callable(programs) else programs
+                wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in pairs}
             return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted
                     and c.kwargs['NUM_STAGES'] == 1] or configs[:1]
         return prune
@@ -1019,7 +1033,7 @@ if HAS_TRITON:
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES', 'stride_u_d'],
                      do_bench=_quick_bench, prune_configs_by={'early_config_prune': _row_walk_pruner(
-                         ((32, 1), (64, 1), (128, 2)), ((8, 4), (16, 4), (32, 8)))})
+                         _row_walk_fwd_program, _row_walk_fwd_channel_last_program)})
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, states_ptr, entering_ptr,
