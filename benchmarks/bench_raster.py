@@ -2,7 +2,8 @@
 
 For B=128, K=4 (cross pattern), N=1 (and N=16 at stage 1), bf16 inputs, it prints and writes to JSON:
 
-* the row-walk forward and the whole-map forward (the latter only on maps up to 14x14);
+* on contiguous (NCHW) maps and on channel-last (NHWC) maps, which the row walk reads in place;
+* the row-walk forward and the whole-map forward (the latter only on maps up to 14x14, NCHW only);
 * forward+backward with the default dispatch (``WHOLE_MAP_*_MAX_TILE``, ``ROW_WALK_BACKWARD``), and with the row
   walk in both directions;
 * the bytes floor from ``bench_scan.bytes_floor`` at the measured copy bandwidth.
@@ -12,7 +13,7 @@ thresholds in ``kernels/selective_scan.py`` were chosen; ``bench_scan.py`` holds
 paths and mamba_ssm.
 
 With ``--sweep SECONDS`` it then times the row-walk kernels one (channels per program, warps) configuration at a
-time, which is how their autotuning lists were chosen.
+time, on both layouts, which is how their programs were chosen.
 
 Usage: python benchmarks/bench_raster.py [--no-checks] [--sweep SECONDS] [--out OUT.json]
 """
