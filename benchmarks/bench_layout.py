@@ -4,7 +4,8 @@
   layout): relative error of the logits in fp32 and bf16 on 16 images.
 * Images/s of bf16 inference, fp32 (TF32) inference and bf16 training (SGD step), and training peak memory, for
   both layouts and for timm's ConvNeXt-T (cudnn.benchmark on; 3 warm-up steps, then 20 / 10 / 8 timed steps).
-* The CUDA kernel breakdown (top 30 kernels, ms per step) of the channel-last model's inference and training.
+* The CUDA kernel breakdown (top 30 kernels, ms per step) of the channel-last model's inference and training, and
+  the host operators with the most self CPU time (where a host-bound step goes).
 
 Usage: python benchmarks/bench_layout.py [--out OUT.json]
 """
@@ -62,11 +63,12 @@ def steps(model, images, target):
 
 
 def kernel_breakdown(step, iters=2):
-    """ms per step of each CUDA kernel (top 30) under the profiler."""
+    """ms per step of each CUDA kernel (top 30) under the profiler, and of the host's busiest operators (top 30 by
+    self CPU time: where a host-bound step spends its time)."""
     from torch.profiler import ProfilerActivity, profile
     step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             step()
         torch.cuda.synchronize()
@@ -74,7 +76,10 @@ def kernel_breakdown(step, iters=2):
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             rows[event.name[:90]] = rows.get(event.name[:90], 0.0) + event.device_time / 1e3 / iters
-    return {'kernel_ms_total': sum(rows.values()), 'top': dict(sorted(rows.items(), key=lambda kv: -kv[1])[:30])}
+    host = {event.key[:90]: event.self_cpu_time_total / 1e3 / iters for event in prof.key_averages()}
+    return {'kernel_ms_total': sum(rows.values()), 'top': dict(sorted(rows.items(), key=lambda kv: -kv[1])[:30]),
+            'host_ms_total': sum(host.values()),
+            'host_top': dict(sorted(host.items(), key=lambda kv: -kv[1])[:30])}
 
 
 def main():
@@ -120,6 +125,9 @@ def main():
                 print(mode, 'kernel ms per step', round(breakdown['kernel_ms_total'], 2))
                 for kernel, ms in list(breakdown['top'].items())[:18]:
                     print(f'  {ms:8.3f} {kernel}')
+                print(mode, 'host ms per step (self CPU time, profiled)', round(breakdown['host_ms_total'], 2))
+                for op, ms in list(breakdown['host_top'].items())[:12]:
+                    print(f'  {ms:8.3f} {op}')
         del model, infer_bf16, infer_fp32, train_bf16
         torch.cuda.empty_cache()
     bs.write_result(result, args.out, 'bench_layout')
