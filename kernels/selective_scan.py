@@ -16,9 +16,10 @@ Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton in
 ``backend='triton'`` (and ``TRITON_INTERPRET=1``). On the Triton side, routes that are raster walks (``route_kinds``:
 rows and columns, forward or reversed; the identity route of a plain 1D scan) run kernels without a route table:
 the whole-map kernels on small maps, the row walk (forward) and the chunked backward on larger ones. Other routes,
-and d_state > 8, run the chunk-parallel kernels over the route table. All paths go through the custom op
-``vmamba_zoo::scan_routes_fwd``, which is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not
-depend on the path.
+and d_state > 8, run the chunk-parallel kernels over the route table. Every path goes through the custom op
+``vmamba_zoo::scan_routes_fwd`` whenever a graph is recorded, traced or compiled or a dispatch mode watches: that op
+is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path. Plain eager
+inference calls the raster kernels directly (less host time per call).
 """
 from typing import List, Optional, Sequence, Tuple
 
