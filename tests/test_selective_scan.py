@@ -459,6 +459,22 @@ def test_raster_kernels_read_and_write_channel_last_maps(monkeypatch, kernel):
     assert_close(ddelta, ddelta_ref, torch.float32, 'ddelta')
 
 
+@pytest.mark.parametrize('layout', ['nchw', 'nhwc'])
+def test_row_walk_forward_runs_one_fixed_program_per_stage(monkeypatch, layout):
+    """The forward's pruner keeps exactly the swept program at every VMamba-T stage (no autotuning, and no silent
+    fallback to the first configuration because the wanted one is missing from the list)."""
+    monkeypatch.setattr(ss, 'triton_interpreting', lambda: False)
+    configs = ss._raster_rows_configs()
+    prune = ss._row_walk_pruner(ss._row_walk_fwd_program, ss._row_walk_fwd_channel_last_program)
+    expected = {'nchw': {64: (1, 1), 32: (1, 1), 16: (2, 1), 8: (16, 2)},
+                'nhwc': {64: (8, 4), 32: (16, 4), 16: (32, 4), 8: (32, 8)}}[layout]
+    for dim, lanes in ((96, 64), (192, 32), (384, 16), (768, 8)):
+        stride_d = 1 if layout == 'nhwc' else lanes * lanes
+        kept = prune(configs, dict(D=dim, NP=1, LANES=lanes, stride_u_d=stride_d))
+        assert [(c.kwargs['BLOCK_D'], c.num_warps, c.kwargs['NUM_STAGES']) for c in kept] == \
+            [expected[lanes] + (1,)], (dim, lanes)
+
+
 @pytest.mark.parametrize('kernel', ['row_walk', 'whole_map'])
 def test_raster_inference_path_matches_the_custom_op(monkeypatch, kernel):
     """Eager inference skips the custom op and the stores only the backward needs; outputs and the requested last
