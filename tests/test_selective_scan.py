@@ -433,18 +433,20 @@ def _channel_last(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return stored.permute(*inverse)
 
 
-@pytest.mark.parametrize('kernel', ['row_walk', 'whole_map'])
-def test_raster_kernels_read_and_write_channel_last_maps(monkeypatch, kernel):
+@pytest.mark.parametrize('kernel,state_dim,shared', [('row_walk', 1, True), ('whole_map', 1, True),
+                                                      ('row_walk', 2, False)])
+def test_raster_kernels_read_and_write_channel_last_maps(monkeypatch, kernel, state_dim, shared):
     """NHWC input and (batch, H, W, K, D) step sizes (the layouts of a channel-last model) are read in place by the
     row walk, which returns an NHWC output and NHWC gradients; other kernels copy them. Same values either way."""
     for name, value in RASTER_KERNELS[kernel].items():
         monkeypatch.setattr(ss, name, value)
     pattern = K.cross_pattern(5, 7)
-    x, delta, A, B, C, D, bias = [t.detach() for t in routed_inputs(pattern, 4, 1, torch.float32, batch=2)]
-    x_last = _channel_last(x, 1).requires_grad_(True)  # (2, 4, 5, 7) with channels adjacent
+    x, delta, A, B, C, D, bias = [t.detach() for t in routed_inputs(pattern, 4, state_dim, torch.float32,
+                                                                    shared=shared, batch=2)]
+    x_last = _channel_last(x, x.dim() - 3).requires_grad_(True)  # channels adjacent in memory
     stored = delta.permute(0, 3, 4, 1, 2).contiguous()  # (2, 5, 7, K, 4): route-major channels per position
     delta_last = stored.permute(0, 3, 4, 1, 2).requires_grad_(True)
-    assert x_last.stride(1) == 1 and delta_last.stride(2) == 1
+    assert x_last.stride(-3) == 1 and delta_last.stride(2) == 1
     y = K.multi_scan_2d(x_last, delta_last, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
                         backend='triton')
     x_ref, delta_ref = x.double().requires_grad_(True), delta.double().requires_grad_(True)
