@@ -192,6 +192,90 @@ def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
     return y_out, state, states
 
 
+def _linear_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+    """Every state of h_t = decay_t * h_{t-1} + drive_t from h_{-1} = 0, along dim -2 of (..., T, N) tensors, with the
+    blocked Hillis-Steele scan of ``_scan_routes_torch``."""
+    length = decay.shape[-2]
+    state = drive.new_zeros(*drive.shape[:-2], drive.shape[-1])
+    out = []
+    for start in range(0, length, _BLOCK):
+        stop = min(length, start + _BLOCK)
+        block_decay, block_drive = decay[..., start:stop, :], drive[..., start:stop, :]
+        shift = 1
+        while shift < stop - start:
+            block_drive = block_drive + block_decay * F.pad(block_drive[..., :-shift, :], (0, 0, shift, 0))
+            block_decay = block_decay * F.pad(block_decay[..., :-shift, :], (0, 0, shift, 0), value=1.0)
+            shift *= 2
+        h = block_decay * state[..., None, :] + block_drive
+        out.append(h)
+        state = h[..., -1, :]
+    return torch.cat(out, dim=-2)
+
+
+def _scatter_routes(t: torch.Tensor, routes: Optional[torch.Tensor], positions: int) -> torch.Tensor:
+    """Inverse of ``_gather_routes`` for gradients: (B, K, C, L) per-route values added back to their map positions,
+    (B, K, C, P); a route that visits a position twice adds both."""
+    if routes is None:
+        return t
+    index = routes.long()[None, :, None, :].expand_as(t)
+    return t.new_zeros(*t.shape[:3], positions).scatter_add_(3, index, t)
+
+
+def _scan_routes_torch_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, dy, dlast, dstates):
+    """Gradients of ``_scan_routes_torch`` (u, delta, A, B, C, D, delta_bias; None where an input is None), written
+    out: the states are recomputed, the adjoint dh_l = g_l + decay_{l+1} dh_{l+1} runs as the same blocked scan on
+    the reversed routes, and each gradient is a sum over the states. Plain tensor code, so it runs below autograd and
+    under any dispatch mode (FLOP counters), where ``torch.func`` cannot."""
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, k_u, dim, positions = u.shape
+    num_routes = delta.shape[1]
+    accumulate = dy.dim() == 3
+    u_r = _gather_routes(u.to(compute), routes, num_routes)
+    if u_r.shape[1] != num_routes:  # no routes and one shared input
+        u_r = u_r.expand(batch, num_routes, dim, u_r.shape[-1])
+    raw = _gather_routes(delta.to(compute), routes, num_routes)
+    if delta_bias is not None:
+        raw = raw + delta_bias.to(compute)[None, :, :, None]
+    dt = F.softplus(raw) if delta_softplus else raw
+    B_r = _gather_routes(B.to(compute), routes, num_routes).transpose(2, 3)  # (B, K, L, N)
+    C_r = _gather_routes(C.to(compute), routes, num_routes).transpose(2, 3)
+    A_c = A.to(compute)[None, :, :, None, :]  # (1, K, D, 1, N)
+    decay = torch.exp(dt[..., None] * A_c)  # (B, K, D, L, N)
+    drive = (dt * u_r)[..., None] * B_r[:, :, None]
+    h = _linear_scan(decay, drive)
+    h_prev = F.pad(h[..., :-1, :], (0, 0, 1, 0))
+    dy_c = dy.to(compute)
+    dy_r = _gather_routes(dy_c[:, None] if accumulate else dy_c, routes, num_routes)
+    if dy_r.shape[1] != num_routes:
+        dy_r = dy_r.expand(batch, num_routes, dim, dy_r.shape[-1])
+    g = dy_r[..., None] * C_r[:, :, None]
+    if dstates is not None:
+        index = None if routes is None else routes.long()[None, :, None, None, :].expand(*dstates.shape[:4], -1)
+        dstates_r = dstates.to(compute) if index is None else torch.gather(dstates.to(compute), 4, index)
+        g = g + dstates_r.transpose(3, 4)
+    if dlast is not None:
+        g = g.clone()
+        g[..., -1, :] += dlast.to(compute)
+    # Reversed, the adjoint's decay at step j is the forward decay one step later on the route.
+    decay_next = F.pad(decay[..., 1:, :], (0, 0, 0, 1))
+    dh = _linear_scan(decay_next.flip(-2), g.flip(-2)).flip(-2)
+    dh_decay = dh * decay * h_prev  # d/d(dt A) of each step's decay term
+    grads_r = dict(
+        u=(dh * dt[..., None] * B_r[:, :, None]).sum(-1) + (0 if D is None else dy_r * D.to(compute)[None, :, :, None]),
+        dt=(dh * u_r[..., None] * B_r[:, :, None]).sum(-1) + (dh_decay * A_c).sum(-1),
+        B=(dh * (dt * u_r)[..., None]).sum(2).transpose(2, 3),
+        C=(dy_r[..., None] * h).sum(2).transpose(2, 3))
+    draw = grads_r['dt'] * torch.sigmoid(raw) if delta_softplus else grads_r['dt']
+    du = _scatter_routes(grads_r['u'], routes, positions)
+    if k_u == 1:
+        du = du.sum(1, keepdim=True)
+    dA = (dh_decay * dt[..., None]).sum(dim=(0, 3))
+    dD = None if D is None else (dy_r * u_r).sum(dim=(0, 3))
+    dbias = None if delta_bias is None else draw.sum(dim=(0, 3))
+    return [du, _scatter_routes(draw, routes, positions), dA, _scatter_routes(grads_r['B'], routes, positions),
+            _scatter_routes(grads_r['C'], routes, positions), dD, dbias]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Triton kernels: chunk-parallel scan.
 #
@@ -1657,22 +1741,9 @@ def _scan_routes_bwd_op(
         u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
         grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
                             dlast, scatter_atomic)
-    else:  # Recompute the chunked forward and differentiate it (torch.func works below the autograd key).
-        present = [t for t in (u, delta, A, B, C, D, delta_bias) if t is not None]
-        has = [t is not None for t in (u, delta, A, B, C, D, delta_bias)]
-        want_states = dstates is not None and return_states
-
-        def forward(*inputs):
-            it = iter(inputs)
-            full = [next(it) if h else None for h in has]
-            y, last_state, states = _scan_routes_torch(*full, routes, delta_softplus, accumulate, want_states)
-            return (y, last_state) + ((states,) if want_states else ())
-
-        outputs, vjp = torch.func.vjp(forward, *present)
-        cotangents = (dy, dlast if dlast is not None else torch.zeros_like(outputs[1]))
-        cotangents += (dstates,) if want_states else ()
-        found = iter(vjp(cotangents))
-        grads = [next(found) if h else None for h in has]
+    else:
+        grads = _scan_routes_torch_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, dy, dlast,
+                                       dstates if return_states else None)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 

@@ -179,6 +179,45 @@ def test_gradcheck_chunked_path_float64():
         inputs, eps=1e-6, atol=1e-6)
 
 
+def _revisiting_pattern():
+    forward = torch.arange(16)
+    return K.custom_pattern(torch.stack([torch.cat([forward, torch.tensor([3, 7])]),
+                                         torch.cat([forward.flip(0), torch.tensor([0, 0])])]), 4, 4, name='revisit')
+
+
+@pytest.mark.parametrize('pattern_name,shared,accumulate', [('revisit', True, True), ('revisit', False, True),
+                                                            ('cross', False, False), ('atrous', True, False)])
+def test_gradcheck_chunked_path_states_and_last_state_float64(pattern_name, shared, accumulate):
+    """The PyTorch path's written-out backward, through the output, the last state and the hidden states, on routes
+    that revisit positions, with one input per route and with separate route outputs."""
+    pattern = _revisiting_pattern() if pattern_name == 'revisit' else K.get_pattern(pattern_name, 4, 4)
+    num_routes, positions = pattern.num_routes, 16
+    x, delta, A, B, C, D, bias = (t.detach().double() for t in routed_inputs(
+        pattern, 2, 2, torch.float32, shared=shared, batch=1))
+    inputs = (x.reshape(1, -1, 2, positions), delta.flatten(3), A.view(num_routes, 2, -1), B.flatten(3),
+              C.flatten(3), D.view(num_routes, 2), bias.view(num_routes, 2))
+    inputs = tuple(t.requires_grad_(True) for t in inputs)
+
+    def scan(*args):
+        # Hidden states are kept per position, so a route that revisits one returns only its states there.
+        return K.scan_routes(*args[:5], D=args[5], delta_bias=args[6], routes=pattern.routes_on('cpu'),
+                             delta_softplus=True, accumulate=accumulate, return_states=pattern_name != 'revisit',
+                             return_last_state=True, backend='torch')
+
+    assert torch.autograd.gradcheck(scan, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_flop_counter_around_a_cpu_training_step():
+    """FlopCounterMode sees the scan's backward run on CPU (torch.func could not run under a dispatch mode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    pattern = K.cross_pattern(3, 4)
+    inputs = routed_inputs(pattern, 2, 1, torch.float32)
+    with FlopCounterMode(display=False) as counter:
+        y = K.multi_scan_2d(*inputs[:6], delta_bias=inputs[6], delta_softplus=True, pattern=pattern)
+        y.sum().backward()
+    assert counter.get_total_flops() > 0 and all(t.grad is not None for t in inputs)
+
+
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(1, 2), groups=st.sampled_from([0, 1, 2, 4]), per_group=st.integers(1, 3),
        length=st.integers(1, 40), state_dim=st.sampled_from([1, 2, 5, 16]), softplus=st.booleans())
