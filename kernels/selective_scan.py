@@ -137,6 +137,18 @@ def _gather_routes(t: torch.Tensor, routes: Optional[torch.Tensor], num_routes: 
     return torch.gather(t, 3, index)
 
 
+def _compose_block(decay: torch.Tensor, drive: torch.Tensor):
+    """Inclusive Hillis-Steele scan of the maps h -> decay * h + drive along dim -2 of (..., T, N) tensors: step t
+    becomes the composition of steps 0..t, in log2(T) vectorised steps (every decay factor stays <= 1)."""
+    shift = 1
+    while shift < decay.shape[-2]:
+        # Compose each step with the one `shift` earlier (identity before the block start).
+        drive = drive + decay * F.pad(drive[..., :-shift, :], (0, 0, shift, 0))
+        decay = decay * F.pad(decay[..., :-shift, :], (0, 0, shift, 0), value=1.0)
+        shift *= 2
+    return decay, drive
+
+
 def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
     """Blocked scan: inside a block of steps, a Hillis-Steele inclusive scan composes the maps h -> a h + b in
     log2(block) vectorised steps (every decay factor stays <= 1, as in the recurrence); blocks run in order with the
@@ -159,14 +171,9 @@ def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
     ys, hs = [], []
     for start in range(0, length, _BLOCK):
         stop = min(length, start + _BLOCK)
-        decay = torch.exp(delta_r[:, :, :, start:stop, None] * A_r)  # (B, K, D, T, N)
-        drive = (delta_r[:, :, :, start:stop] * u_r[:, :, :, start:stop])[..., None] * B_r[:, :, None, start:stop]
-        shift = 1
-        while shift < stop - start:
-            # Compose each step with the one `shift` earlier (identity before the block start).
-            drive = drive + decay * F.pad(drive[:, :, :, :-shift], (0, 0, shift, 0))
-            decay = decay * F.pad(decay[:, :, :, :-shift], (0, 0, shift, 0), value=1.0)
-            shift *= 2
+        decay, drive = _compose_block(
+            torch.exp(delta_r[:, :, :, start:stop, None] * A_r),  # (B, K, D, T, N)
+            (delta_r[:, :, :, start:stop] * u_r[:, :, :, start:stop])[..., None] * B_r[:, :, None, start:stop])
         h = decay * state[:, :, :, None] + drive
         ys.append(torch.einsum('bkdtn,bktn->bkdt', h, C_r[:, :, start:stop]))
         if return_states:
@@ -193,19 +200,14 @@ def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
 
 
 def _linear_scan(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-    """Every state of h_t = decay_t * h_{t-1} + drive_t from h_{-1} = 0, along dim -2 of (..., T, N) tensors, with the
-    blocked Hillis-Steele scan of ``_scan_routes_torch``."""
+    """Every state of h_t = decay_t * h_{t-1} + drive_t from h_{-1} = 0, along dim -2 of (..., T, N) tensors, in
+    blocks of ``_BLOCK`` steps as ``_scan_routes_torch`` runs them."""
     length = decay.shape[-2]
     state = drive.new_zeros(*drive.shape[:-2], drive.shape[-1])
     out = []
     for start in range(0, length, _BLOCK):
-        stop = min(length, start + _BLOCK)
-        block_decay, block_drive = decay[..., start:stop, :], drive[..., start:stop, :]
-        shift = 1
-        while shift < stop - start:
-            block_drive = block_drive + block_decay * F.pad(block_drive[..., :-shift, :], (0, 0, shift, 0))
-            block_decay = block_decay * F.pad(block_decay[..., :-shift, :], (0, 0, shift, 0), value=1.0)
-            shift *= 2
+        block = slice(start, start + _BLOCK)
+        block_decay, block_drive = _compose_block(decay[..., block, :], drive[..., block, :])
         h = block_decay * state[..., None, :] + block_drive
         out.append(h)
         state = h[..., -1, :]
@@ -876,11 +878,20 @@ if HAS_TRITON:
         """The forward's program on a channel-last map, (channels, warps): 512 elements, the sweep's winner."""
         return ((max(8, min(32, 512 // lanes)), 8 if lanes <= 8 else 4),)
 
+    def _row_walk_bwd_programs(lanes):
+        """The backward's candidates, (elements, warps), autotuned: the 2026-11-29 sweep's fastest at 56x56 and
+        28x28 were close to each other."""
+        return (64, 1), (128, 1), (256, 2)
+
+    def _row_walk_bwd_channel_last_programs(lanes):
+        """The backward's candidates on a channel-last map, (channels, warps), from the 2026-11-30 sweep."""
+        return (4, 1), (4, 2), (8, 2)
+
     def _row_walk_pruner(programs, channel_last_programs):
         """Pruning to the (elements per program, warps) pairs in ``programs``, or on a channel-last input to the
-        (channels per program, warps) pairs in ``channel_last_programs``, without software pipelining. Either may
-        be a function of the lanes per row (the map's width rounded up to a power of two) giving the pairs; one
-        pair means no autotuning at all.
+        (channels per program, warps) pairs in ``channel_last_programs``, without software pipelining. Both are
+        functions of the lanes per row (the map's width rounded up to a power of two) that give the pairs; one pair
+        means no autotuning at all.
 
         H200 sweeps (2026-11-29 and 11-30, ``benchmarks/results/README.md``): the walks are bound by instruction
         issue and latency, so many small resident programs win. The forward is fastest with one warp of 32 to 64
@@ -900,11 +911,9 @@ if HAS_TRITON:
             widest = next_power_of_2(named_args['D'])
             lanes = named_args['LANES']
             if named_args['stride_u_d'] == 1 and named_args['D'] > 1:
-                pairs = channel_last_programs(lanes) if callable(channel_last_programs) else channel_last_programs
-                wanted = {(min(widest, channels), warps) for channels, warps in pairs}
+                wanted = {(min(widest, channels), warps) for channels, warps in channel_last_programs(lanes)}
             else:
-                pairs = programs(lanes) if callable(programs) else programs
-                wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in pairs}
+                wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in programs(lanes)}
             return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted
                     and c.kwargs['NUM_STAGES'] == 1] or configs[:1]
         return prune
@@ -1379,7 +1388,7 @@ if HAS_TRITON:
 
     @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES', 'stride_u_d'],
                      do_bench=_quick_bench, prune_configs_by={'early_config_prune': _row_walk_pruner(
-                         ((64, 1), (128, 1), (256, 2)), ((4, 1), (4, 2), (8, 2)))},
+                         _row_walk_bwd_programs, _row_walk_bwd_channel_last_programs)},
                      reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
     @triton.jit(do_not_specialize=['P'])
     def _raster_rows_bwd_kernel(
@@ -1958,20 +1967,19 @@ def scan_routes(
     if state_dim < 1 or state_dim > 256:
         raise ValueError(f'{fn}: d_state N={state_dim} must be in [1, 256]')
     backend = _resolve_backend(backend, u)
+    plan = _raster_plan(u, route_kinds, map_hw, state_dim) if backend == 'triton' else None
     if backend == 'triton':
         # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
         B, C = B.contiguous(), C.contiguous()
-        plan = _raster_plan(u, route_kinds, map_hw, state_dim)
         if not _row_walk_reads(u, delta, plan):
             u, delta = u.contiguous(), delta.contiguous()
-        if plan is not None and _plain_inference(u, delta, A, B, C, D, delta_bias):
-            y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
-                                                   accumulate, return_states, for_custom_op=False)
-            outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
-            return outputs if len(outputs) > 1 else y
-    y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
-                                                   accumulate, return_states, backend, route_kinds, map_hw)
+    if plan is not None and _plain_inference(u, delta, A, B, C, D, delta_bias):
+        y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate,
+                                               return_states, for_custom_op=False)
+    else:
+        y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
+                                                       accumulate, return_states, backend, route_kinds, map_hw)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
     return outputs if len(outputs) > 1 else y
 
