@@ -1725,21 +1725,15 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
     return y, last_state, chunk_states, states
 
 
-@torch.library.custom_op('vmamba_zoo::scan_routes_bwd', mutates_args=())
-def _scan_routes_bwd_op(
-        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-        D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
-        chunk_states: torch.Tensor, dy: torch.Tensor, dstates: Optional[torch.Tensor], dlast: Optional[torch.Tensor],
-        delta_softplus: bool, return_states: bool, scatter_atomic: bool, backend: str,
-        route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
-) -> List[torch.Tensor]:
-    accumulate = dy.dim() == 3
+def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus,
+                     return_states, scatter_atomic, backend, route_kinds, map_hw):
+    """The gradients of (u, delta, A, B, C, D, delta_bias) in float32 (float64 for float64 input), None where an
+    input is None. The body of the backward op, and of the eager training path that runs without the op."""
     plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     if plan is not None and not _whole_map(plan, backward=True):
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
-            grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
-                                entering=chunk_states)
-            return [g if g is not None else u.new_empty(0) for g in grads]
+            return _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
+                               entering=chunk_states)
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
         u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
@@ -1753,6 +1747,19 @@ def _scan_routes_bwd_op(
     else:
         grads = _scan_routes_torch_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, dy, dlast,
                                        dstates if return_states else None)
+    return grads
+
+
+@torch.library.custom_op('vmamba_zoo::scan_routes_bwd', mutates_args=())
+def _scan_routes_bwd_op(
+        u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes: Optional[torch.Tensor],
+        chunk_states: torch.Tensor, dy: torch.Tensor, dstates: Optional[torch.Tensor], dlast: Optional[torch.Tensor],
+        delta_softplus: bool, return_states: bool, scatter_atomic: bool, backend: str,
+        route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
+) -> List[torch.Tensor]:
+    grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast,
+                             delta_softplus, return_states, scatter_atomic, backend, route_kinds, map_hw)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
@@ -1784,13 +1791,44 @@ def _backward(ctx, dy, dlast, dchunk, dstates):
         u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy,
         dstates if ctx.return_states and dstates is not None else None, dlast, ctx.delta_softplus,
         ctx.return_states, ctx.scatter_atomic, ctx.backend, ctx.route_kinds, ctx.map_hw)
-    du, ddelta, dA, dB, dC, dD, dbias = grads
-    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            dD.to(D.dtype) if D is not None else None, dbias.to(delta_bias.dtype) if delta_bias is not None else None,
-            None, None, None, None, None, None, None)
+    return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 7
+
+
+def _input_grads(grads, inputs):
+    """The float32 gradients in their inputs' dtypes, None for absent inputs."""
+    return tuple(None if t is None else g.to(t.dtype) for g, t in zip(grads, inputs))
 
 
 _scan_routes_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _RasterScanEager(torch.autograd.Function):
+    """The raster scan with autograd, for eager training: the custom op's forward and backward bodies without its
+    dispatch (schema defaults, alias checks, redispatch), which took more host time than the kernels it launched in
+    a VMamba-T training step on the H200 (2026-11-30 host profile). Tracing, compiling and dispatch modes keep the
+    custom op."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, routes, plan, delta_softplus, accumulate, return_states):
+        y, last_state, entering, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
+                                                      accumulate, return_states)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, entering)
+        ctx.plan, ctx.delta_softplus, ctx.accumulate, ctx.return_states = plan, delta_softplus, accumulate, return_states
+        ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
+        ctx.set_materialize_grads(False)
+        return y, last_state, states
+
+    @staticmethod
+    def backward(ctx, dy, dlast, dstates):
+        u, delta, A, B, C, D, delta_bias, routes, entering = ctx.saved_tensors
+        plan = ctx.plan
+        if dy is None:  # only the states or the last state are used
+            dy = _scan_output(u, delta.shape[1], ctx.accumulate, _row_walk_reads(u, delta, plan)).zero_()
+        grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy,
+                                 dstates if ctx.return_states else None, dlast, ctx.delta_softplus, ctx.return_states,
+                                 ctx.scatter_atomic, 'triton', _unpack_kinds(plan[4], delta.shape[1]),
+                                 [plan[0], plan[1]])
+        return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1866,15 +1904,16 @@ def _check_tensor(fn: str, name: str, t, shape, device, optional: bool = False):
         raise ValueError(f'{fn}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}')
 
 
-def _plain_inference(*tensors) -> bool:
-    """Eager inference: no gradient wanted, no tracing, scripting or compiling, no dispatch mode (FLOP counters)
-    watching. The raster forward then runs without the custom op, whose dispatch cost more host time than the
-    kernel at the smaller stages."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return False
+def _plain_eager() -> bool:
+    """Eager execution: no tracing, scripting or compiling, and no dispatch mode (FLOP counters) watching. The raster
+    scan then runs without the custom op, whose dispatch cost more host time than the kernels at the smaller stages."""
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
         return False
     return torch._C._len_torch_dispatch_stack() == 0
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def scan_routes(
@@ -1974,9 +2013,13 @@ def scan_routes(
         B, C = B.contiguous(), C.contiguous()
         if not _row_walk_reads(u, delta, plan):
             u, delta = u.contiguous(), delta.contiguous()
-    if plan is not None and _plain_inference(u, delta, A, B, C, D, delta_bias):
-        y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate,
-                                               return_states, for_custom_op=False)
+    if plan is not None and _plain_eager():
+        if _needs_grad(u, delta, A, B, C, D, delta_bias):
+            y, last_state, states = _RasterScanEager.apply(u, delta, A, B, C, D, delta_bias, routes, plan,
+                                                           delta_softplus, accumulate, return_states)
+        else:
+            y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
+                                                   accumulate, return_states, for_custom_op=False)
     else:
         y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
                                                        accumulate, return_states, backend, route_kinds, map_hw)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vmamba_zoo.kernels as K
 from vmamba_zoo.kernels import selective_scan as ss
@@ -516,28 +517,54 @@ def test_row_walk_forward_runs_one_fixed_program_per_stage(monkeypatch, layout):
             [expected[lanes] + (1,)], (dim, lanes)
 
 
-@pytest.mark.parametrize('kernel', ['row_walk', 'whole_map'])
-def test_raster_inference_path_matches_the_custom_op(monkeypatch, kernel):
-    """Eager inference skips the custom op and the stores only the backward needs; outputs and the requested last
-    state and states equal the custom op's, every element written (poisoned buffers)."""
+class _WatchingMode(TorchDispatchMode):
+    """A dispatch mode that only passes operators on, as a FLOP counter watching the scan would."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('kernel,accumulate', [('row_walk', True), ('row_walk', False), ('whole_map', True)])
+def test_raster_eager_paths_match_the_custom_op(monkeypatch, kernel, accumulate):
+    """Eager training (an autograd.Function) and eager inference (no autograd node, none of the stores only the
+    backward needs) skip the custom op that a watching dispatch mode gets. Outputs, the requested states and last
+    state, and every input gradient equal the op's, every element written (poisoned buffers)."""
     for name, value in RASTER_KERNELS[kernel].items():
         monkeypatch.setattr(ss, name, value)
     pattern = K.cross_pattern(4, 6)
     inputs = routed_inputs(pattern, 3, 2, torch.float32, batch=2)
-    with_op = _run_raster(pattern, inputs, 'triton')  # inputs require grad: the custom op
-    real_empty = torch.empty
+
+    def grads_of(outs):
+        weights = [torch.linspace(-1, 1, t.numel()).view(t.shape) for t in outs]
+        return torch.autograd.grad(sum((t * w).sum() for t, w in zip(outs, weights)), inputs)
+
+    with _WatchingMode():
+        with_op = _run_raster(pattern, inputs, 'triton', accumulate)
+        op_grads = grads_of(with_op)
+        op_last_state_grads = grads_of(_run_raster(pattern, inputs, 'triton', accumulate)[2:])
+    real_empty, real_op = torch.empty, ss._scan_routes_fwd_op
     monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
     calls = []
-    monkeypatch.setattr(ss, '_scan_routes_fwd_op', lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(ss, '_scan_routes_fwd_op', lambda *a, **k: calls.append(1) or real_op(*a, **k))
+    eager = _run_raster(pattern, inputs, 'triton', accumulate)
+    eager_grads = grads_of(eager)
+    eager_last_state_grads = grads_of(_run_raster(pattern, inputs, 'triton', accumulate)[2:])  # y unused: dy None
     with torch.no_grad():
-        plain = _run_raster(pattern, inputs, 'triton')
-    assert not calls, 'inference went through the custom op'
-    for name, a, b in zip(('y', 'states', 'last_state'), plain, with_op):
-        torch.testing.assert_close(a, b, msg=name)
-    with torch.no_grad():
-        y_only = K.multi_scan_2d(*inputs[:6], delta_bias=inputs[6], delta_softplus=True, pattern=pattern,
-                                 backend='triton')
-    torch.testing.assert_close(y_only, with_op[0].view(y_only.shape))
+        plain = _run_raster(pattern, inputs, 'triton', accumulate)
+    assert not calls, 'an eager call went through the custom op'
+    for name, a, b, c in zip(('y', 'states', 'last_state'), plain, eager, with_op):
+        torch.testing.assert_close(a, c, msg=f'inference {name}')
+        torch.testing.assert_close(b, c, msg=f'training {name}')
+    for name, a, b in zip(('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias'), eager_grads, op_grads):
+        torch.testing.assert_close(a, b, msg=f'd{name}')
+    for name, a, b in zip(('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias'), eager_last_state_grads,
+                          op_last_state_grads):
+        torch.testing.assert_close(a, b, msg=f'd{name} through the last state only')
+    if accumulate:
+        with torch.no_grad():
+            y_only = K.multi_scan_2d(*inputs[:6], delta_bias=inputs[6], delta_softplus=True, pattern=pattern,
+                                     backend='triton')
+        torch.testing.assert_close(y_only, with_op[0].view(y_only.shape))
 
 
 @pytest.mark.parametrize('kwargs,message', [

@@ -1,0 +1,114 @@
+"""Host (CPU) time of an eager step: where a GPU step that waits on Python goes.
+
+For each model, at a batch small enough that the GPU finishes every kernel before the host issues the next one:
+
+* ms per bf16 training step (forward + loss + backward + SGD step) and per bf16 inference step, which is then the
+  host's time to issue the step;
+* CUDA kernels launched per step (profiler count);
+* the Python functions with the most own time in one training step (``cProfile``), which names the wrappers, kernel
+  launchers and autograd functions that cost host time.
+
+Usage: python benchmarks/host_overhead.py [--batch 8] [--out OUT.json] [MODEL ...]
+    (default models: vmamba_tiny_s1l8 convnext_tiny)
+"""
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scan as bs  # noqa: E402
+
+
+def wall_ms(step, iters=20, warm=5):
+    """Mean wall ms per step, synchronising only at the end."""
+    for _ in range(warm):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters * 1e3
+
+
+def kernels_per_step(step):
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return sum(1 for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def python_profile(step, rows=35):
+    """Functions by own time over 3 steps: (own ms per step, cumulative ms per step, calls per step, name)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    table = []
+    for (filename, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
+        where = f'{Path(filename).name}:{line}({name})' if line else name
+        table.append((own * 1e3 / 3, cumulative * 1e3 / 3, calls / 3, where))
+    table.sort(key=lambda row: -row[0])
+    return [dict(own_ms=round(own, 3), cum_ms=round(cum, 3), calls=calls, fn=where)
+            for own, cum, calls, where in table[:rows]]
+
+
+def measure(name: str, batch: int) -> dict:
+    import timm
+    model = timm.create_model(name, drop_path_rate=0.0).cuda()
+    images = torch.randn(batch, 3, 224, 224, device='cuda')
+    target = torch.randint(0, 1000, (batch,), device='cuda')
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def train():
+        with torch.autocast('cuda', torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(images), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer():
+        with torch.no_grad(), torch.autocast('cuda', torch.bfloat16):
+            model(images)
+
+    row = {'batch': batch, 'train_ms': wall_ms(train), 'train_kernels': kernels_per_step(train)}
+    row['python_top_train'] = python_profile(train)
+    model.eval()
+    row['infer_ms'] = wall_ms(infer)
+    row['infer_kernels'] = kernels_per_step(infer)
+    row['python_top_infer'] = python_profile(infer, rows=20)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'convnext_tiny'])
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--out', default='')
+    args = parser.parse_args()
+    bs.import_kernels()
+    import vmamba_zoo  # noqa: F401  (registers the models)
+    torch.backends.cudnn.benchmark = True
+    result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
+              'models': {}}
+    for name in args.models:
+        result['models'][name] = row = measure(name, args.batch)
+        print(f"{name}: batch {row['batch']}: train {row['train_ms']:.2f} ms, {row['train_kernels']} kernels; "
+              f"infer {row['infer_ms']:.2f} ms, {row['infer_kernels']} kernels", flush=True)
+        for entry in row['python_top_train'][:25]:
+            print(f"   {entry['own_ms']:8.3f} {entry['cum_ms']:8.3f} {entry['calls']:7.1f} {entry['fn']}")
+    bs.write_result(result, args.out, 'host_overhead')
+
+
+if __name__ == '__main__':
+    main()
