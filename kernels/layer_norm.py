@@ -17,6 +17,7 @@ Contents: ``layer_norm_2d_ref`` (readable float reference), the Triton forward/b
 Function, and ``layer_norm_2d``, which dispatches: Triton for CUDA tensors, PyTorch's ``F.layer_norm`` on
 channel-last views otherwise. Imports without Triton and without a GPU.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -129,15 +130,14 @@ if HAS_TRITON:
         tl.store(dbias_part_ptr + part, tl.sum(dy, axis=1), mask=channels < C)
 
 
-def _launch(x: torch.Tensor) -> Tuple[Tuple[int, int], int, int, int, int]:
-    """(grid, pixels, BLOCK_C, BLOCK_P, num_warps) for x: every channel, and enough pixels for rows of at least
-    32 bytes; the grid runs pixel blocks on axis 0 and images on axis 1."""
-    batch, channels, height, width = x.shape
-    pixels = height * width
+@functools.lru_cache(maxsize=None)
+def _launch(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], int, int, int]:
+    """(grid, BLOCK_C, BLOCK_P, num_warps): every channel, and enough pixels for rows of at least 32 bytes; the grid
+    runs pixel blocks on axis 0 and images on axis 1."""
     block_c = next_power_of_2(channels)
     block_p = max(16, min(128, _TILE_ELEMENTS // block_c, next_power_of_2(pixels)))
     warps = 8 if block_c * block_p > _TILE_ELEMENTS else 4
-    return (cdiv(pixels, block_p), batch), pixels, block_c, block_p, warps
+    return (cdiv(pixels, block_p), images), block_c, block_p, warps
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -154,66 +154,80 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_contiguous() or _is_channels_last(x) else x.contiguous()
 
 
-def _map_strides(x: torch.Tensor) -> Tuple[int, int]:
-    """(channel, pixel) strides of a dense NCHW or NHWC map."""
-    return (1, x.shape[1]) if _is_channels_last(x) else (x.shape[2] * x.shape[3], 1)
+def _geometry(x: torch.Tensor, rows: bool) -> Tuple[int, int, int, int, int]:
+    """(images, channels, pixels, channel stride, pixel stride) of a dense NCHW or NHWC map, or of a contiguous
+    (..., C) tensor taken as one image of numel / C pixels (``rows``)."""
+    channels = x.shape[-1] if rows else x.shape[1]
+    if rows:
+        return 1, channels, x.numel() // channels, 1, channels
+    pixels = x.shape[2] * x.shape[3]
+    return (x.shape[0], channels, pixels) + ((1, channels) if _is_channels_last(x) else (pixels, 1))
 
 
-def _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, store_stats, memory_format):
-    grid, pixels, block_c, block_p, warps = _launch(x)
-    y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
+def _layer_norm_fwd(x, weight, bias, eps, y, rows, store_stats):
+    """Normalise x into y (both dense, any of the layouts ``_geometry`` knows); returns the (2, images, pixels)
+    mean/rstd statistics when ``store_stats``."""
+    images, channels, pixels, stride_x_c, stride_x_p = _geometry(x, rows)
+    grid, block_c, block_p, warps = _launch(images, channels, pixels)
     # Without statistics to keep, y stands in for their (unwritten) buffers: one allocation less per call.
-    stats = torch.empty(2, x.shape[0], pixels, device=x.device, dtype=_stats_dtype(x)) if store_stats else (y, y)
+    stats = torch.empty(2, images, pixels, device=x.device, dtype=_stats_dtype(x)) if store_stats else (y, y)
     _layer_norm_2d_fwd_kernel[grid](
-        x, weight, bias, y, stats[0], stats[1], x.shape[1], pixels, eps, *_map_strides(x), *_map_strides(y),
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats, BLOCK_C=block_c,
-        BLOCK_P=block_p, num_warps=warps)
-    return y, stats
+        x, weight, bias, y, stats[0], stats[1], channels, pixels, eps, stride_x_c, stride_x_p,
+        *_geometry(y, rows)[3:], HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats,
+        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    return stats
 
 
-def _layer_norm_2d_bwd(x, weight, stats, dy):
-    grid, pixels, block_c, block_p, warps = _launch(x)
+def _layer_norm_bwd(x, weight, stats, dy, rows):
+    images, channels, pixels, stride_x_c, stride_x_p = geometry = _geometry(x, rows)
+    grid, block_c, block_p, warps = _launch(*geometry[:3])
     dx = torch.empty_like(x)  # in x's layout
-    dy = _dense(dy)
-    parts = torch.empty(2, grid[0] * grid[1], x.shape[1], device=x.device, dtype=stats.dtype)
-    _layer_norm_2d_bwd_kernel[grid](x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], x.shape[1], pixels,
-                                    *_map_strides(x), *_map_strides(dy), HAS_WEIGHT=weight is not None,
+    dy = dy.contiguous() if rows else _dense(dy)
+    parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
+    _layer_norm_2d_bwd_kernel[grid](x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels,
+                                    stride_x_c, stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None,
                                     BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return dx, parts.sum(dim=1)
 
 
-class _LayerNorm2dFunction(torch.autograd.Function):
+class _LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, out_dtype, memory_format):
-        y, stats = _layer_norm_2d_fwd(x, weight, bias, eps, out_dtype, True, memory_format)
+    def forward(ctx, x, weight, bias, eps, out_dtype, memory_format, rows):
+        y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
+        stats = _layer_norm_fwd(x, weight, bias, eps, y, rows, True)
         ctx.save_for_backward(x, weight, stats)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.rows = bias is not None, rows
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, stats = ctx.saved_tensors
-        dx, (dweight, dbias) = _layer_norm_2d_bwd(x, weight, stats, dy)
+        dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, ctx.rows)
         dweight = None if weight is None else dweight.to(weight.dtype)
         dbias = dbias.to(x.dtype if weight is None else weight.dtype) if ctx.has_bias else None
-        return dx, dweight, dbias, None, None, None
+        return dx, dweight, dbias, None, None, None, None
 
 
 _MEMORY_FORMATS = (None, torch.contiguous_format, torch.channels_last)
 
 
-def _check(x, weight, bias, eps, out_dtype, backend, memory_format):
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f'layer_norm_2d: x must be a (B, C, H, W) tensor, got '
+def _check(x, weight, bias, eps, out_dtype, backend, memory_format, channel_dim):
+    if channel_dim not in (1, -1):
+        raise ValueError(f'layer_norm_2d: channel_dim must be 1 (a (B, C, H, W) map) or -1 (the last dim), got '
+                         f'{channel_dim}')
+    rows = channel_dim == -1
+    if not isinstance(x, torch.Tensor) or (x.dim() < 1 if rows else x.dim() != 4):
+        raise ValueError(f"layer_norm_2d: x must be a {'(..., C)' if rows else '(B, C, H, W)'} tensor, got "
                          f'{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}')
     if not x.is_floating_point():
         raise TypeError(f'layer_norm_2d: x must be a floating-point tensor, got {x.dtype}')
+    channels = x.shape[channel_dim]
     for name, t in (('weight', weight), ('bias', bias)):
         if t is None:
             continue
-        if t.shape != (x.shape[1],):
-            raise ValueError(f'layer_norm_2d: {name} must have shape ({x.shape[1]},) (the channels of x), got '
+        if t.dim() != 1 or t.shape[0] != channels:  # ints, not a shape comparison: this runs on every call
+            raise ValueError(f'layer_norm_2d: {name} must have shape ({channels},) (the channels of x), got '
                              f'{tuple(t.shape)}')
         if t.device != x.device:
             raise ValueError(f'layer_norm_2d: {name} is on {t.device} but x is on {x.device}')
@@ -223,18 +237,19 @@ def _check(x, weight, bias, eps, out_dtype, backend, memory_format):
         raise TypeError(f'layer_norm_2d: out_dtype must be a floating-point dtype, got {out_dtype}')
     if backend not in _BACKENDS:
         raise ValueError(f'layer_norm_2d: backend must be one of {_BACKENDS}, got {backend!r}')
-    if memory_format not in _MEMORY_FORMATS:
+    if memory_format not in _MEMORY_FORMATS or (rows and memory_format is not None):
         raise ValueError(f'layer_norm_2d: memory_format must be None, torch.contiguous_format or '
-                         f'torch.channels_last, got {memory_format}')
+                         f'torch.channels_last (None with channel_dim=-1), got {memory_format}')
 
 
 def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float = 1e-5,
                   out_dtype: Optional[torch.dtype] = None, backend: str = 'auto',
-                  memory_format: Optional[torch.memory_format] = None) -> torch.Tensor:
-    """LayerNorm over the channels of a (B, C, H, W) map (``nn.LayerNorm(C)`` applied at every pixel).
+                  memory_format: Optional[torch.memory_format] = None, channel_dim: int = 1) -> torch.Tensor:
+    """LayerNorm over the channels of a (B, C, H, W) map (``nn.LayerNorm(C)`` applied at every pixel), or over the
+    last dim of a (..., C) tensor (``channel_dim=-1``: ``nn.LayerNorm(C)`` itself).
 
     Args:
-        x: (B, C, H, W), any float dtype.
+        x: (B, C, H, W), or (..., C) with ``channel_dim=-1``; any float dtype.
         weight: (C,) scale, or None.
         bias: (C,) shift, or None.
         eps: added to the variance.
@@ -242,27 +257,40 @@ def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optiona
         backend: 'auto' (Triton for CUDA tensors of up to ``MAX_CHANNELS`` channels, except while tracing,
             scripting or compiling, where inductor fuses PyTorch's LayerNorm itself; PyTorch otherwise), 'triton'
             (also runs in Triton's CPU interpreter) or 'torch'.
-        memory_format: layout of the output: ``torch.contiguous_format`` (NCHW), ``torch.channels_last`` (NHWC)
-            or None for the input's (NCHW unless x is a dense channel-last map).
+        memory_format: layout of the output map: ``torch.contiguous_format`` (NCHW), ``torch.channels_last`` (NHWC)
+            or None for the input's (NCHW unless x is a dense channel-last map). None with ``channel_dim=-1``, whose
+            output is contiguous.
+        channel_dim: 1 for a map, -1 for the last dim of any tensor.
 
     Returns:
-        (B, C, H, W) in ``out_dtype`` and ``memory_format``. Gradients flow to x, weight and bias.
+        x's shape in ``out_dtype`` (and ``memory_format``). Gradients flow to x, weight and bias.
     """
-    _check(x, weight, bias, eps, out_dtype, backend, memory_format)
+    _check(x, weight, bias, eps, out_dtype, backend, memory_format, channel_dim)
+    rows = channel_dim == -1
+    channels = x.shape[channel_dim]
     use_triton = backend == 'triton' or (
-        backend == 'auto' and use_triton_for(x) and x.shape[1] <= MAX_CHANNELS
+        backend == 'auto' and use_triton_for(x) and channels <= MAX_CHANNELS
         and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
-    x = _dense(x)
-    memory_format = memory_format or (torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
-    if not use_triton:
-        return _layer_norm_2d_torch(x, weight, bias, eps, out_dtype).contiguous(memory_format=memory_format)
+    if rows:
+        x, memory_format = x.contiguous(), torch.contiguous_format
+        if not use_triton:
+            y = F.layer_norm(x, (channels,), weight, bias, eps)
+            return y if out_dtype is None else y.to(out_dtype)
+    else:
+        x = _dense(x)
+        memory_format = memory_format or (torch.channels_last if _is_channels_last(x) else torch.contiguous_format)
+        if not use_triton:
+            return _layer_norm_2d_torch(x, weight, bias, eps, out_dtype).contiguous(memory_format=memory_format)
     if not HAS_TRITON:
         raise RuntimeError("layer_norm_2d: backend='triton' needs triton installed")
-    if x.shape[1] > MAX_CHANNELS:
-        raise ValueError(f'layer_norm_2d: the Triton path handles up to {MAX_CHANNELS} channels, got {x.shape[1]}')
+    if channels > MAX_CHANNELS:
+        raise ValueError(f'layer_norm_2d: the Triton path handles up to {MAX_CHANNELS} channels, got {channels}')
+    out_dtype = out_dtype or x.dtype
     if x.numel() == 0:
-        return torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype, memory_format=memory_format)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if not needs_grad:  # inference: no statistics to keep, no autograd node
-        return _layer_norm_2d_fwd(x, weight, bias, float(eps), out_dtype or x.dtype, False, memory_format)[0]
-    return _LayerNorm2dFunction.apply(x, weight, bias, float(eps), out_dtype or x.dtype, memory_format)
+        return torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
+    if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in (weight, bias))):
+        return _LayerNormFunction.apply(x, weight, bias, float(eps), out_dtype, memory_format, rows)
+    # Inference: no statistics to keep, no autograd node.
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
+    _layer_norm_fwd(x, weight, bias, float(eps), y, rows, False)
+    return y

@@ -105,7 +105,33 @@ def test_every_output_element_is_written(monkeypatch):
     assert not y.isnan().any() and not any(g.isnan().any() for g in grads)
 
 
+@pytest.mark.parametrize('shape', [(2, 3, 5, 6), (7, 6), (6,), (2, 1, 3, 40), 'transposed'])
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-6), (torch.float16, 2e-3)])
+def test_last_dim_of_any_tensor_matches_the_reference(shape, dtype, tol):
+    """``channel_dim=-1`` is nn.LayerNorm over the last dim of a tensor of any rank, read as one image of rows;
+    a non-contiguous input is copied first. Output contiguous, in x's dtype; float64 reference."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 6, 4, generator=gen).transpose(1, 2) if shape == 'transposed' else torch.randn(
+        shape, generator=gen)
+    x = (x * 3 + 1).to(dtype).requires_grad_()
+    channels = x.shape[-1]
+    weight, bias = (torch.randn(channels, generator=gen).requires_grad_() for _ in range(2))
+    y = ln.layer_norm_2d(x, weight, bias, 1e-5, backend='triton', channel_dim=-1)
+    assert y.dtype == dtype and y.shape == x.shape and y.is_contiguous()
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    y_ref = F.layer_norm(leaves[0], (channels,), leaves[1], leaves[2], 1e-5)
+    assert _rel_err(y, y_ref) < tol
+    dy = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+    grads = torch.autograd.grad(y, (x, weight, bias), dy.to(dtype))
+    for name, g, g_ref in zip(('x', 'weight', 'bias'), grads, torch.autograd.grad(y_ref, leaves, dy)):
+        assert _rel_err(g, g_ref) < 5 * tol, name
+
+
 @pytest.mark.parametrize('call, error, message', [
+    (lambda x, w, b: ln.layer_norm_2d(x, w, b, channel_dim=2), ValueError, 'channel_dim must be 1'),
+    (lambda x, w, b: ln.layer_norm_2d(x, w, b, channel_dim=-1), ValueError, r'weight must have shape \(3,\)'),
+    (lambda x, w, b: ln.layer_norm_2d(x, None, None, channel_dim=-1, memory_format=torch.channels_last),
+     ValueError, 'None with channel_dim=-1'),
     (lambda x, w, b: ln.layer_norm_2d(x[0], w, b), ValueError, r'x must be a \(B, C, H, W\) tensor'),
     (lambda x, w, b: ln.layer_norm_2d(x.long(), None, None), TypeError, 'x must be a floating-point'),
     (lambda x, w, b: ln.layer_norm_2d(x, w[:3], b), ValueError, r'weight must have shape \(4,\)'),

@@ -90,14 +90,19 @@ def test_grouped_projection_gradients():
     torch.testing.assert_close(grouped_projection(weight, x), torch.bmm(weight, x))
 
 
-@pytest.mark.parametrize('shape', [(2, 3, 5, 8), (2, 7, 8), (4, 8)])
+@pytest.mark.parametrize('shape', [(2, 3, 5, 8), (2, 7, 8), (4, 8), 'nchw_viewed_channel_last'])
 def test_channel_last_layer_norm_is_layer_norm(monkeypatch, shape):
+    """Contiguous input of any rank, and an NCHW map viewed as (B, H, W, C) (the out-norm's input, read in place)."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
     norm = ChannelLastLayerNorm(8)
     nn.init.normal_(norm.weight)
     nn.init.normal_(norm.bias)
-    x = torch.randn(shape, requires_grad=True)
+    if shape == 'nchw_viewed_channel_last':
+        x = torch.randn(2, 8, 3, 5).permute(0, 2, 3, 1).requires_grad_(True)
+        shape = x.shape
+    else:
+        x = torch.randn(shape, requires_grad=True)
     y = norm(x)
     ref = F.layer_norm(x, (8,), norm.weight, norm.bias, norm.eps)
     assert y.shape == x.shape and y.is_contiguous()

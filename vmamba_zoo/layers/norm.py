@@ -57,13 +57,12 @@ class ChannelLastLayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.normalized_shape) != 1 or x.dim() < 2 or not (x.is_cuda or self.backend == 'triton'):
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        if x.dim() == 4:
-            rows = x.permute(0, 3, 1, 2)  # (B, C, H, W), dense NHWC when x is contiguous
-        else:
-            rows = x.reshape(1, -1, 1, x.shape[-1]).permute(0, 3, 1, 2)
-        y = layer_norm_2d(rows, self.weight, self.bias, self.eps, out_dtype=_autocast_dtype(x), backend=self.backend,
-                          memory_format=torch.channels_last)
-        return y.permute(0, 2, 3, 1).reshape(x.shape)
+        if x.dim() == 4 and not x.is_contiguous():  # e.g. an NCHW map viewed as (B, H, W, C): read in place
+            return layer_norm_2d(x.permute(0, 3, 1, 2), self.weight, self.bias, self.eps,
+                                 out_dtype=_autocast_dtype(x), backend=self.backend,
+                                 memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        return layer_norm_2d(x, self.weight, self.bias, self.eps, out_dtype=_autocast_dtype(x), backend=self.backend,
+                             channel_dim=-1)
 
 
 class Permute(nn.Module):
