@@ -21,6 +21,7 @@ and d_state > 8, run the chunk-parallel kernels over the route table. Every path
 is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path. Plain eager
 inference calls the raster kernels directly (less host time per call).
 """
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -624,6 +625,9 @@ ROW_WALK_BACKWARD = True
 RASTER_MAX_WIDTH = 1024  # lanes of the row-walk kernel
 
 
+_ROW_WALK_BLOCK_DS = (1, 2, 4, 8, 16, 32, 64)  # channel blocks the row-walk programs may take (interpreter: 2)
+
+
 def _raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, int, int, int]]:
     """(H, W, HP, WP) the raster kernels use for these routes over P = height * width positions, or None when a row
     is too wide. Row-only routes reinterpret the positions as rows of up to 64, whatever the map's shape."""
@@ -867,7 +871,7 @@ if HAS_TRITON:
         if triton_interpreting():
             return [triton.Config({'BLOCK_D': 2, 'NUM_STAGES': 1}, num_warps=1)]
         return [triton.Config({'BLOCK_D': bd, 'NUM_STAGES': stages}, num_warps=w)
-                for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8) for stages in (1, 3)]
+                for bd in _ROW_WALK_BLOCK_DS for w in (1, 2, 4, 8) for stages in (1, 3)]
 
     def _row_walk_fwd_program(lanes):
         """The forward's program, (elements, warps), by lanes per row: the 2026-11-30 H200 sweep's winner at every
@@ -1520,8 +1524,21 @@ def _unpack_kinds(kinds: int, num_routes: int):
     return [(kinds >> (2 * k)) & 3 for k in range(num_routes)]
 
 
-def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast, entering=None):
-    """Gradients through the whole-map backward, or through the row-walk backward given the forward's ``entering``."""
+def _zeros_like_each(shapes, device, one_buffer: bool) -> List[Optional[torch.Tensor]]:
+    """Zeroed float32 tensors of ``shapes`` (None stays None). With ``one_buffer`` they are carved from one buffer:
+    one allocation and one memset for the backward's accumulated gradients instead of one each (a custom op's
+    outputs must not share storage, so it asks for separate ones)."""
+    if not one_buffer:
+        return [None if shape is None else torch.zeros(shape, device=device, dtype=torch.float32) for shape in shapes]
+    sizes = [0 if shape is None else math.prod(shape) for shape in shapes]
+    flat = torch.zeros(sum(sizes), device=device, dtype=torch.float32)
+    return [None if shape is None else part.view(shape) for shape, part in zip(shapes, flat.split(sizes))]
+
+
+def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast, entering=None,
+                one_buffer=False):
+    """Gradients through the whole-map backward, or through the row-walk backward given the forward's ``entering``;
+    ``one_buffer``: the accumulated gradients (A, B, C, D, bias) may share one buffer."""
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     height, width, tile_h, tile_w, kinds = plan
@@ -1532,11 +1549,9 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     # du and ddelta take the layout of u and delta: the row walk writes them through the same strides.
     du = torch.empty_strided(u.shape, u.stride(), device=u.device, dtype=torch.float32)
     ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device, dtype=torch.float32)
-    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
-    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-    dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
-    dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
+    dA, dB, dC, dD, dbias = _zeros_like_each((A.shape, B.shape, C.shape, A.shape[:2] if D is not None else None,
+                                              A.shape[:2] if delta_bias is not None else None), u.device,
+                                             one_buffer)
     grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     inputs = (u, delta, A, B, C, D, delta_bias)
     upstream = (dy, None if dstates is None else dstates.contiguous(), None if dlast is None else dlast.contiguous())
@@ -1552,7 +1567,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     state_tile = next_power_of_2(state_dim)
     # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
     # largest BLOCK_D the autotuner may pick (the programs' channel blocks cover dim rounded up to it).
-    widest = max(c.kwargs['BLOCK_D'] for c in _raster_rows_configs())
+    widest = max(_ROW_WALK_BLOCK_DS)
     has_columns = any(kind % 2 for kind in _unpack_kinds(kinds, num_routes))
     scratch = torch.empty(batch * (dim + widest) * height * state_tile * tile_w if has_columns else 0,
                           device=u.device, dtype=torch.float32)
@@ -1620,7 +1635,7 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
 
 
 def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, entering, dy, dstates, dlast,
-                scatter_atomic):
+                scatter_atomic, one_buffer=False):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     length = positions if routes is None else routes.shape[1]
@@ -1645,11 +1660,9 @@ def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, enteri
     ddelta = (torch.zeros if scatter_atomic else torch.empty)(delta.shape, device=u.device, dtype=torch.float32)
     if not scatter_atomic and routes is not None:
         ddelta.zero_()  # positions no route visits have zero gradient
-    dA = torch.zeros(A.shape, device=u.device, dtype=torch.float32)
-    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-    dD = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if D is not None else None
-    dbias = torch.zeros(A.shape[:2], device=u.device, dtype=torch.float32) if delta_bias is not None else None
+    dA, dB, dC, dD, dbias = _zeros_like_each((A.shape, B.shape, C.shape, A.shape[:2] if D is not None else None,
+                                              A.shape[:2] if delta_bias is not None else None), u.device,
+                                             one_buffer)
     _scan_chunk_bwd_kernel[grid](
         u, delta, A, B, C, D, delta_bias, routes, dy, entering, dentering, dstates, dlast,
         du, ddelta, dA, dB, dC, dD, dbias,
@@ -1726,24 +1739,26 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
 
 
 def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus,
-                     return_states, scatter_atomic, backend, route_kinds, map_hw):
+                     return_states, scatter_atomic, backend, route_kinds, map_hw, for_custom_op=True):
     """The gradients of (u, delta, A, B, C, D, delta_bias) in float32 (float64 for float64 input), None where an
     input is None. The body of the backward op, and of the eager training path that runs without the op."""
+    one_buffer = not for_custom_op
     plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     if plan is not None and not _whole_map(plan, backward=True):
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
             return _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
-                               entering=chunk_states)
+                               entering=chunk_states, one_buffer=one_buffer)
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
         u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None
     if plan is not None:
-        grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast)
+        grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
+                            one_buffer=one_buffer)
     elif backend == 'triton':
         u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
         grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
-                            dlast, scatter_atomic)
+                            dlast, scatter_atomic, one_buffer)
     else:
         grads = _scan_routes_torch_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, dy, dlast,
                                        dstates if return_states else None)
@@ -1827,7 +1842,7 @@ class _RasterScanEager(torch.autograd.Function):
         grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy,
                                  dstates if ctx.return_states else None, dlast, ctx.delta_softplus, ctx.return_states,
                                  ctx.scatter_atomic, 'triton', _unpack_kinds(plan[4], delta.shape[1]),
-                                 [plan[0], plan[1]])
+                                 [plan[0], plan[1]], for_custom_op=False)
         return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 5
 
 
