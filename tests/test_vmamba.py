@@ -114,6 +114,36 @@ def test_channel_last_layer_norm_is_layer_norm(monkeypatch, shape):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_ss2d_inference_keeps_derived_weights_until_a_parameter_changes(monkeypatch):
+    """Without gradients A = -exp(A_logs) and the projection weights in the activation dtype are derived once and
+    reused; an in-place update (an optimizer step), a loaded state dict or another dtype derives them again, and
+    the output always equals a model that derives them on every call (with gradients)."""
+    torch.manual_seed(0)
+    m = SS2D(8, d_state=2, ssm_ratio=1.0)
+    x = torch.randn(2, 5, 6, 8)
+    exps = []
+    real_exp = torch.Tensor.exp
+    monkeypatch.setattr(torch.Tensor, 'exp', lambda t: exps.append(1) or real_exp(t))
+
+    def check():
+        with torch.no_grad():
+            y = m(x)
+        torch.testing.assert_close(y, m(x).detach(), rtol=0, atol=0)
+
+    check()
+    check()
+    assert len(exps) == 3, 'two no-grad calls and one with gradients should derive A twice, not three times'
+    with torch.no_grad():
+        m.A_logs.add_(0.5)
+        m.dt_projs_weight.mul_(2)
+    check()
+    m.load_state_dict({k: v * 1.1 for k, v in m.state_dict().items()})
+    check()
+    with torch.no_grad():
+        _, x_proj_weight, dt_projs_weight = m._ssm_weights(torch.float16)
+    assert x_proj_weight.dtype == dt_projs_weight.dtype == torch.float16
+
+
 def test_ss2d_matches_unfused_reference_with_gradients():
     """The map-layout projections + fused scan equal an explicit cross-scan -> per-route projections -> scan -> merge.
     """

@@ -271,12 +271,42 @@ class SS2D(nn.Module):
             raise ValueError(f"initialize must be 'mamba', 'random' or 'zero', got '{initialize}'")
         self.Ds.fill_(1.0)
 
-    def project_routes(self, x: torch.Tensor):
+    def _ssm_weights(self, dtype: torch.dtype):
+        """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights (K, D, R)
+        in ``dtype``.
+
+        With gradients, or while tracing or compiling, they are derived from the parameters on every call. Without
+        gradients they are kept until a parameter changes (its version counter or storage): four kernels less per
+        block and inference step, where the host issuing the kernels, not the GPU, set the pace of VMamba-T on the
+        H200 (2026-11-30 host profile).
+        """
+        params = (self.A_logs, self.x_proj_weight, self.dt_projs_weight)
+
+        def derive():
+            return (-self.A_logs.float().exp(), self.x_proj_weight.reshape(-1, self.d_inner).to(dtype),
+                    self.dt_projs_weight.to(dtype))
+
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting() \
+                or torch.compiler.is_compiling():
+            return derive()
+        key = (dtype,) + tuple((p.device, p.data_ptr(), p._version) for p in params)
+        cached = self.__dict__.get('_ssm_weights_cache')
+        if cached is None or cached[0] != key:
+            cached = self.__dict__['_ssm_weights_cache'] = (key, derive())
+        return cached[1]
+
+    def project_routes(self, x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor):
         """Per-route delta, B and C of a (B, D, H, W) map, in spatial layout.
 
         A channel-last map (channels adjacent in memory) is projected with GEMMs over its positions: ``x_proj`` as
         one GEMM, ``dt_proj`` as one batched GEMM per route whose output, (K, D, B * H * W) in memory, has each
-        channel's positions adjacent, as the fused scan reads them. A contiguous map goes through 1x1 convolutions.
+        channel's positions adjacent, as the fused scan reads them, and B and C are laid out by one copy. A
+        contiguous map goes through 1x1 convolutions.
+
+        Args:
+            x: (B, D, H, W) map.
+            x_proj_weight: (K * (R + 2N), D) stacked ``x_proj`` weight in x's dtype.
+            dt_projs_weight: (K, D, R) ``dt_proj`` weights in x's dtype.
 
         Returns:
             ``delta`` (B, K, D, H, W) before bias/softplus, ``B`` and ``C`` (B, K, N, H, W).
@@ -284,18 +314,19 @@ class SS2D(nn.Module):
         batch, _, height, width = x.shape
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
         if x.stride(1) == 1 and d_inner > 1:
-            x_dbl = F.linear(x.permute(0, 2, 3, 1), self.x_proj_weight.reshape(-1, d_inner).to(x.dtype))
+            x_dbl = F.linear(x.permute(0, 2, 3, 1), x_proj_weight)
             x_dbl = x_dbl.view(batch * height * width, k_group, rank + 2 * d_state)
-            dts = grouped_projection(self.dt_projs_weight.to(x_dbl.dtype), x_dbl[..., :rank].permute(1, 2, 0))
+            dts = grouped_projection(dt_projs_weight, x_dbl[..., :rank].permute(1, 2, 0))
             dts = dts.view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
-            Bs, Cs = (x_dbl[..., start:start + d_state].view(batch, height, width, k_group, d_state)
-                      .permute(0, 3, 4, 1, 2).contiguous() for start in (rank, rank + d_state))
+            # (2, B, K, N, H, W): B and C each contiguous, from one copy (and one stack in the backward).
+            Bs, Cs = (x_dbl[..., rank:].view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2)
+                      .contiguous().unbind(0))
             return dts, Bs, Cs
-        x_dbl = F.conv2d(x, self.x_proj_weight.reshape(-1, d_inner, 1, 1).to(x.dtype))
+        x_dbl = F.conv2d(x, x_proj_weight.view(-1, d_inner, 1, 1))
         x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
         dts, Bs, Cs = torch.split(x_dbl, [rank, d_state, d_state], dim=2)
         dts = F.conv2d(dts.reshape(batch, k_group * rank, height, width),
-                       self.dt_projs_weight.reshape(k_group * d_inner, rank, 1, 1).to(x.dtype), groups=k_group)
+                       dt_projs_weight.reshape(k_group * d_inner, rank, 1, 1), groups=k_group)
         return dts.view(batch, k_group, d_inner, height, width), Bs.contiguous(), Cs.contiguous()
 
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,7 +335,8 @@ class SS2D(nn.Module):
         Returns:
             The normalised output in ``x``'s dtype, (B, D, H, W) if ``channel_first`` else (B, H, W, D).
         """
-        dts, Bs, Cs = self.project_routes(x)
+        A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype)
+        dts, Bs, Cs = self.project_routes(x, x_proj_weight, dt_projs_weight)
         # A channel-last map is copied to NCHW once: on the H200 (2026-11-30 sweep) the scan took 1.17 instead of
         # 0.97 ms forward and 4.8 instead of 2.9 ms backward on a channel-last 56x56 map, while all the copies of a
         # VMamba-T inference step (this one, B and C) took 1.4 ms. delta, B and C are read in place.
@@ -312,7 +344,7 @@ class SS2D(nn.Module):
         if self.scan_fp32:
             xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
         y = multi_scan_2d(
-            xs, dts, -self.A_logs.float().exp(), Bs, Cs, self.Ds.float(), delta_bias=self.dt_projs_bias.float(),
+            xs, dts, A, Bs, Cs, self.Ds.float(), delta_bias=self.dt_projs_bias.float(),
             delta_softplus=True, pattern=self.pattern, fused=self.fused, out_dtype=torch.float32,
             backend=self.backend)
         if not self.channel_first:
