@@ -57,10 +57,13 @@ def test_ss2d_channel_first_equals_channel_last():
 
 
 @pytest.mark.parametrize('backend', ['torch', 'triton'])
-def test_ss2d_channel_last_path_equals_channel_first_with_gradients(monkeypatch, backend):
-    """The channel-last path (GEMM projections, grouped dt projection, scan of a copied NCHW map, LayerNorm from NCHW
-    into NHWC) gives the channel-first path's output and gradients, also through the Triton kernels."""
+@pytest.mark.parametrize('copy_to_nchw', [True, False])
+def test_ss2d_channel_last_path_equals_channel_first_with_gradients(monkeypatch, backend, copy_to_nchw):
+    """The channel-last path (GEMM projections, grouped dt projection, scan of the map copied to NCHW or read in
+    place, LayerNorm into NHWC) gives the channel-first path's output and gradients, also through the Triton
+    kernels."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(SS2D, 'nchw_scan_min_positions', 1 if copy_to_nchw else 10 ** 9)
     monkeypatch.setattr(LayerNorm2d, 'backend', backend)
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', backend)
     torch.manual_seed(0)

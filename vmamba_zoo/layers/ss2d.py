@@ -172,6 +172,12 @@ class SS2D(nn.Module):
         backend: Kernel backend ('auto', 'triton', 'torch').
     """
 
+    # A channel-last map of at least this many positions is copied to NCHW for the scan. B=128 bf16 on the H200
+    # (2026-11-30 run 5, bench_raster), NCHW vs NHWC input: 56x56 forward 0.99 vs 1.20 ms, forward + backward 4.18
+    # vs 6.37 ms; 28x28 0.40 vs 0.56 and 2.04 vs 2.98 ms; 14x14 0.25 vs 0.24 and 2.10 vs 1.67 ms (NHWC ahead, and
+    # no copy). At 7x7 the whole-map kernels run, which copy their input themselves.
+    nchw_scan_min_positions = 28 * 28
+
     def __init__(
             self,
             d_model: int = 96,
@@ -337,10 +343,7 @@ class SS2D(nn.Module):
         """
         A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype)
         dts, Bs, Cs = self.project_routes(x, x_proj_weight, dt_projs_weight)
-        # A channel-last map is copied to NCHW once: on the H200 (2026-11-30 sweep) the scan took 1.17 instead of
-        # 0.97 ms forward and 4.8 instead of 2.9 ms backward on a channel-last 56x56 map, while all the copies of a
-        # VMamba-T inference step (this one, B and C) took 1.4 ms. delta, B and C are read in place.
-        xs = x.contiguous()
+        xs = x.contiguous() if x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions else x
         if self.scan_fp32:
             xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
         y = multi_scan_2d(
