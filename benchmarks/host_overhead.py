@@ -8,6 +8,9 @@ For each model, at a batch small enough that the GPU finishes every kernel befor
 * the Python functions with the most own time in one training step (``cProfile``), which names the wrappers, kernel
   launchers and autograd functions that cost host time.
 
+First it checks VMamba-T's logits and gradients with the kernels launched through ``CachedLaunch`` against the JIT
+path.
+
 Usage: python benchmarks/host_overhead.py [--batch 8] [--out OUT.json] [MODEL ...]
     (default models: vmamba_tiny_s1l8 convnext_tiny)
 """
@@ -63,6 +66,32 @@ def python_profile(step, rows=35):
             for own, cum, calls, where in table[:rows]]
 
 
+def check_cached_launch(batch: int) -> dict:
+    """VMamba-T's logits and gradients with the kernels launched through ``CachedLaunch`` against the JIT path
+    (``CachedLaunch.enabled = False``), and whether the cached path stayed on (it turns itself off if the launcher
+    rejects a call)."""
+    import timm
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
+    torch.manual_seed(0)
+    model = timm.create_model('vmamba_tiny_s1l8', drop_path_rate=0.0).cuda()
+    images = torch.randn(batch, 3, 224, 224, device='cuda')
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast('cuda', torch.bfloat16):
+            logits = model(images)
+        logits.float().square().mean().backward()
+        return [logits.float()] + [p.grad.float() for p in model.parameters()]
+
+    CachedLaunch.enabled = False
+    jit = run()
+    CachedLaunch.enabled = True
+    run()  # compiles or finds each specialization through the JIT path, then keeps it
+    cached = run()
+    worst = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(cached, jit))
+    return {'max_rel_diff_logits_and_grads': worst, 'cached_launch_still_enabled': CachedLaunch.enabled}
+
+
 def measure(name: str, batch: int) -> dict:
     import timm
     model = timm.create_model(name, drop_path_rate=0.0).cuda()
@@ -101,6 +130,8 @@ def main():
     torch.backends.cudnn.benchmark = True
     result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
               'models': {}}
+    result['cached_launch_check'] = check = check_cached_launch(args.batch)
+    print('cached launch vs JIT path:', check, flush=True)
     for name in args.models:
         result['models'][name] = row = measure(name, args.batch)
         print(f"{name}: batch {row['batch']}: train {row['train_ms']:.2f} ms, {row['train_kernels']} kernels; "

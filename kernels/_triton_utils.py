@@ -15,7 +15,8 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for', 'cdiv', 'next_power_of_2']
+__all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for', 'cdiv', 'next_power_of_2',
+           'CachedLaunch']
 
 
 def triton_interpreting() -> bool:
@@ -42,3 +43,63 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _launch_hooks_installed() -> bool:
+    """Whether a launch hook (a profiler such as proton) wants to see every launch through the JIT path."""
+    runtime = getattr(getattr(triton, 'knobs', None), 'runtime', None)
+    hooks = (getattr(runtime, 'launch_enter_hook', None), getattr(runtime, 'launch_exit_hook', None))
+    # Recent releases hold each hook as a chain that is empty when nothing is installed.
+    return any(hook is not None and getattr(hook, 'calls', True) for hook in hooks)
+
+
+def _specialization_key(arg):
+    # Stricter than Triton's own specialization: exact integers, and dtype plus 16-byte alignment of tensors.
+    if hasattr(arg, 'data_ptr'):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, float):
+        return float
+    return type(arg), arg
+
+
+class CachedLaunch:
+    """Launches a ``@triton.jit`` kernel through its compiled handle when a call repeats a specialization.
+
+    ``JITFunction.run`` binds and specialises every argument, builds a cache-key string and checks the kernel's
+    globals on every launch. The first call of each key goes through ``kernel[grid](...)``, which compiles and
+    returns the compiled kernel; later calls with the same key launch that kernel directly. The key is stricter than
+    Triton's (exact integer values, dtype and 16-byte alignment of every tensor, every keyword), so a cached kernel
+    never receives arguments it was not specialised for. The JIT path runs instead under the interpreter, while a
+    launch hook is installed (profilers), with ``CachedLaunch.enabled = False`` (environment
+    ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call (a Triton
+    release whose launcher takes other arguments).
+
+    Call as ``launch(grid, *args, **constexprs_and_options)``, with the constexprs as keywords.
+    """
+
+    enabled = os.environ.get('VMAMBA_ZOO_CACHED_LAUNCH', '1') != '0'
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self._compiled = {}
+
+    def __call__(self, grid, *args, **kwargs):
+        if not CachedLaunch.enabled or _launch_hooks_installed():
+            return self.kernel[grid](*args, **kwargs)
+        key = tuple(map(_specialization_key, args)) + tuple(kwargs.items())
+        entry = self._compiled.get(key)
+        if entry is None:
+            compiled = self.kernel[grid](*args, **kwargs)
+            tail = self.kernel.arg_names[len(args):]
+            # Only a compiled GPU kernel is kept (the interpreter returns none), and only when every remaining
+            # parameter came as a keyword: its launcher takes all of them in signature order.
+            if hasattr(compiled, 'packed_metadata') and all(name in kwargs for name in tail):
+                self._compiled[key] = compiled, tuple(kwargs[name] for name in tail)
+            return compiled
+        compiled, constants = entry
+        try:
+            compiled[tuple(grid) + (1,) * (3 - len(grid))](*args, *constants)
+        except TypeError:  # the launcher parses its arguments before launching: nothing ran
+            CachedLaunch.enabled = False
+            self.kernel[grid](*args, **kwargs)
+        return compiled

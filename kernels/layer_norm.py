@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, cdiv, next_power_of_2, tl, triton, use_triton_for
+from ._triton_utils import HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, tl, triton, use_triton_for
 
 __all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
 
@@ -130,6 +130,10 @@ if HAS_TRITON:
         tl.store(dbias_part_ptr + part, tl.sum(dy, axis=1), mask=channels < C)
 
 
+    # 96 launches per VMamba-T training step, whose host time, not the GPU, set the step's pace on the H200.
+    _launch_fwd, _launch_bwd = CachedLaunch(_layer_norm_2d_fwd_kernel), CachedLaunch(_layer_norm_2d_bwd_kernel)
+
+
 @functools.lru_cache(maxsize=None)
 def _launch(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], int, int, int]:
     """(grid, BLOCK_C, BLOCK_P, num_warps): every channel, and enough pixels for rows of at least 32 bytes; the grid
@@ -171,8 +175,8 @@ def _layer_norm_fwd(x, weight, bias, eps, y, rows, store_stats):
     grid, block_c, block_p, warps = _launch(images, channels, pixels)
     # Without statistics to keep, y stands in for their (unwritten) buffers: one allocation less per call.
     stats = torch.empty(2, images, pixels, device=x.device, dtype=_stats_dtype(x)) if store_stats else (y, y)
-    _layer_norm_2d_fwd_kernel[grid](
-        x, weight, bias, y, stats[0], stats[1], channels, pixels, eps, stride_x_c, stride_x_p,
+    _launch_fwd(
+        grid, x, weight, bias, y, stats[0], stats[1], channels, pixels, eps, stride_x_c, stride_x_p,
         *_geometry(y, rows)[3:], HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats,
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return stats
@@ -184,9 +188,9 @@ def _layer_norm_bwd(x, weight, stats, dy, rows):
     dx = torch.empty_like(x)  # in x's layout
     dy = dy.contiguous() if rows else _dense(dy)
     parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
-    _layer_norm_2d_bwd_kernel[grid](x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels,
-                                    stride_x_c, stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None,
-                                    BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+    _launch_bwd(grid, x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels, stride_x_c,
+                stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+                num_warps=warps)
     return dx, parts.sum(dim=1)
 
 

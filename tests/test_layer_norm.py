@@ -175,3 +175,60 @@ def test_inference_keeps_no_graph_and_matches_training_forward():
     y_training = ln.layer_norm_2d(x, weight, bias, backend='triton')
     assert y_inference.grad_fn is None and y_training.grad_fn is not None
     torch.testing.assert_close(y_inference, y_training, rtol=0, atol=0)
+
+
+class _FakeCompiled:
+    packed_metadata = None
+
+    def __init__(self, log, reject=False):
+        self.log, self.reject = log, reject
+
+    def __getitem__(self, grid):
+        def launch(*args):
+            if self.reject:
+                raise TypeError('launcher takes other arguments')
+            self.log.append(('cached', grid, args))
+        return launch
+
+
+class _FakeJit:
+    arg_names = ['x', 'n', 'scale', 'BLOCK']
+
+    def __init__(self, reject=False):
+        self.log, self.reject = [], reject
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(('jit', grid, args, kwargs))
+            return _FakeCompiled(self.log, self.reject)
+        return run
+
+
+def test_cached_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monkeypatch):
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
+    monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    kernel = _FakeJit()
+    launch = CachedLaunch(kernel)
+    x = torch.zeros(16)
+    launch((2,), x, 5, 0.5, BLOCK=4, num_warps=1)
+    launch((3,), x, 5, 0.25, BLOCK=4, num_warps=1)
+    assert kernel.log[-1] == ('cached', (3, 1, 1), (x, 5, 0.25, 4)), 'constexprs follow the arguments in order'
+    for args, kwargs in (((x, 6, 0.5), dict(BLOCK=4, num_warps=1)),  # another integer
+                         ((x[1:], 5, 0.5), dict(BLOCK=4, num_warps=1)),  # a tensor off 16-byte alignment
+                         ((x.half(), 5, 0.5), dict(BLOCK=4, num_warps=1)),  # another dtype
+                         ((x, 5, 0.5), dict(BLOCK=8, num_warps=1)),  # another constexpr
+                         ((x, 5, 0.5), dict(BLOCK=4, num_warps=2))):  # another launch option
+        launch((2,), *args, **kwargs)
+        assert kernel.log[-1][0] == 'jit', (args, kwargs)
+
+
+def test_cached_launch_falls_back_to_the_jit_for_good_when_the_launcher_rejects_the_call(monkeypatch):
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
+    monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    kernel = _FakeJit(reject=True)
+    launch = CachedLaunch(kernel)
+    x = torch.zeros(16)
+    for _ in range(3):
+        launch((2,), x, 5, 0.5, BLOCK=4, num_warps=1)
+    assert [entry[0] for entry in kernel.log] == ['jit', 'jit', 'jit']
+    assert not CachedLaunch.enabled
