@@ -74,7 +74,9 @@ class CachedLaunch:
     ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call (a Triton
     release whose launcher takes other arguments).
 
-    Call as ``launch(grid, *args, **constexprs_and_options)``, with the constexprs as keywords.
+    An autotuned kernel is launched with the configuration its autotuner picked on the first call of the key. Call
+    as ``launch(grid, *args, **constexprs_and_options)``, with the constexprs as keywords; ``grid`` may be a tuple or
+    a function of the arguments and constexprs, as for ``kernel[grid]``.
     """
 
     enabled = os.environ.get('VMAMBA_ZOO_CACHED_LAUNCH', '1') != '0'
@@ -90,13 +92,19 @@ class CachedLaunch:
         entry = self._compiled.get(key)
         if entry is None:
             compiled = self.kernel[grid](*args, **kwargs)
-            tail = self.kernel.arg_names[len(args):]
-            # Only a compiled GPU kernel is kept (the interpreter returns none), and only when every remaining
-            # parameter came as a keyword: its launcher takes all of them in signature order.
-            if hasattr(compiled, 'packed_metadata') and all(name in kwargs for name in tail):
-                self._compiled[key] = compiled, tuple(kwargs[name] for name in tail)
+            # An autotuner's pick for this call; the stricter key implies the autotuner's key, so it stays the pick.
+            config = getattr(self.kernel, 'best_config', None)
+            merged = {**kwargs, **config.all_kwargs()} if config is not None else kwargs
+            names = self.kernel.arg_names
+            # Only a compiled GPU kernel is kept (the interpreter returns none), only when every remaining parameter
+            # came as a keyword (its launcher takes all of them in signature order) and without config pre-hooks.
+            if hasattr(compiled, 'packed_metadata') and all(name in merged for name in names[len(args):]) and \
+                    getattr(config, 'pre_hook', None) is None:
+                self._compiled[key] = compiled, tuple(merged[name] for name in names[len(args):]), merged
             return compiled
-        compiled, constants = entry
+        compiled, constants, merged = entry
+        if callable(grid):
+            grid = grid({**dict(zip(self.kernel.arg_names, args)), **merged})
         try:
             compiled[tuple(grid) + (1,) * (3 - len(grid))](*args, *constants)
         except TypeError:  # the launcher parses its arguments before launching: nothing ran

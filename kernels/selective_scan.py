@@ -27,7 +27,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, cdiv, next_power_of_2, tl, triton, triton_interpreting, use_triton_for
+from ._triton_utils import (HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, tl, triton, triton_interpreting,
+                            use_triton_for)
 
 __all__ = [
     'selective_scan_fn', 'selective_scan_ref', 'scan_routes', 'scan_routes_ref', 'selective_scan_flops',
@@ -1425,6 +1426,13 @@ if HAS_TRITON:
 RASTER_MAX_STATE_DIM = 8
 
 
+# The raster kernels launch through their compiled handles once a specialization repeats: Triton's per-call binding
+# cost more host time than some of these kernels run at the small stages (2026-11-30 H200 host profile).
+_LAUNCH = {name: CachedLaunch(globals()[name]) for name in (
+    '_raster_scan_fwd_kernel', '_raster_rows_fwd_kernel', '_raster_scan_bwd_kernel', '_raster_rows_bwd_kernel')
+} if HAS_TRITON else {}
+
+
 def _raster_plan(u, route_kinds, map_hw, state_dim):
     """Tile of the raster kernels for this call, or None to run the chunked kernels."""
     if route_kinds is None or map_hw is None or state_dim > RASTER_MAX_STATE_DIM:
@@ -1495,15 +1503,16 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
                  HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
                  STORE_STATES=return_states)
     if _whole_map(plan):
-        _raster_scan_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, *common, **flags,
-                                      HP=tile_h, WP=tile_w)
+        _LAUNCH['_raster_scan_fwd_kernel'](grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, *common,
+                                           **flags, HP=tile_h, WP=tile_w)
         return y, last_state, u.new_empty(0, dtype=torch.float32), states
     entering_shape = _row_walk_entering_shape(u, delta, A, plan)
     entering = torch.empty(entering_shape, device=u.device, dtype=torch.float32)
-    _raster_rows_fwd_kernel[grid](u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5],
-                                  entering_shape[-1], *_row_walk_strides(u, delta, y, accumulate), **flags,
-                                  HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)),
-                                  LANES=tile_w, NP=next_power_of_2(state_dim))
+    _LAUNCH['_raster_rows_fwd_kernel'](
+        grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
+        *_row_walk_strides(u, delta, y, accumulate), **flags,
+        HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)), LANES=tile_w,
+        NP=next_power_of_2(state_dim))
     return y, last_state, entering, states
 
 
@@ -1562,7 +1571,8 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
                  HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, ACCUMULATE=accumulate,
                  HAS_DSTATES=dstates is not None, HAS_DLAST=dlast is not None)
     if entering is None:
-        _raster_scan_bwd_kernel[grid](*inputs, *upstream, *grads, *sizes, *strides, **flags, HP=tile_h, WP=tile_w)
+        _LAUNCH['_raster_scan_bwd_kernel'](grid, *inputs, *upstream, *grads, *sizes, *strides, **flags, HP=tile_h,
+                                           WP=tile_w)
         return grads
     state_tile = next_power_of_2(state_dim)
     # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
@@ -1571,8 +1581,9 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     has_columns = any(kind % 2 for kind in _unpack_kinds(kinds, num_routes))
     scratch = torch.empty(batch * (dim + widest) * height * state_tile * tile_w if has_columns else 0,
                           device=u.device, dtype=torch.float32)
-    _raster_rows_bwd_kernel[grid](*inputs, entering, *upstream, scratch, *grads, *sizes, entering.shape[-1],
-                                  *_row_walk_strides(u, delta, dy, accumulate), **flags, LANES=tile_w, NP=state_tile)
+    _LAUNCH['_raster_rows_bwd_kernel'](grid, *inputs, entering, *upstream, scratch, *grads, *sizes,
+                                       entering.shape[-1], *_row_walk_strides(u, delta, dy, accumulate), **flags,
+                                       LANES=tile_w, NP=state_tile)
     return grads
 
 
@@ -1828,7 +1839,8 @@ class _RasterScanEager(torch.autograd.Function):
         y, last_state, entering, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
                                                       accumulate, return_states)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, entering)
-        ctx.plan, ctx.delta_softplus, ctx.accumulate, ctx.return_states = plan, delta_softplus, accumulate, return_states
+        ctx.plan, ctx.delta_softplus = plan, delta_softplus
+        ctx.accumulate, ctx.return_states = accumulate, return_states
         ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
         ctx.set_materialize_grads(False)
         return y, last_state, states

@@ -232,3 +232,26 @@ def test_cached_launch_falls_back_to_the_jit_for_good_when_the_launcher_rejects_
         launch((2,), x, 5, 0.5, BLOCK=4, num_warps=1)
     assert [entry[0] for entry in kernel.log] == ['jit', 'jit', 'jit']
     assert not CachedLaunch.enabled
+
+
+def test_cached_launch_keeps_an_autotuners_pick_and_evaluates_a_grid_function(monkeypatch):
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
+
+    class Config:
+        kwargs = {'BLOCK': 8}
+        pre_hook = None
+
+        def all_kwargs(self):
+            return dict(self.kwargs, num_warps=4)
+
+    class FakeAutotuned(_FakeJit):
+        best_config = Config()
+
+    monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    kernel = FakeAutotuned()
+    launch = CachedLaunch(kernel)
+    x = torch.zeros(16)
+    grid = lambda meta: (meta['n'] // meta['BLOCK'],)  # noqa: E731
+    launch(grid, x, 64, 0.5)
+    launch(grid, x, 64, 0.5)
+    assert kernel.log[-1] == ('cached', (8, 1, 1), (x, 64, 0.5, 8))
