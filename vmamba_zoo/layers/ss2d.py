@@ -172,11 +172,13 @@ class SS2D(nn.Module):
         backend: Kernel backend ('auto', 'triton', 'torch').
     """
 
-    # A channel-last map of at least this many positions is copied to NCHW for the scan. B=128 bf16 on the H200
-    # (2026-11-30 run 5, bench_raster), NCHW vs NHWC input: 56x56 forward 0.99 vs 1.20 ms, forward + backward 4.18
-    # vs 6.37 ms; 28x28 0.40 vs 0.56 and 2.04 vs 2.98 ms; 14x14 0.25 vs 0.24 and 2.10 vs 1.67 ms (NHWC ahead, and
-    # no copy). At 7x7 the whole-map kernels run, which copy their input themselves.
-    nchw_scan_min_positions = 28 * 28
+    # A channel-last map of at least this many positions is copied to NCHW for the scan: every map. B=128 bf16 on
+    # the H200 (2026-11-30 run 5, bench_raster, u and delta both channel-last), NCHW vs NHWC input: 56x56 forward
+    # 0.99 vs 1.20 ms, forward + backward 4.18 vs 6.37 ms; 28x28 0.40 vs 0.56 and 2.04 vs 2.98 ms; 14x14 0.25 vs
+    # 0.24 and 2.10 vs 1.67 ms. But in the model delta is (K, D, B, H, W) in memory, and scanning the 14x14 maps
+    # channel-last took the row-walk forward from 4.69 to 6.34 ms per VMamba-T step and its backward from 13.0 to
+    # 15.9 ms (run 7).
+    nchw_scan_min_positions = 1
 
     def __init__(
             self,
