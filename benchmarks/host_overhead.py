@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_layout as bl  # noqa: E402
 import bench_scan as bs  # noqa: E402
 
 
@@ -97,18 +98,7 @@ def measure(name: str, batch: int) -> dict:
     model = timm.create_model(name, drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (batch,), device='cuda')
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def train():
-        with torch.autocast('cuda', torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(images), target)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def infer():
-        with torch.no_grad(), torch.autocast('cuda', torch.bfloat16):
-            model(images)
+    infer, _, train = bl.steps(model, images, target)  # bf16 inference, fp32 inference, bf16 training
 
     row = {'batch': batch, 'train_ms': wall_ms(train), 'train_kernels': kernels_per_step(train)}
     row['python_top_train'] = python_profile(train)
