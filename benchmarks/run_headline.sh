@@ -10,7 +10,9 @@
 # extensions (selective_scan_cuda_oflex*.so, and selective_scan_cuda*.so for vanilla VMamba). Environment knobs:
 # TIME_BUDGET_S (default 360: no new measurement starts after it), WARM/ITERS (inference, default 5/20),
 # TRAIN_WARM/TRAIN_ITERS (default 3/10), BATCH (128), PROFILE_STEPS (default 0: profiled steps per row, whose top
-# kernels land in the JSON), EXTRA_ARGS (passed to tools/throughput.py).
+# kernels land in the JSON), EXTRA_ARGS (passed to tools/throughput.py). Short warm-ups under-measure the first zoo
+# model of the process: on 2026-11-30 VMamba-T took 5,572 img/s (bf16 inference) at WARM=3 ITERS=10 and
+# 7,821-8,124 at 10 + 40 steps (benchmarks/results/README.md); keep WARM at 10 where the time budget allows.
 set -euo pipefail
 
 OUT_DIR=${1:?usage: benchmarks/run_headline.sh OUT_DIR [OFFICIAL_VMAMBA_CHECKOUT [EXTENSION_DIR ...]]}
