@@ -19,7 +19,8 @@ the whole-map kernels on small maps, the row walk (forward) and the chunked back
 and d_state > 8, run the chunk-parallel kernels over the route table. Every path goes through the custom op
 ``vmamba_zoo::scan_routes_fwd`` whenever a graph is recorded, traced or compiled or a dispatch mode watches: that op
 is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path. Plain eager
-inference calls the raster kernels directly (less host time per call).
+calls of the raster kernels skip the op's dispatch (less host time per call): inference launches them directly,
+training through an ``autograd.Function`` with the op's forward and backward bodies.
 """
 import math
 from typing import List, Optional, Sequence, Tuple
