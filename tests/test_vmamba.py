@@ -145,6 +145,10 @@ def test_ss2d_inference_keeps_derived_weights_until_a_parameter_changes(monkeypa
     with torch.no_grad():
         _, x_proj_weight, dt_projs_weight = m._ssm_weights(torch.float16)
     assert x_proj_weight.dtype == dt_projs_weight.dtype == torch.float16
+    with torch.inference_mode():  # a module built here has inference-tensor parameters, without version counters
+        built_in_inference_mode = SS2D(8, d_state=2, ssm_ratio=1.0)
+        built_in_inference_mode.load_state_dict(m.state_dict())
+        torch.testing.assert_close(built_in_inference_mode(x), m(x).detach())
 
 
 def test_ss2d_matches_unfused_reference_with_gradients():

@@ -294,8 +294,9 @@ class SS2D(nn.Module):
             return (-self.A_logs.float().exp(), self.x_proj_weight.reshape(-1, self.d_inner).to(dtype),
                     self.dt_projs_weight.to(dtype))
 
+        # Parameters made under inference mode have no version counter to watch: derive every time.
         if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting() \
-                or torch.compiler.is_compiling():
+                or torch.compiler.is_compiling() or any(p.is_inference() for p in params):
             return derive()
         key = (dtype,) + tuple((p.device, p.data_ptr(), p._version) for p in params)
         cached = self.__dict__.get('_ssm_weights_cache')
