@@ -54,9 +54,10 @@ def _launch_hooks_installed() -> bool:
 
 
 def _specialization_key(arg):
-    # Stricter than Triton's own specialization: exact integers, and dtype plus 16-byte alignment of tensors.
+    # Stricter than Triton's own specialization: exact integers, and dtype plus 16-byte alignment of tensors; and the
+    # tensors' device, since a compiled kernel's handle belongs to the device it was loaded on.
     if hasattr(arg, 'data_ptr'):
-        return arg.dtype, arg.data_ptr() % 16 == 0
+        return arg.dtype, arg.data_ptr() % 16 == 0, arg.get_device()
     if isinstance(arg, float):
         return float
     return type(arg), arg
@@ -68,8 +69,8 @@ class CachedLaunch:
     ``JITFunction.run`` binds and specialises every argument, builds a cache-key string and checks the kernel's
     globals on every launch. The first call of each key goes through ``kernel[grid](...)``, which compiles and
     returns the compiled kernel; later calls with the same key launch that kernel directly. The key is stricter than
-    Triton's (exact integer values, dtype and 16-byte alignment of every tensor, every keyword), so a cached kernel
-    never receives arguments it was not specialised for. The JIT path runs instead under the interpreter, while a
+    Triton's (exact integer values, dtype, 16-byte alignment and device of every tensor, every keyword), so a cached
+    kernel never receives arguments it was not specialised for, nor runs on another GPU. The JIT path runs instead under the interpreter, while a
     launch hook is installed (profilers), with ``CachedLaunch.enabled = False`` (environment
     ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call (a Triton
     release whose launcher takes other arguments).

@@ -255,3 +255,27 @@ def test_cached_launch_keeps_an_autotuners_pick_and_evaluates_a_grid_function(mo
     launch(grid, x, 64, 0.5)
     launch(grid, x, 64, 0.5)
     assert kernel.log[-1] == ('cached', (8, 1, 1), (x, 64, 0.5, 8))
+
+
+def test_cached_launch_keys_on_the_device(monkeypatch):
+    """A compiled kernel's handle belongs to the GPU it was loaded on: the same call on another GPU takes the JIT."""
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
+
+    class OnDevice:  # the tensor attributes the key reads
+        dtype = torch.float32
+
+        def __init__(self, index):
+            self.index = index
+
+        def data_ptr(self):
+            return 0
+
+        def get_device(self):
+            return self.index
+
+    monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    kernel = _FakeJit()
+    launch = CachedLaunch(kernel)
+    for index in (0, 0, 1):
+        launch((2,), OnDevice(index), 5, 0.5, BLOCK=4, num_warps=1)
+    assert [entry[0] for entry in kernel.log] == ['jit', 'cached', 'jit']
