@@ -324,11 +324,12 @@ class SS2D(nn.Module):
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
         if x.stride(1) == 1 and d_inner > 1:
             x_dbl = F.linear(x.permute(0, 2, 3, 1), x_proj_weight)
-            x_dbl = x_dbl.view(batch * height * width, k_group, rank + 2 * d_state)
-            dts = grouped_projection(dt_projs_weight, x_dbl[..., :rank].permute(1, 2, 0))
+            # One split, whose backward is one concatenation (two slices would each scatter into a zeroed copy).
+            dt_in, bc = x_dbl.view(batch * height * width, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
+            dts = grouped_projection(dt_projs_weight, dt_in.permute(1, 2, 0))
             dts = dts.view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
             # (2, B, K, N, H, W): B and C each contiguous, from one copy (and one stack in the backward).
-            Bs, Cs = (x_dbl[..., rank:].view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2)
+            Bs, Cs = (bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2)
                       .contiguous().unbind(0))
             return dts, Bs, Cs
         x_dbl = F.conv2d(x, x_proj_weight.view(-1, d_inner, 1, 1))
