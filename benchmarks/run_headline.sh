@@ -13,6 +13,7 @@
 # kernels land in the JSON), EXTRA_ARGS (passed to tools/throughput.py). Short warm-ups under-measure the first zoo
 # model of the process: on 2026-11-30 VMamba-T took 5,572 img/s (bf16 inference) at WARM=3 ITERS=10 and
 # 7,821-8,124 at 10 + 40 steps (benchmarks/results/README.md); keep WARM at 10 where the time budget allows.
+# MIN_WARM_S (default 1): every measurement also warms up for at least this many seconds.
 set -euo pipefail
 
 OUT_DIR=${1:?usage: benchmarks/run_headline.sh OUT_DIR [OFFICIAL_VMAMBA_CHECKOUT [EXTENSION_DIR ...]]}
@@ -80,6 +81,7 @@ FIRST=(vmamba_tiny_s1l8 official:vmamba_tiny_s1l8 convnext_tiny swin_tiny_patch4
     --batch-size "${BATCH:-128}" --img-size 224 224 \
     --num-warm-iter "${WARM:-5}" --num-bench-iter "${ITERS:-20}" \
     --train-num-warm-iter "${TRAIN_WARM:-3}" --train-num-bench-iter "${TRAIN_ITERS:-10}" \
+    --min-warm-s "${MIN_WARM_S:-1}" \
     --drop-path 0 --opt sgd --time-budget-s "${TIME_BUDGET_S:-360}" --progress lines \
     --profile-steps "${PROFILE_STEPS:-0}" \
     --order model --first "${FIRST[@]}" \

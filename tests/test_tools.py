@@ -248,6 +248,22 @@ class _OomAboveOne(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+def test_benchmark_warms_up_for_a_minimum_time():
+    """Warm-up runs past num_warm_iter until min_warm_s have passed, and the row says how many steps it took."""
+    spec = bench.ModelSpec(name='tiny', default_img_size=(2, 2), factory=lambda img_size, drop_path: nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)))
+    steps = {}
+    for min_warm_s in (0.0, 0.3):
+        config = bench.BenchConfig(mode='inference', amp_dtype='float32', device='cpu', num_warm_iter=2,
+                                   num_bench_iter=1, min_warm_s=min_warm_s)
+        row = bench.benchmark_model(spec, config, batch_size=1)
+        assert row.get('error') is None and row['min_warm_s'] == min_warm_s
+        steps[min_warm_s] = row['warm_steps']
+    assert steps[0.0] == 2 and steps[0.3] > 2
+    with pytest.raises(ValueError, match='min_warm_s'):
+        bench.BenchConfig(min_warm_s=-1.0)
+
+
 def test_benchmark_model_retries_after_oom():
     spec = bench.ModelSpec(name='oom_model', factory=lambda img_size, drop_path: _OomAboveOne(),
                            default_img_size=(8, 8))

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CPU_DEFAULTS = dict(batch_size=[2], img_size=[64, 64], num_warm_iter=1, num_bench_iter=2)
-GPU_DEFAULTS = dict(batch_size=[256], img_size=None, num_warm_iter=10, num_bench_iter=40)
+CPU_DEFAULTS = dict(batch_size=[2], img_size=[64, 64], num_warm_iter=1, num_bench_iter=2, min_warm_s=0.0)
+GPU_DEFAULTS = dict(batch_size=[256], img_size=None, num_warm_iter=10, num_bench_iter=40, min_warm_s=1.0)
 
 
 def parse_args(argv=None):
@@ -59,6 +59,8 @@ def parse_args(argv=None):
     group.add_argument('--img-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
                        help="input size (default: each model's own on GPU, 64x64 on CPU)")
     group.add_argument('--num-warm-iter', type=int, default=None, help='warm-up steps (default: 10 GPU, 1 CPU)')
+    group.add_argument('--min-warm-s', type=float, default=None,
+                       help='warm up for at least this many seconds too (default: 1 GPU, 0 CPU)')
     group.add_argument('--num-bench-iter', type=int, default=None, help='timed steps (default: 40 GPU, 2 CPU)')
     group.add_argument('--train-num-warm-iter', type=int, default=None,
                        help='warm-up steps of training runs (default: --num-warm-iter)')
@@ -228,7 +230,7 @@ def main(argv=None):
     configs = [bench.BenchConfig(
         mode=mode, amp_dtype=dtype, tf32=args.tf32, channels_last=args.channels_last, compile=args.compile,
         compile_mode=args.compile_mode, img_size=img_size,
-        num_warm_iter=train_warm if mode == 'train' else args.num_warm_iter,
+        num_warm_iter=train_warm if mode == 'train' else args.num_warm_iter, min_warm_s=args.min_warm_s,
         num_bench_iter=train_iters if mode == 'train' else args.num_bench_iter,
         opt=args.opt, lr=args.lr, drop_path=args.drop_path, device=args.device, profile_steps=args.profile_steps)
         for mode, dtype in runs]
