@@ -70,10 +70,10 @@ class CachedLaunch:
     globals on every launch. The first call of each key goes through ``kernel[grid](...)``, which compiles and
     returns the compiled kernel; later calls with the same key launch that kernel directly. The key is stricter than
     Triton's (exact integer values, dtype, 16-byte alignment and device of every tensor, every keyword), so a cached
-    kernel never receives arguments it was not specialised for, nor runs on another GPU. The JIT path runs instead under the interpreter, while a
-    launch hook is installed (profilers), with ``CachedLaunch.enabled = False`` (environment
-    ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call (a Triton
-    release whose launcher takes other arguments).
+    kernel never receives arguments it was not specialised for, nor runs on another GPU. The JIT path runs instead
+    under the interpreter, while a launch hook is installed (profilers), with ``CachedLaunch.enabled = False``
+    (environment ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call
+    (a Triton release whose launcher takes other arguments).
 
     An autotuned kernel is launched with the configuration its autotuner picked on the first call of the key. Call
     as ``launch(grid, *args, **constexprs_and_options)``, with the constexprs as keywords; ``grid`` may be a tuple or

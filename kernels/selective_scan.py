@@ -1546,9 +1546,13 @@ def _zeros_like_each(shapes, device, one_buffer: bool) -> List[Optional[torch.Te
 
 
 def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast, entering=None,
-                one_buffer=False):
-    """Gradients through the whole-map backward, or through the row-walk backward given the forward's ``entering``;
-    ``one_buffer``: the accumulated gradients (A, B, C, D, bias) may share one buffer."""
+                eager=False):
+    """Gradients through the whole-map backward, or through the row-walk backward given the forward's ``entering``.
+
+    ``eager``: the gradients need not keep the custom op's contract (float32 outputs that share no storage): the
+    accumulated ones (A, B, C, D, bias) share one buffer, and ddelta, which these kernels store once per element,
+    is stored in delta's dtype (the float32 buffer and its cast afterwards would round the same way).
+    """
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     height, width, tile_h, tile_w, kinds = plan
@@ -1558,10 +1562,10 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
         u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
     # du and ddelta take the layout of u and delta: the row walk writes them through the same strides.
     du = torch.empty_strided(u.shape, u.stride(), device=u.device, dtype=torch.float32)
-    ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device, dtype=torch.float32)
+    ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device,
+                                 dtype=delta.dtype if eager else torch.float32)
     dA, dB, dC, dD, dbias = _zeros_like_each((A.shape, B.shape, C.shape, A.shape[:2] if D is not None else None,
-                                              A.shape[:2] if delta_bias is not None else None), u.device,
-                                             one_buffer)
+                                              A.shape[:2] if delta_bias is not None else None), u.device, eager)
     grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     inputs = (u, delta, A, B, C, D, delta_bias)
     upstream = (dy, None if dstates is None else dstates.contiguous(), None if dlast is None else dlast.contiguous())
@@ -1753,24 +1757,25 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
 def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus,
                      return_states, scatter_atomic, backend, route_kinds, map_hw, for_custom_op=True):
     """The gradients of (u, delta, A, B, C, D, delta_bias) in float32 (float64 for float64 input), None where an
-    input is None. The body of the backward op, and of the eager training path that runs without the op."""
-    one_buffer = not for_custom_op
+    input is None. The body of the backward op, and of the eager training path that runs without the op (where the
+    raster kernels return ddelta in delta's dtype)."""
+    eager = not for_custom_op
     plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     if plan is not None and not _whole_map(plan, backward=True):
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
             return _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
-                               entering=chunk_states, one_buffer=one_buffer)
+                               entering=chunk_states, eager=eager)
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
         u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None
     if plan is not None:
         grads = _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
-                            one_buffer=one_buffer)
+                            eager=eager)
     elif backend == 'triton':
         u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
         grads = _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, chunk_states, dy, dstates,
-                            dlast, scatter_atomic, one_buffer)
+                            dlast, scatter_atomic, one_buffer=eager)
     else:
         grads = _scan_routes_torch_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, dy, dlast,
                                        dstates if return_states else None)

@@ -524,15 +524,18 @@ class _WatchingMode(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize('kernel,accumulate', [('row_walk', True), ('row_walk', False), ('whole_map', True)])
-def test_raster_eager_paths_match_the_custom_op(monkeypatch, kernel, accumulate):
+@pytest.mark.parametrize('kernel,accumulate,dtype', [
+    ('row_walk', True, torch.float32), ('row_walk', False, torch.float32), ('whole_map', True, torch.float32),
+    ('row_walk', True, torch.float16), ('whole_map', True, torch.float16)])
+def test_raster_eager_paths_match_the_custom_op(monkeypatch, kernel, accumulate, dtype):
     """Eager training (an autograd.Function) and eager inference (no autograd node, none of the stores only the
     backward needs) skip the custom op that a watching dispatch mode gets. Outputs, the requested states and last
-    state, and every input gradient equal the op's, every element written (poisoned buffers)."""
+    state, and every input gradient equal the op's (in half precision too, where the eager backward stores ddelta in
+    delta's dtype and the op casts its float32 one), every element written (poisoned buffers)."""
     for name, value in RASTER_KERNELS[kernel].items():
         monkeypatch.setattr(ss, name, value)
     pattern = K.cross_pattern(4, 6)
-    inputs = routed_inputs(pattern, 3, 2, torch.float32, batch=2)
+    inputs = routed_inputs(pattern, 3, 2, dtype, batch=2)
 
     def grads_of(outs):
         weights = [torch.linspace(-1, 1, t.numel()).view(t.shape) for t in outs]
