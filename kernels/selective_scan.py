@@ -1479,13 +1479,14 @@ def _scan_output(u: torch.Tensor, num_routes: int, accumulate: bool, row_walk: b
 
 
 def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states,
-                for_custom_op=True):
+                distinct_outputs=True):
     """The raster forward: (y, last state, the row walk's entering states for its backward, states).
 
     The row walk always writes the entering and last states: an H200 run (2026-11-30) of a variant that skipped
     them when no backward follows took 6.1 instead of 4.6 ms per VMamba-T step (ptxas gave it 72 instead of 55
-    registers at 28x28). Only ``states`` is skipped when not requested; outside the custom op (``for_custom_op``
-    False), whose outputs must not alias, y then stands in for its unwritten buffer.
+    registers at 28x28). Only ``states`` is skipped when not requested. The custom op and the eager autograd
+    Function need ``distinct_outputs`` (outputs must not alias); for plain inference y stands in for the unwritten
+    buffer.
     """
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
@@ -1496,7 +1497,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     y = _scan_output(u, num_routes, accumulate, row_walk)
     last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
     states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
-                         dtype=torch.float32) if return_states or for_custom_op else y
+                         dtype=torch.float32) if return_states or distinct_outputs else y
     grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     common = (dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
               y.stride(0), 0 if accumulate else y.stride(1))
@@ -1755,12 +1756,11 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
 
 
 def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus,
-                     return_states, scatter_atomic, backend, route_kinds, map_hw, for_custom_op=True):
+                     return_states, scatter_atomic, backend, plan, eager=False):
     """The gradients of (u, delta, A, B, C, D, delta_bias) in float32 (float64 for float64 input), None where an
-    input is None. The body of the backward op, and of the eager training path that runs without the op (where the
-    raster kernels return ddelta in delta's dtype)."""
-    eager = not for_custom_op
-    plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
+    input is None, given the forward's raster ``plan`` (None: chunked or PyTorch). The body of the backward op, and
+    of the eager training path that runs without the op (``eager``: the raster kernels may return ddelta in delta's
+    dtype and share one buffer among the accumulated gradients)."""
     if plan is not None and not _whole_map(plan, backward=True):
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
             return _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
@@ -1790,8 +1790,9 @@ def _scan_routes_bwd_op(
         delta_softplus: bool, return_states: bool, scatter_atomic: bool, backend: str,
         route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
 ) -> List[torch.Tensor]:
+    plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast,
-                             delta_softplus, return_states, scatter_atomic, backend, route_kinds, map_hw)
+                             delta_softplus, return_states, scatter_atomic, backend, plan)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
@@ -1809,7 +1810,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, output[2])
     ctx.delta_softplus, ctx.return_states, ctx.backend = delta_softplus, return_states, backend
     ctx.route_kinds, ctx.map_hw = route_kinds, map_hw
-    ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
+    ctx.scatter_atomic = _scatter_atomic(u, routes)
+
+
+def _scatter_atomic(u: torch.Tensor, routes: Optional[torch.Tensor]) -> bool:
+    """Whether the chunked backward must add its u/delta gradients atomically: routes that share one input, or that
+    revisit a position."""
+    return routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
 
 
 def _routes_revisit(routes: torch.Tensor) -> bool:
@@ -1847,7 +1854,7 @@ class _RasterScanEager(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, entering)
         ctx.plan, ctx.delta_softplus = plan, delta_softplus
         ctx.accumulate, ctx.return_states = accumulate, return_states
-        ctx.scatter_atomic = routes is not None and (u.shape[1] == 1 or _routes_revisit(routes))
+        ctx.scatter_atomic = _scatter_atomic(u, routes)
         ctx.set_materialize_grads(False)
         return y, last_state, states
 
@@ -1859,8 +1866,7 @@ class _RasterScanEager(torch.autograd.Function):
             dy = _scan_output(u, delta.shape[1], ctx.accumulate, _row_walk_reads(u, delta, plan)).zero_()
         grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy,
                                  dstates if ctx.return_states else None, dlast, ctx.delta_softplus, ctx.return_states,
-                                 ctx.scatter_atomic, 'triton', _unpack_kinds(plan[4], delta.shape[1]),
-                                 [plan[0], plan[1]], for_custom_op=False)
+                                 ctx.scatter_atomic, 'triton', plan, eager=True)
         return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 5
 
 
@@ -2052,7 +2058,7 @@ def scan_routes(
                                                            delta_softplus, accumulate, return_states)
         else:
             y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
-                                                   accumulate, return_states, for_custom_op=False)
+                                                   accumulate, return_states, distinct_outputs=False)
     else:
         y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
                                                        accumulate, return_states, backend, route_kinds, map_hw)
