@@ -161,10 +161,10 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
 def _geometry(x: torch.Tensor, rows: bool) -> Tuple[int, int, int, int, int]:
     """(images, channels, pixels, channel stride, pixel stride) of a dense NCHW or NHWC map, or of a contiguous
     (..., C) tensor taken as one image of numel / C pixels (``rows``)."""
-    channels = x.shape[-1] if rows else x.shape[1]
     if rows:
+        channels = x.shape[-1]
         return 1, channels, x.numel() // channels, 1, channels
-    pixels = x.shape[2] * x.shape[3]
+    channels, pixels = x.shape[1], x.shape[2] * x.shape[3]
     return (x.shape[0], channels, pixels) + ((1, channels) if _is_channels_last(x) else (pixels, 1))
 
 

@@ -414,13 +414,14 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         step()  # first step: compilation, autotuning, cudnn benchmark
         _synchronize(device)
         first_step_s = time.perf_counter() - start
-        warm_steps = 1
-        while warm_steps < config.num_warm_iter or time.perf_counter() - start < config.min_warm_s:
+        warm_steps = max(1, config.num_warm_iter)
+        for _ in range(warm_steps - 1):
             step()
-            warm_steps += 1
-            if warm_steps >= config.num_warm_iter:
-                _synchronize(device)  # the clock has to see the device's time, not the host's queueing
         _synchronize(device)
+        while time.perf_counter() - start < config.min_warm_s:
+            step()
+            _synchronize(device)  # the clock has to see the device's time, not the host's queueing
+            warm_steps += 1
         timer = _StepTimer(device)
         timer.mark()
         for index in range(config.num_bench_iter):
