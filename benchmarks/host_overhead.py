@@ -2,8 +2,8 @@
 
 For each model, at a batch small enough that the GPU finishes every kernel before the host issues the next one:
 
-* ms per bf16 training step (forward + loss + backward + SGD step) and per bf16 inference step, which is then the
-  host's time to issue the step;
+* ms per bf16 training step (forward + loss + backward + SGD step) and per bf16 inference step between CUDA events
+  (``bench_layout.timed_ms``), which is then the host's time to issue the step;
 * CUDA kernels launched per step (profiler count);
 * the Python functions with the most own time in one training step (``cProfile``), which names the wrappers, kernel
   launchers and autograd functions that cost host time.
@@ -27,18 +27,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_layout as bl  # noqa: E402
 import bench_scan as bs  # noqa: E402
-
-
-def wall_ms(step, iters=20, warm=5):
-    """Mean wall ms per step, synchronising only at the end."""
-    for _ in range(warm):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1e3
 
 
 def kernels_per_step(step):
@@ -100,10 +88,10 @@ def measure(name: str, batch: int) -> dict:
     target = torch.randint(0, 1000, (batch,), device='cuda')
     infer, _, train = bl.steps(model, images, target)  # bf16 inference, fp32 inference, bf16 training
 
-    row = {'batch': batch, 'train_ms': wall_ms(train), 'train_kernels': kernels_per_step(train)}
+    row = {'batch': batch, 'train_ms': bl.timed_ms(train, 20, warm=5), 'train_kernels': kernels_per_step(train)}
     row['python_top_train'] = python_profile(train)
     model.eval()
-    row['infer_ms'] = wall_ms(infer)
+    row['infer_ms'] = bl.timed_ms(infer, 20, warm=5)
     row['infer_kernels'] = kernels_per_step(infer)
     row['python_top_infer'] = python_profile(infer, rows=20)
     return row
