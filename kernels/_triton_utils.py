@@ -5,6 +5,8 @@ guarded way, and the kernel files define their ``@triton.jit`` functions only wh
 """
 import os
 
+import torch
+
 try:  # Triton is optional: CPU-only installs and macOS have none.
     import triton
     import triton.language as tl
@@ -45,35 +47,44 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+_RUNTIME_KNOBS = getattr(getattr(triton, 'knobs', None), 'runtime', None)
+
+
 def _launch_hooks_installed() -> bool:
     """Whether a launch hook (a profiler such as proton) wants to see every launch through the JIT path."""
-    runtime = getattr(getattr(triton, 'knobs', None), 'runtime', None)
-    hooks = (getattr(runtime, 'launch_enter_hook', None), getattr(runtime, 'launch_exit_hook', None))
+    hooks = (getattr(_RUNTIME_KNOBS, 'launch_enter_hook', None), getattr(_RUNTIME_KNOBS, 'launch_exit_hook', None))
     # Recent releases hold each hook as a chain that is empty when nothing is installed.
     return any(hook is not None and getattr(hook, 'calls', True) for hook in hooks)
 
 
-def _specialization_key(arg):
-    # Stricter than Triton's own specialization: exact integers, and dtype plus 16-byte alignment of tensors; and the
-    # tensors' device, since a compiled kernel's handle belongs to the device it was loaded on.
-    if hasattr(arg, 'data_ptr'):
-        return arg.dtype, arg.data_ptr() % 16 == 0, arg.get_device()
-    if isinstance(arg, float):
-        return float
-    return type(arg), arg
+def _current_stream(device_index: int) -> int:
+    """The raw handle of the current CUDA stream of a device (0 for CPU tensors, which only test doubles launch)."""
+    return _raw_stream(device_index) if device_index >= 0 else 0
+
+
+_raw_stream = getattr(torch._C, '_cuda_getCurrentRawStream', None)
+
+
+def _specialization_key(args) -> tuple:
+    """Stricter than Triton's own specialization: exact integers, and dtype plus 16-byte alignment of tensors; and the
+    tensors' device, since a compiled kernel's handle belongs to the device it was loaded on. One comprehension
+    without a call per argument: it runs on every launch, about 20 arguments each."""
+    return tuple([(arg.dtype, arg.data_ptr() % 16 == 0, arg.get_device()) if isinstance(arg, torch.Tensor)
+                  else float if type(arg) is float else (type(arg), arg) for arg in args])
 
 
 class CachedLaunch:
-    """Launches a ``@triton.jit`` kernel through its compiled handle when a call repeats a specialization.
+    """Launches a ``@triton.jit`` kernel through its compiled launcher when a call repeats a specialization.
 
     ``JITFunction.run`` binds and specialises every argument, builds a cache-key string and checks the kernel's
-    globals on every launch. The first call of each key goes through ``kernel[grid](...)``, which compiles and
-    returns the compiled kernel; later calls with the same key launch that kernel directly. The key is stricter than
-    Triton's (exact integer values, dtype, 16-byte alignment and device of every tensor, every keyword), so a cached
-    kernel never receives arguments it was not specialised for, nor runs on another GPU. The JIT path runs instead
-    under the interpreter, while a launch hook is installed (profilers), with ``CachedLaunch.enabled = False``
-    (environment ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call
-    (a Triton release whose launcher takes other arguments).
+    globals on every launch; the compiled kernel's ``kernel[grid](...)`` then looks up the device and stream through
+    Triton's driver object. The first call of each key goes through ``kernel[grid](...)``, which compiles and returns
+    the compiled kernel; later calls with the same key hand the arguments straight to its launcher, on the current
+    stream of the tensors' device. The key is stricter than Triton's (exact integer values, dtype, 16-byte alignment
+    and device of every tensor, every keyword), so a cached kernel never receives arguments it was not specialised
+    for, nor runs on another GPU. The JIT path runs instead under the interpreter, while a launch hook is installed
+    (profilers), with ``CachedLaunch.enabled = False`` (environment ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on
+    if a compiled kernel's launcher rejects the call (a Triton release whose launcher takes other arguments).
 
     An autotuned kernel is launched with the configuration its autotuner picked on the first call of the key. Call
     as ``launch(grid, *args, **constexprs_and_options)``, with the constexprs as keywords; ``grid`` may be a tuple or
@@ -89,7 +100,7 @@ class CachedLaunch:
     def __call__(self, grid, *args, **kwargs):
         if not CachedLaunch.enabled or _launch_hooks_installed():
             return self.kernel[grid](*args, **kwargs)
-        key = tuple(map(_specialization_key, args)) + tuple(kwargs.items())
+        key = _specialization_key(args) + tuple(kwargs.items())
         entry = self._compiled.get(key)
         if entry is None:
             compiled = self.kernel[grid](*args, **kwargs)
@@ -101,13 +112,18 @@ class CachedLaunch:
             # came as a keyword (its launcher takes all of them in signature order) and without config pre-hooks.
             if hasattr(compiled, 'packed_metadata') and all(name in merged for name in names[len(args):]) and \
                     getattr(config, 'pre_hook', None) is None:
-                self._compiled[key] = compiled, tuple(merged[name] for name in names[len(args):]), merged
+                device = next((arg.get_device() for arg in args if isinstance(arg, torch.Tensor)), -1)
+                self._compiled[key] = compiled, tuple(merged[name] for name in names[len(args):]), merged, device
             return compiled
-        compiled, constants, merged = entry
+        compiled, constants, merged, device = entry
         if callable(grid):
             grid = grid({**dict(zip(self.kernel.arg_names, args)), **merged})
+        grid_x, grid_y, grid_z = tuple(grid) + (1,) * (3 - len(grid))
         try:
-            compiled[tuple(grid) + (1,) * (3 - len(grid))](*args, *constants)
+            # What ``compiled[grid](*args)`` runs, without its per-call closure and driver lookups; no launch hook is
+            # installed (checked above), so there is no launch metadata.
+            compiled.run(grid_x, grid_y, grid_z, _current_stream(device), compiled.function, compiled.packed_metadata,
+                         None, None, None, *args, *constants)
         except TypeError:  # the launcher parses its arguments before launching: nothing ran
             CachedLaunch.enabled = False
             self.kernel[grid](*args, **kwargs)

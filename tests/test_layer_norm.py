@@ -178,17 +178,16 @@ def test_inference_keeps_no_graph_and_matches_training_forward():
 
 
 class _FakeCompiled:
-    packed_metadata = None
+    packed_metadata = function = None
 
     def __init__(self, log, reject=False):
         self.log, self.reject = log, reject
 
-    def __getitem__(self, grid):
-        def launch(*args):
-            if self.reject:
-                raise TypeError('launcher takes other arguments')
-            self.log.append(('cached', grid, args))
-        return launch
+    def run(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook,
+            *args):
+        if self.reject:
+            raise TypeError('launcher takes other arguments')
+        self.log.append(('cached', (grid_x, grid_y, grid_z), args))
 
 
 class _FakeJit:
@@ -259,23 +258,22 @@ def test_cached_launch_keeps_an_autotuners_pick_and_evaluates_a_grid_function(mo
 
 def test_cached_launch_keys_on_the_device(monkeypatch):
     """A compiled kernel's handle belongs to the GPU it was loaded on: the same call on another GPU takes the JIT."""
+    from vmamba_zoo.kernels import _triton_utils as triton_utils
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
 
-    class OnDevice:  # the tensor attributes the key reads
-        dtype = torch.float32
-
-        def __init__(self, index):
-            self.index = index
-
-        def data_ptr(self):
-            return 0
-
+    class OnDevice(torch.Tensor):  # a CPU tensor that reports a GPU index, as the key reads it
         def get_device(self):
             return self.index
 
+    def on_device(index):
+        t = torch.Tensor._make_subclass(OnDevice, torch.zeros(4))
+        t.index = index
+        return t
+
     monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    monkeypatch.setattr(triton_utils, '_raw_stream', lambda index: 1000 + index)  # no GPU here
     kernel = _FakeJit()
     launch = CachedLaunch(kernel)
     for index in (0, 0, 1):
-        launch((2,), OnDevice(index), 5, 0.5, BLOCK=4, num_warps=1)
+        launch((2,), on_device(index), 5, 0.5, BLOCK=4, num_warps=1)
     assert [entry[0] for entry in kernel.log] == ['jit', 'cached', 'jit']
