@@ -9,7 +9,11 @@ For B=128 and (C, H, W) in VMamba-T's four stages it:
 3. prints the bytes floor (read x once, write y once; backward reads x and dy, writes dx) at the measured copy
    bandwidth, and writes everything to JSON.
 
-Usage: python benchmarks/bench_layer_norm.py [--out OUT.json]
+With ``--backward-tiles`` it instead times the backward kernel alone (``_layer_norm_bwd``: the kernel and the sum of
+its weight/bias partials) on channel-last rows, as VMamba's norms run, for several tilings: the tile size
+(channels x pixels per loop step), warps and pixels per program, against the bytes floor.
+
+Usage: python benchmarks/bench_layer_norm.py [--out OUT.json] [--backward-tiles]
 """
 import argparse
 import datetime
@@ -30,7 +34,10 @@ BATCH = 128
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='')
+    parser.add_argument('--backward-tiles', action='store_true')
     args = parser.parse_args()
+    if args.backward_tiles:
+        return backward_tiles(args.out)
     import triton
     import triton.testing
     kernels = bs.import_kernels()
@@ -90,6 +97,48 @@ def main():
         print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
     result['wall_s'] = time.time() - start
     bs.write_result(result, args.out, 'bench_layer_norm')
+
+
+BACKWARD_TILINGS = ((1024, 8, 64), (2048, 8, 64), (1024, 4, 64), (512, 8, 64), (1024, 8, 128), (2048, 8, 128),
+                    (4096, 8, 128))
+
+
+def backward_tiles(out: str):
+    """Backward kernel time of channel-last rows (B * H * W, C) per tiling (tile elements, warps, pixels per
+    program), x in bf16 (a block's norms) and float32 (the out-norm, which reads the scan's output), dy in bf16."""
+    import triton
+    import triton.testing
+    bs.import_kernels()
+    from vmamba_zoo.kernels import layer_norm as ln
+    result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                  gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, batch=BATCH,
+                  copy_bandwidth_GBps=bs.measure_copy_bandwidth(), rows={})
+    defaults = ln._BWD_TILE_ELEMENTS, ln._BWD_WARPS, ln._BWD_PIXELS_PER_PROGRAM
+    for channels, height, width in STAGES:
+        weight = torch.randn(channels, device='cuda')
+        for x_dtype in (torch.bfloat16, torch.float32):
+            x = torch.randn(BATCH, height, width, channels, device='cuda', dtype=x_dtype)
+            dy = torch.randn(BATCH, height, width, channels, device='cuda', dtype=torch.bfloat16)
+            stats = ln._layer_norm_fwd(x, weight, None, 1e-5, torch.empty_like(x), True, True)
+            row = dict(floor_ms=x.numel() * (2 * x.element_size() + 2) / result['copy_bandwidth_GBps'] / 1e6)
+            reference = None
+            for tile, warps, pixels in BACKWARD_TILINGS:
+                ln._BWD_TILE_ELEMENTS, ln._BWD_WARPS, ln._BWD_PIXELS_PER_PROGRAM = tile, warps, pixels
+                ln._launch_bwd_tiles.cache_clear()
+                dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, True)
+                if reference is None:
+                    reference = dx.float(), parts
+                else:  # every tiling computes the same gradients
+                    assert torch.allclose(dx.float(), reference[0], rtol=1e-2, atol=1e-2)
+                    assert torch.allclose(parts, reference[1], rtol=1e-3, atol=1e-2)
+                row[f'tile{tile}_warps{warps}_px{pixels}_ms'] = triton.testing.do_bench(
+                    lambda: ln._layer_norm_bwd(x, weight, stats, dy, True), warmup=10, rep=50, return_mode='median')
+            key = f'C{channels}_{height}x{width}_x_{str(x_dtype)[6:]}'
+            result['rows'][key] = row
+            print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
+    ln._BWD_TILE_ELEMENTS, ln._BWD_WARPS, ln._BWD_PIXELS_PER_PROGRAM = defaults
+    ln._launch_bwd_tiles.cache_clear()
+    bs.write_result(result, out, 'bench_layer_norm_backward_tiles')
 
 
 if __name__ == '__main__':

@@ -9,10 +9,11 @@ For each model, at a batch small enough that the GPU finishes every kernel befor
   launchers and autograd functions that cost host time.
 
 First it checks VMamba-T's logits and gradients with the kernels launched through ``CachedLaunch`` against the JIT
-path.
+path, and with SS2D's one-node projections and scan against its composite path.
 
 Usage: python benchmarks/host_overhead.py [--batch 8] [--out OUT.json] [MODEL ...]
-    (default models: vmamba_tiny_s1l8 convnext_tiny)
+    (default models: vmamba_tiny_s1l8 vmamba_tiny_s1l8:composite convnext_tiny; ':composite' runs SS2D's composite
+    path)
 """
 import argparse
 import cProfile
@@ -55,12 +56,14 @@ def python_profile(step, rows=35):
             for own, cum, calls, where in table[:rows]]
 
 
-def check_cached_launch(batch: int) -> dict:
-    """VMamba-T's logits and gradients with the kernels launched through ``CachedLaunch`` against the JIT path
-    (``CachedLaunch.enabled = False``), and whether the cached path stayed on (it turns itself off if the launcher
-    rejects a call)."""
+def check_switches(batch: int) -> dict:
+    """VMamba-T's logits and gradients with each host-time switch on against off: kernels launched through
+    ``CachedLaunch`` against the JIT path, and SS2D's projections and scan as one autograd node
+    (``SS2D.fused_scan_node``) against the composite path. Also whether the cached path stayed on (it turns itself
+    off if the launcher rejects a call)."""
     import timm
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
+    from vmamba_zoo.layers import SS2D
     torch.manual_seed(0)
     model = timm.create_model('vmamba_tiny_s1l8', drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
@@ -72,17 +75,27 @@ def check_cached_launch(batch: int) -> dict:
         logits.float().square().mean().backward()
         return [logits.float()] + [p.grad.float() for p in model.parameters()]
 
-    CachedLaunch.enabled = False
-    jit = run()
-    CachedLaunch.enabled = True
-    run()  # compiles or finds each specialization through the JIT path, then keeps it
-    cached = run()
-    worst = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(cached, jit))
-    return {'max_rel_diff_logits_and_grads': worst, 'cached_launch_still_enabled': CachedLaunch.enabled}
+    def max_rel_diff(tested, reference):
+        return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(tested, reference))
+
+    result = {}
+    for switch, owner, attribute in (('cached_launch', CachedLaunch, 'enabled'),
+                                     ('fused_scan_node', SS2D, 'fused_scan_node')):
+        setattr(owner, attribute, False)
+        reference = run()
+        setattr(owner, attribute, True)
+        run()  # compiles or finds each specialization through the JIT path, then keeps it
+        result[f'{switch}_max_rel_diff_logits_and_grads'] = max_rel_diff(run(), reference)
+    result['cached_launch_still_enabled'] = CachedLaunch.enabled
+    return result
 
 
 def measure(name: str, batch: int) -> dict:
+    """Host time of ``name`` (a timm or zoo model; ``vmamba_tiny_s1l8:composite`` runs SS2D's composite path)."""
     import timm
+    from vmamba_zoo.layers import SS2D
+    name, _, variant = name.partition(':')
+    SS2D.fused_scan_node = variant != 'composite'
     model = timm.create_model(name, drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (batch,), device='cuda')
@@ -99,7 +112,7 @@ def measure(name: str, batch: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'convnext_tiny'])
+    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:composite', 'convnext_tiny'])
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--out', default='')
     args = parser.parse_args()
@@ -108,8 +121,8 @@ def main():
     torch.backends.cudnn.benchmark = True
     result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
               'models': {}}
-    result['cached_launch_check'] = check = check_cached_launch(args.batch)
-    print('cached launch vs JIT path:', check, flush=True)
+    result['switch_checks'] = check = check_switches(args.batch)
+    print('switches on vs off:', check, flush=True)
     for name in args.models:
         result['models'][name] = row = measure(name, args.batch)
         print(f"{name}: batch {row['batch']}: train {row['train_ms']:.2f} ms, {row['train_kernels']} kernels; "

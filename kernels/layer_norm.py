@@ -30,6 +30,9 @@ __all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
+_BWD_TILE_ELEMENTS = 1024  # the backward's tiles: 4 values per thread on 8 warps
+_BWD_WARPS = 8
+_BWD_PIXELS_PER_PROGRAM = 64
 
 
 def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -108,27 +111,36 @@ if HAS_TRITON:
     def _layer_norm_2d_bwd_kernel(
             x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
             stride_x_c, stride_x_p, stride_y_c, stride_y_p,
-            HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+            HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PIXEL_BLOCKS: tl.constexpr,
     ):
-        image, pixels, channels, mask = _pixel_tile(C, P, BLOCK_C, BLOCK_P)
+        # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program: small tiles keep the registers low, and the
+        # weight and bias gradients are summed over all of them before one partial per program is stored.
+        image = tl.program_id(1).to(tl.int64)
+        channels = tl.arange(0, BLOCK_C)
         compute = mean_ptr.dtype.element_ty
-        offsets = _tile_offsets(image, pixels, channels, C, P, stride_x_c, stride_x_p)  # of x and dx
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
-        dy = tl.load(dy_ptr + _tile_offsets(image, pixels, channels, C, P, stride_y_c, stride_y_p), mask=mask,
-                     other=0.0).to(compute)
-        mean = tl.load(mean_ptr + image * P + pixels, mask=pixels < P, other=0.0)
-        rstd = tl.load(rstd_ptr + image * P + pixels, mask=pixels < P, other=0.0)
-        x_hat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
-        g = dy
-        if HAS_WEIGHT:
-            g = dy * tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
-        # d/dx of (x - mean) * rstd, contracted with g: rstd * (g - mean_c(g) - x_hat * mean_c(g * x_hat)).
-        dx = (g - tl.sum(g, axis=0)[None, :] / C - x_hat * (tl.sum(g * x_hat, axis=0)[None, :] / C)) * rstd[None, :]
-        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        weight = tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute) if HAS_WEIGHT else None
+        dweight = tl.zeros([BLOCK_C], dtype=compute)
+        dbias = tl.zeros([BLOCK_C], dtype=compute)
+        for block in range(PIXEL_BLOCKS):
+            pixels = (tl.program_id(0) * PIXEL_BLOCKS + block) * BLOCK_P + tl.arange(0, BLOCK_P)
+            mask = (channels[:, None] < C) & (pixels[None, :] < P)
+            offsets = _tile_offsets(image, pixels, channels, C, P, stride_x_c, stride_x_p)  # of x and dx
+            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
+            dy = tl.load(dy_ptr + _tile_offsets(image, pixels, channels, C, P, stride_y_c, stride_y_p), mask=mask,
+                         other=0.0).to(compute)
+            mean = tl.load(mean_ptr + image * P + pixels, mask=pixels < P, other=0.0)
+            rstd = tl.load(rstd_ptr + image * P + pixels, mask=pixels < P, other=0.0)
+            x_hat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
+            g = dy * weight[:, None] if HAS_WEIGHT else dy
+            # d/dx of (x - mean) * rstd, contracted with g: rstd * (g - mean_c(g) - x_hat * mean_c(g * x_hat)).
+            dx = (g - tl.sum(g, axis=0)[None, :] / C - x_hat * (tl.sum(g * x_hat, axis=0)[None, :] / C)) \
+                * rstd[None, :]
+            tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            dweight += tl.sum(dy * x_hat, axis=1)
+            dbias += tl.sum(dy, axis=1)
         part = (image * tl.num_programs(0) + tl.program_id(0)) * C + channels
-        tl.store(dweight_part_ptr + part, tl.sum(dy * x_hat, axis=1), mask=channels < C)
-        tl.store(dbias_part_ptr + part, tl.sum(dy, axis=1), mask=channels < C)
-
+        tl.store(dweight_part_ptr + part, dweight, mask=channels < C)
+        tl.store(dbias_part_ptr + part, dbias, mask=channels < C)
 
     # 96 launches per VMamba-T training step, whose host time, not the GPU, set the step's pace on the H200.
     _launch_fwd, _launch_bwd = CachedLaunch(_layer_norm_2d_fwd_kernel), CachedLaunch(_layer_norm_2d_bwd_kernel)
@@ -142,6 +154,18 @@ def _launch(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], i
     block_p = max(16, min(128, _TILE_ELEMENTS // block_c, next_power_of_2(pixels)))
     warps = 8 if block_c * block_p > _TILE_ELEMENTS else 4
     return (cdiv(pixels, block_p), images), block_c, block_p, warps
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_bwd_tiles(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], int, int, int, int]:
+    """(grid, BLOCK_C, BLOCK_P, PIXEL_BLOCKS, num_warps) of the backward: tiles of at most ``_BWD_TILE_ELEMENTS``
+    on ``_BWD_WARPS`` warps, ``_BWD_PIXELS_PER_PROGRAM`` pixels per program. ptxas (sm_90) gave the forward's tiles
+    185-255 registers in the backward, with spills at 96 and 768 channels; these take 40-64 without spills at
+    VMamba's 96-768 channels (``python benchmarks/bench_layer_norm.py --backward-tiles`` times the choices)."""
+    block_c = next_power_of_2(channels)
+    block_p = max(1, min(_BWD_PIXELS_PER_PROGRAM, _BWD_TILE_ELEMENTS // block_c, next_power_of_2(pixels)))
+    pixel_blocks = max(1, min(_BWD_PIXELS_PER_PROGRAM // block_p, cdiv(pixels, block_p)))
+    return (cdiv(pixels, block_p * pixel_blocks), images), block_c, block_p, pixel_blocks, _BWD_WARPS
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -184,13 +208,13 @@ def _layer_norm_fwd(x, weight, bias, eps, y, rows, store_stats):
 
 def _layer_norm_bwd(x, weight, stats, dy, rows):
     images, channels, pixels, stride_x_c, stride_x_p = geometry = _geometry(x, rows)
-    grid, block_c, block_p, warps = _launch(*geometry[:3])
+    grid, block_c, block_p, pixel_blocks, warps = _launch_bwd_tiles(*geometry[:3])
     dx = torch.empty_like(x)  # in x's layout
     dy = dy.contiguous() if rows else _dense(dy)
     parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
     _launch_bwd(grid, x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels, stride_x_c,
                 stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-                num_warps=warps)
+                PIXEL_BLOCKS=pixel_blocks, num_warps=warps)
     return dx, parts.sum(dim=1)
 
 

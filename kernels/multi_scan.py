@@ -12,9 +12,10 @@ from typing import Optional, Union
 import torch
 
 from .scan_patterns import ScanPattern, cross_merge, cross_scan, get_pattern
-from .selective_scan import scan_routes
+from .selective_scan import (_plain_eager, _raster_fwd, _raster_plan, _resolve_backend, _row_walk_reads,
+                             _scan_routes_bwd, _scatter_atomic, scan_routes)
 
-__all__ = ['multi_scan_2d']
+__all__ = ['multi_scan_2d', 'RasterMultiScan']
 
 
 def _as_routes_param(fn: str, name: str, t: Optional[torch.Tensor], num_routes: int, dim: int):
@@ -118,3 +119,70 @@ def multi_scan_2d(
     if return_states:
         return y, states.view(batch, num_routes, dim, -1, height, width)
     return y
+
+
+class RasterMultiScan:
+    """``multi_scan_2d``'s fused forward and backward on the Triton raster kernels, without autograd.
+
+    For layers that fold the scan into their own ``autograd.Function`` together with the ops around it (SS2D's
+    projections), so that one autograd node replaces the dozens that the framework ops around the scan record. An
+    eager VMamba-T training step was bound by the host issuing those nodes on the H200 (2026-11-30 profiles).
+
+    ``RasterMultiScan.plan`` says whether the raster kernels would run ``multi_scan_2d`` on a map, eagerly (not while
+    tracing, compiling or under a dispatch mode, which keep the custom op); ``forward`` and ``backward`` then compute
+    what ``multi_scan_2d(..., fused=True, out_dtype=torch.float32)`` and its backward compute.
+    """
+
+    def __init__(self, pattern: ScanPattern, raster_plan):
+        self.pattern = pattern
+        self.raster_plan = raster_plan
+
+    @classmethod
+    def plan(cls, x: torch.Tensor, state_dim: int, pattern: Union[str, ScanPattern] = 'cross',
+             backend: str = 'auto') -> Optional['RasterMultiScan']:
+        """The raster scan of the (batch, dim, H, W) map ``x`` with ``state_dim`` states along ``pattern``, or None
+        where ``multi_scan_2d`` would run other kernels (PyTorch backend, routes that are not raster walks, large
+        d_state) or keep its custom op (tracing, compiling, dispatch modes)."""
+        if not _plain_eager() or _resolve_backend(backend, x) != 'triton':
+            return None
+        height, width = x.shape[-2:]
+        if isinstance(pattern, str):
+            pattern = get_pattern(pattern, height, width)
+        if pattern.route_kinds is None or (pattern.height, pattern.width) != (height, width):
+            return None
+        raster_plan = _raster_plan(x.shape[1], height * width, pattern.route_kinds, (height, width), state_dim)
+        return None if raster_plan is None else cls(pattern, raster_plan)
+
+    def _scan_views(self, x, delta, B, C):
+        batch, dim, height, width = x.shape
+        positions = height * width
+        u, delta = x.view(batch, 1, dim, positions), delta.reshape(batch, -1, dim, positions)
+        if not _row_walk_reads(u, delta, self.raster_plan):
+            u, delta = u.contiguous(), delta.contiguous()
+        return u, delta, B.flatten(3), C.flatten(3)
+
+    def forward(self, x, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+        """The float32 (batch, dim, H, W) sum of the routes' outputs, and the tensor the backward needs.
+
+        Args:
+            x: (batch, dim, H, W) NCHW-contiguous input.
+            delta: (batch, K, dim, H, W) step sizes (any strides with H, W adjacent).
+            A: (K, dim, N) float32.
+            B, C: (batch, K, N, H, W) contiguous.
+            D, delta_bias: (K, dim) float32, or None.
+            delta_softplus: apply softplus to ``delta`` after the bias.
+        """
+        u, delta, B, C = self._scan_views(x, delta, B, C)
+        y, _, entering, _ = _raster_fwd(u, delta, A, B, C, D, delta_bias, self.raster_plan, delta_softplus,
+                                        accumulate=True, return_states=False)
+        return y.view(x.shape), entering
+
+    def backward(self, x, delta, A, B, C, D, delta_bias, delta_softplus: bool, entering, dy):
+        """Gradients of ``forward``'s inputs given ``dy`` (batch, dim, H, W): dx (batch, 1, dim, H * W) and dA, dB,
+        dC, dD, dbias in float32, and ddelta in delta's dtype and layout (None for an absent D or bias)."""
+        u, delta, B, C = self._scan_views(x, delta, B, C)
+        batch, dim, height, width = x.shape
+        routes = self.pattern.routes_on(x.device)
+        return _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy.reshape(batch, dim, -1),
+                                None, None, delta_softplus, False, _scatter_atomic(u, routes), 'triton',
+                                self.raster_plan, eager=True)

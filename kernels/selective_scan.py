@@ -1434,11 +1434,12 @@ _LAUNCH = {name: CachedLaunch(globals()[name]) for name in (
 } if HAS_TRITON else {}
 
 
-def _raster_plan(u, route_kinds, map_hw, state_dim):
-    """Tile of the raster kernels for this call, or None to run the chunked kernels."""
+def _raster_plan(dim, positions, route_kinds, map_hw, state_dim):
+    """Tile of the raster kernels for a scan of ``dim`` channels over ``positions``, or None to run the chunked
+    kernels."""
     if route_kinds is None or map_hw is None or state_dim > RASTER_MAX_STATE_DIM:
         return None
-    if u.shape[2] * state_dim * u.shape[3] >= 2 ** 31:  # offsets inside one (batch, route) slab are int32
+    if dim * state_dim * positions >= 2 ** 31:  # offsets inside one (batch, route) slab are int32
         return None
     tile = _raster_tile(map_hw[0], map_hw[1], route_kinds)
     return None if tile is None else (*tile, sum(kind << (2 * k) for k, kind in enumerate(route_kinds)))
@@ -1714,7 +1715,7 @@ def _scan_routes_fwd_op(
         route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if backend == 'triton':
-        plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1])
+        plan = _raster_plan(u.shape[2], u.shape[3], route_kinds, map_hw, A.shape[-1])
         if plan is not None:
             return _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumulate, return_states)
         return _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states)
@@ -1730,7 +1731,7 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
     batch, _, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     out_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
+    plan = _raster_plan(u.shape[2], u.shape[3], route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     if plan is not None:
         y = _scan_output(u, num_routes, accumulate, _row_walk_reads(u, delta, plan))
     else:
@@ -1790,7 +1791,7 @@ def _scan_routes_bwd_op(
         delta_softplus: bool, return_states: bool, scatter_atomic: bool, backend: str,
         route_kinds: Optional[List[int]] = None, map_hw: Optional[List[int]] = None,
 ) -> List[torch.Tensor]:
-    plan = _raster_plan(u, route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
+    plan = _raster_plan(u.shape[2], u.shape[3], route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast,
                              delta_softplus, return_states, scatter_atomic, backend, plan)
     return [g if g is not None else u.new_empty(0) for g in grads]
@@ -2045,7 +2046,7 @@ def scan_routes(
     if state_dim < 1 or state_dim > 256:
         raise ValueError(f'{fn}: d_state N={state_dim} must be in [1, 256]')
     backend = _resolve_backend(backend, u)
-    plan = _raster_plan(u, route_kinds, map_hw, state_dim) if backend == 'triton' else None
+    plan = _raster_plan(u.shape[2], u.shape[3], route_kinds, map_hw, state_dim) if backend == 'triton' else None
     if backend == 'triton':
         # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
         A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))

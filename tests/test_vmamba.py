@@ -536,3 +536,43 @@ def test_checkpoint_filter_legacy_names_and_conv_shaped_weights():
     result = v2.load_state_dict(checkpoint_filter_fn(official, v2), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
 
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+@pytest.mark.parametrize('d_state', [1, 2])
+def test_ss2d_scan_node_equals_composite_path(monkeypatch, dtype, d_state):
+    """Eager training runs x_proj, dt_proj, the B/C layout and the scan as one autograd node (``_SS2DScanCore``).
+    Its output and every gradient equal the composite path's (the same kernels, recorded op by op)."""
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    from vmamba_zoo.layers.ss2d import _SS2DScanCore
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    torch.manual_seed(0)
+    block = SS2D(8, d_state=d_state, ssm_ratio=1.0, dt_rank=3, channel_first=False, use_z_gate=False,
+                 backend='triton').to(dtype)
+    x = torch.randn(2, 3, 5, 8, dtype=dtype)
+    cotangent = torch.randn(2, 3, 5, 8, dtype=dtype)
+    results = []
+    for fused_node in (True, False):
+        monkeypatch.setattr(SS2D, 'fused_scan_node', fused_node)
+        block.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        out = block(x_in)
+        nodes = set()
+        stack = [out.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is not None and node not in nodes:
+                nodes.add(node)
+                stack.extend(next_node for next_node, _ in node.next_functions)
+        assert any(type(n).__name__ == f'{_SS2DScanCore.__name__}Backward' for n in nodes) == fused_node
+        out.backward(cotangent)
+        results.append((out, x_in.grad, len(nodes), {name: p.grad for name, p in block.named_parameters()}))
+    (out, dx, nodes, grads), (out_ref, dx_ref, nodes_ref, grads_ref) = results
+    assert nodes < nodes_ref - 20, (nodes, nodes_ref)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(out, out_ref, **tol)
+    torch.testing.assert_close(dx, dx_ref, **tol)
+    assert dx.stride() == dx_ref.stride()
+    for name, grad in grads.items():
+        assert grad.dtype == grads_ref[name].dtype, name
+        torch.testing.assert_close(grad, grads_ref[name], **tol, msg=name)

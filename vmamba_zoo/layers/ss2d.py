@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vmamba_zoo.kernels import get_pattern, multi_scan_2d
+from vmamba_zoo.kernels import RasterMultiScan, get_pattern, multi_scan_2d
 
 from .mlp import get_linear_layer
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
@@ -83,13 +83,8 @@ class _GroupedProjection(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, x = ctx.saved_tensors
-        groups, out_features, in_features = weight.shape
         dx = torch.bmm(weight.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
-        dweight = None
-        if ctx.needs_input_grad[0]:
-            every_pair = torch.mm(grad.reshape(groups * out_features, -1), x.reshape(groups * in_features, -1).t())
-            dweight = every_pair.view(groups, out_features, groups, in_features).diagonal(dim1=0, dim2=2)
-            dweight = dweight.permute(2, 0, 1)
+        dweight = _grouped_weight_grad(grad, x) if ctx.needs_input_grad[0] else None
         return dweight, dx
 
 
@@ -103,6 +98,71 @@ def grouped_projection(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
         return torch.bmm(weight, x)
     return _GroupedProjection.apply(weight, x)
+
+
+def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The (K, O, I) weight gradient of ``bmm(weight, x)``, grad (K, O, P) and x (K, I, P), as one GEMM over all
+    groups whose diagonal blocks are the groups' gradients (see ``_GroupedProjection``)."""
+    groups, out_features, in_features = grad.shape[0], grad.shape[1], x.shape[1]
+    every_pair = torch.mm(grad.reshape(groups * out_features, -1), x.reshape(groups * in_features, -1).t())
+    return every_pair.view(groups, out_features, groups, in_features).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+class _SS2DScanCore(torch.autograd.Function):
+    """SS2D's ``x_proj``, ``dt_proj``, B/C layout, ``A = -exp(A_logs)`` and fused multi-scan of a channel-last map as
+    one autograd node, for eager training on the Triton raster kernels.
+
+    The framework ops of that span record about 25 autograd nodes per block and two Python Functions; an eager
+    VMamba-T training step was bound by the host issuing them on the H200 (2026-11-30 profiles: 73 ms per step for
+    56 ms of kernels). Forward and backward run the same kernels in the same dtypes as the composite path
+    (``SS2D.fused_scan_node = False``), which the tests compare it with.
+    """
+
+    @staticmethod
+    def forward(ctx, x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan: RasterMultiScan,
+                rank: int, d_state: int):
+        batch, d_inner, height, width = x.shape
+        k_group = dt_projs_weight.shape[0]
+        w_x = x_proj_weight.reshape(-1, d_inner).to(x.dtype)
+        w_dt = dt_projs_weight.to(x.dtype)
+        x_dbl = F.linear(x.permute(0, 2, 3, 1), w_x)
+        dt_in, bc = x_dbl.view(-1, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
+        dt_in = dt_in.permute(1, 2, 0)
+        dts = torch.bmm(w_dt, dt_in).view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
+        Bs, Cs = bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2).contiguous().unbind(0)
+        u = x.contiguous()
+        A = -A_logs.float().exp()
+        D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
+        y, entering = scan.forward(u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True)
+        ctx.save_for_backward(x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt)
+        ctx.scan, ctx.d_state = scan, d_state
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt = ctx.saved_tensors
+        batch, d_inner, height, width = x.shape
+        k_group, d_state = dts.shape[1], ctx.d_state
+        du, ddelta, dA, dB, dC, dD, dbias = ctx.scan.backward(
+            u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True, entering, dy)
+        # The composite path's gradients, in its dtypes: activations' in x's dtype, the parameters' in float32.
+        ddts = ddelta.permute(1, 2, 0, 3).reshape(k_group, d_inner, -1)  # a view: ddelta has dts's layout
+        d_dt_in = torch.bmm(w_dt.transpose(1, 2), ddts)
+        d_bc = torch.stack((dB, dC)).view(2, batch, k_group, d_state, height, width)
+        # (B, H, W, K, 2, N) as x_dbl holds B and C: the cast and the transposition in one copy.
+        d_bc = d_bc.permute(1, 4, 5, 2, 0, 3).to(x.dtype, memory_format=torch.contiguous_format)
+        d_x_dbl = torch.cat((d_dt_in.permute(2, 0, 1), d_bc.reshape(-1, k_group, 2 * d_state)), -1)
+        d_x_dbl = d_x_dbl.view(-1, w_x.shape[0])
+        x_rows = x.permute(0, 2, 3, 1).reshape(-1, d_inner)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(d_x_dbl, w_x).view(batch, height, width, d_inner)
+            # du rounded to x's dtype before the sum, as autograd sums the composite path's two gradients of x.
+            dx = dx.add_(du.view(batch, d_inner, height, width).permute(0, 2, 3, 1).to(x.dtype)).permute(0, 3, 1, 2)
+        d_x_proj = torch.mm(d_x_dbl.t(), x_rows).float().view(k_group, -1, d_inner) \
+            if ctx.needs_input_grad[1] else None
+        d_dt_proj = _grouped_weight_grad(ddts, dt_in).float() if ctx.needs_input_grad[2] else None
+        return dx, d_x_proj, d_dt_proj, dbias, dA.view(-1, d_state) * A, dD.view(-1), None, None, None
 
 
 class SpatialSoftmax(nn.Module):
@@ -179,6 +239,9 @@ class SS2D(nn.Module):
     # channel-last took the row-walk forward from 4.69 to 6.34 ms per VMamba-T step and its backward from 13.0 to
     # 15.9 ms (run 7).
     nchw_scan_min_positions = 1
+    # Eager training of a channel-last map on the Triton raster kernels runs the projections and the scan as one
+    # autograd node (``_SS2DScanCore``); False keeps the composite path (same kernels, about 25 nodes per block).
+    fused_scan_node = True
 
     def __init__(
             self,
@@ -339,21 +402,36 @@ class SS2D(nn.Module):
                        dt_projs_weight.reshape(k_group * d_inner, rank, 1, 1), groups=k_group)
         return dts.view(batch, k_group, d_inner, height, width), Bs.contiguous(), Cs.contiguous()
 
+    def _scan_node(self, x: torch.Tensor) -> Optional[RasterMultiScan]:
+        """The raster scan that ``_SS2DScanCore`` runs for this call, or None to take the composite path: it serves
+        eager training of a channel-last map on the Triton raster kernels."""
+        if not (self.fused_scan_node and self.fused and not self.scan_fp32 and x.stride(1) == 1 and self.d_inner > 1
+                and x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions and torch.is_grad_enabled()
+                and (x.requires_grad or self.x_proj_weight.requires_grad)):
+            return None
+        scan = RasterMultiScan.plan(x, self.d_state, self.pattern, self.backend)
+        return scan if scan is not None and scan.pattern.num_routes == self.k_group else None
+
     def forward_core(self, x: torch.Tensor) -> torch.Tensor:
         """Scan a (B, D, H, W) map along the pattern's routes and apply ``out_norm``.
 
         Returns:
             The normalised output in ``x``'s dtype, (B, D, H, W) if ``channel_first`` else (B, H, W, D).
         """
-        A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype)
-        dts, Bs, Cs = self.project_routes(x, x_proj_weight, dt_projs_weight)
-        xs = x.contiguous() if x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions else x
-        if self.scan_fp32:
-            xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
-        y = multi_scan_2d(
-            xs, dts, A, Bs, Cs, self.Ds.float(), delta_bias=self.dt_projs_bias.float(),
-            delta_softplus=True, pattern=self.pattern, fused=self.fused, out_dtype=torch.float32,
-            backend=self.backend)
+        scan = self._scan_node(x)
+        if scan is not None:
+            y = _SS2DScanCore.apply(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                                    self.Ds, scan, self.dt_rank, self.d_state)
+        else:
+            A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype)
+            dts, Bs, Cs = self.project_routes(x, x_proj_weight, dt_projs_weight)
+            xs = x.contiguous() if x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions else x
+            if self.scan_fp32:
+                xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
+            y = multi_scan_2d(
+                xs, dts, A, Bs, Cs, self.Ds.float(), delta_bias=self.dt_projs_bias.float(),
+                delta_softplus=True, pattern=self.pattern, fused=self.fused, out_dtype=torch.float32,
+                backend=self.backend)
         if not self.channel_first:
             y = y.permute(0, 2, 3, 1)
         return self.out_norm(y).to(x.dtype)
