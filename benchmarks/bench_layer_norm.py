@@ -99,8 +99,8 @@ def main():
     bs.write_result(result, args.out, 'bench_layer_norm')
 
 
-BACKWARD_TILINGS = ((1024, 8, 64), (2048, 8, 64), (1024, 4, 64), (512, 8, 64), (1024, 8, 128), (2048, 8, 128),
-                    (4096, 8, 128))
+BACKWARD_TILINGS = ((4096, 8, 128), (512, 8, 64), (4096, 4, 128), (8192, 8, 128), (256, 8, 64), (512, 4, 64),
+                    (512, 8, 128))
 
 
 def backward_tiles(out: str):
@@ -113,7 +113,7 @@ def backward_tiles(out: str):
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, batch=BATCH,
                   copy_bandwidth_GBps=bs.measure_copy_bandwidth(), rows={})
-    defaults = ln._BWD_TILE_ELEMENTS, ln._BWD_WARPS, ln._BWD_PIXELS_PER_PROGRAM
+    defaults = ln._BWD_TILING_NARROW, ln._BWD_TILING_WIDE
     for channels, height, width in STAGES:
         weight = torch.randn(channels, device='cuda')
         for x_dtype in (torch.bfloat16, torch.float32):
@@ -123,7 +123,7 @@ def backward_tiles(out: str):
             row = dict(floor_ms=x.numel() * (2 * x.element_size() + 2) / result['copy_bandwidth_GBps'] / 1e6)
             reference = None
             for tile, warps, pixels in BACKWARD_TILINGS:
-                ln._BWD_TILE_ELEMENTS, ln._BWD_WARPS, ln._BWD_PIXELS_PER_PROGRAM = tile, warps, pixels
+                ln._BWD_TILING_NARROW = ln._BWD_TILING_WIDE = (tile, warps, pixels)
                 ln._launch_bwd_tiles.cache_clear()
                 dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, True)
                 if reference is None:
@@ -136,7 +136,7 @@ def backward_tiles(out: str):
             key = f'C{channels}_{height}x{width}_x_{str(x_dtype)[6:]}'
             result['rows'][key] = row
             print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
-    ln._BWD_TILE_ELEMENTS, ln._BWD_WARPS, ln._BWD_PIXELS_PER_PROGRAM = defaults
+    ln._BWD_TILING_NARROW, ln._BWD_TILING_WIDE = defaults
     ln._launch_bwd_tiles.cache_clear()
     bs.write_result(result, out, 'bench_layer_norm_backward_tiles')
 

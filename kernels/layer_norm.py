@@ -30,9 +30,12 @@ __all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
-_BWD_TILE_ELEMENTS = 1024  # the backward's tiles: 4 values per thread on 8 warps
-_BWD_WARPS = 8
-_BWD_PIXELS_PER_PROGRAM = 64
+# The backward's (tile elements, warps, pixels per program) for up to 128 channels (padded), and for more. Swept on
+# channel-last rows at B = 128 on the H200 (2026-11-30, ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 /
+# 384 / 768 channels: (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12; (512, 8, 64) 0.43 / 0.17 / 0.078 / 0.070;
+# (1024, 8, 64) 0.95 / 0.29 / 0.10 / 0.070.
+_BWD_TILING_NARROW = (4096, 8, 128)
+_BWD_TILING_WIDE = (512, 8, 64)
 
 
 def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -158,14 +161,13 @@ def _launch(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], i
 
 @functools.lru_cache(maxsize=None)
 def _launch_bwd_tiles(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], int, int, int, int]:
-    """(grid, BLOCK_C, BLOCK_P, PIXEL_BLOCKS, num_warps) of the backward: tiles of at most ``_BWD_TILE_ELEMENTS``
-    on ``_BWD_WARPS`` warps, ``_BWD_PIXELS_PER_PROGRAM`` pixels per program. ptxas (sm_90) gave the forward's tiles
-    185-255 registers in the backward, with spills at 96 and 768 channels; these take 40-64 without spills at
-    VMamba's 96-768 channels (``python benchmarks/bench_layer_norm.py --backward-tiles`` times the choices)."""
+    """(grid, BLOCK_C, BLOCK_P, PIXEL_BLOCKS, num_warps) of the backward: each program loops over PIXEL_BLOCKS tiles
+    of every channel and BLOCK_P pixels, ``_BWD_TILING_NARROW`` up to 128 channels, else ``_BWD_TILING_WIDE``."""
     block_c = next_power_of_2(channels)
-    block_p = max(1, min(_BWD_PIXELS_PER_PROGRAM, _BWD_TILE_ELEMENTS // block_c, next_power_of_2(pixels)))
-    pixel_blocks = max(1, min(_BWD_PIXELS_PER_PROGRAM // block_p, cdiv(pixels, block_p)))
-    return (cdiv(pixels, block_p * pixel_blocks), images), block_c, block_p, pixel_blocks, _BWD_WARPS
+    tile, warps, pixels_per_program = _BWD_TILING_NARROW if block_c <= 128 else _BWD_TILING_WIDE
+    block_p = max(1, min(pixels_per_program, tile // block_c, next_power_of_2(pixels)))
+    pixel_blocks = max(1, min(pixels_per_program // block_p, cdiv(pixels, block_p)))
+    return (cdiv(pixels, block_p * pixel_blocks), images), block_c, block_p, pixel_blocks, warps
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:

@@ -106,7 +106,7 @@ def test_every_output_element_is_written(monkeypatch):
     assert not y.isnan().any() and not any(g.isnan().any() for g in grads)
 
 
-@pytest.mark.parametrize('shape', [(2, 3, 5, 6), (7, 6), (6,), (2, 1, 3, 40), (300, 20), 'transposed'])
+@pytest.mark.parametrize('shape', [(2, 3, 5, 6), (7, 6), (6,), (2, 1, 3, 40), (300, 20), (70, 200), 'transposed'])
 @pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-6), (torch.float16, 2e-3)])
 def test_last_dim_of_any_tensor_matches_the_reference(shape, dtype, tol):
     """``channel_dim=-1`` is nn.LayerNorm over the last dim of a tensor of any rank, read as one image of rows;
