@@ -32,10 +32,10 @@ _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per th
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
 # The backward's (tile elements, warps, pixels per program) for up to 128 channels (padded), and for more. Swept on
 # channel-last rows at B = 128 on the H200 (2026-11-30, ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 /
-# 384 / 768 channels: (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12; (512, 8, 64) 0.43 / 0.17 / 0.078 / 0.070;
-# (1024, 8, 64) 0.95 / 0.29 / 0.10 / 0.070.
-_BWD_TILING_NARROW = (4096, 8, 128)
-_BWD_TILING_WIDE = (512, 8, 64)
+# 384 / 768 channels, bf16 x: (4096, 4, 128) 0.174 / 0.159 / 0.075 / 0.053; (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12;
+# (512, 8, 64) 0.42 / 0.16 / 0.077 / 0.079; (512, 4, 64) 0.54 / 0.18 / 0.071 / 0.066.
+_BWD_TILING_NARROW = (4096, 4, 128)
+_BWD_TILING_WIDE = (4096, 4, 128)
 
 
 def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
