@@ -113,7 +113,7 @@ def backward_tiles(out: str):
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, batch=BATCH,
                   copy_bandwidth_GBps=bs.measure_copy_bandwidth(), rows={})
-    defaults = ln._BWD_TILING_NARROW, ln._BWD_TILING_WIDE
+    default = ln._BWD_TILING
     for channels, height, width in STAGES:
         weight = torch.randn(channels, device='cuda')
         for x_dtype in (torch.bfloat16, torch.float32):
@@ -123,7 +123,7 @@ def backward_tiles(out: str):
             row = dict(floor_ms=x.numel() * (2 * x.element_size() + 2) / result['copy_bandwidth_GBps'] / 1e6)
             reference = None
             for tile, warps, pixels in BACKWARD_TILINGS:
-                ln._BWD_TILING_NARROW = ln._BWD_TILING_WIDE = (tile, warps, pixels)
+                ln._BWD_TILING = (tile, warps, pixels)
                 ln._launch_bwd_tiles.cache_clear()
                 dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, True)
                 if reference is None:
@@ -136,7 +136,7 @@ def backward_tiles(out: str):
             key = f'C{channels}_{height}x{width}_x_{str(x_dtype)[6:]}'
             result['rows'][key] = row
             print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
-    ln._BWD_TILING_NARROW, ln._BWD_TILING_WIDE = defaults
+    ln._BWD_TILING = default
     ln._launch_bwd_tiles.cache_clear()
     bs.write_result(result, out, 'bench_layer_norm_backward_tiles')
 

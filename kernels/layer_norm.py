@@ -30,12 +30,11 @@ __all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
-# The backward's (tile elements, warps, pixels per program) for up to 128 channels (padded), and for more. Swept on
+# The backward's (tile elements, warps, pixels per program). Swept on
 # channel-last rows at B = 128 on the H200 (2026-11-30, ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 /
 # 384 / 768 channels, bf16 x: (4096, 4, 128) 0.174 / 0.159 / 0.075 / 0.053; (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12;
 # (512, 8, 64) 0.42 / 0.16 / 0.077 / 0.079; (512, 4, 64) 0.54 / 0.18 / 0.071 / 0.066.
-_BWD_TILING_NARROW = (4096, 4, 128)
-_BWD_TILING_WIDE = (4096, 4, 128)
+_BWD_TILING = (4096, 4, 128)
 
 
 def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -162,9 +161,9 @@ def _launch(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], i
 @functools.lru_cache(maxsize=None)
 def _launch_bwd_tiles(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], int, int, int, int]:
     """(grid, BLOCK_C, BLOCK_P, PIXEL_BLOCKS, num_warps) of the backward: each program loops over PIXEL_BLOCKS tiles
-    of every channel and BLOCK_P pixels, ``_BWD_TILING_NARROW`` up to 128 channels, else ``_BWD_TILING_WIDE``."""
+    of every channel and BLOCK_P pixels (``_BWD_TILING``)."""
     block_c = next_power_of_2(channels)
-    tile, warps, pixels_per_program = _BWD_TILING_NARROW if block_c <= 128 else _BWD_TILING_WIDE
+    tile, warps, pixels_per_program = _BWD_TILING
     block_p = max(1, min(pixels_per_program, tile // block_c, next_power_of_2(pixels)))
     pixel_blocks = max(1, min(pixels_per_program // block_p, cdiv(pixels, block_p)))
     return (cdiv(pixels, block_p * pixel_blocks), images), block_c, block_p, pixel_blocks, warps
