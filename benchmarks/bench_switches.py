@@ -1,12 +1,14 @@
 """VMamba-T[s1l8] at batch 128 on one GPU under the zoo's host-time and layout switches, in one process.
 
 Images/s of bf16 inference for each setting of the first switch, then of bf16 training (SGD step) for each
-combination of, twice over:
+combination of the two node switches (cached launches on), twice over:
 
 * ``CachedLaunch.enabled``: Triton kernels launched through their compiled handles, or through ``kernel[grid]``;
-* ``SS2D.fused_scan_node``: SS2D's projections and scan as one autograd node in training, or the composite path.
+* ``SS2D.fused_scan_node``: SS2D's projections and scan as one autograd node in training, or the composite path;
+* ``Mlp.fused_node``: the MLP as one autograd node in training, or the composite path.
 
-(Run 8 of 2026-11-30 timed ``SS2D.nchw_scan_min_positions`` here too; the 14x14 change it served was reverted.)
+(Run 8 of 2026-11-30 timed ``SS2D.nchw_scan_min_positions`` here too; the 14x14 change it served was reverted.
+Run 2 of the third session timed cached launches on and off in training too.)
 
 Usage: python benchmarks/bench_switches.py [--out OUT.json]
 """
@@ -32,7 +34,7 @@ def main():
     import timm
     import vmamba_zoo  # noqa: F401  (registers the models)
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
-    from vmamba_zoo.layers import SS2D
+    from vmamba_zoo.layers import SS2D, Mlp
     torch.backends.cudnn.benchmark = True
     result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
               'batch': bl.BATCH, 'rows': []}
@@ -49,15 +51,16 @@ def main():
         result['rows'].append(row)
         print(json.dumps(row), flush=True)
     model.train()
-    for repeat, (cached, node) in itertools.product(range(2), itertools.product((True, False), (True, False))):
-        CachedLaunch.enabled, SS2D.fused_scan_node = cached, node
-        row = {'repeat': repeat, 'cached_launch': cached, 'fused_scan_node': node,
+    CachedLaunch.enabled = True
+    for repeat, (scan_node, mlp_node) in itertools.product(range(2), itertools.product((True, False), (True, False))):
+        SS2D.fused_scan_node, Mlp.fused_node = scan_node, mlp_node
+        row = {'repeat': repeat, 'fused_scan_node': scan_node, 'mlp_fused_node': mlp_node,
                'train_bf16_img_s': bl.BATCH * 1e3 / bl.timed_ms(train_bf16, 10, warm=5)}
         result['rows'].append(row)
         print(json.dumps(row), flush=True)
     # Where a training step's kernel time goes with both switches on (the profiler's hooks put launches through the
     # JIT path, which does not change the kernels).
-    CachedLaunch.enabled = SS2D.fused_scan_node = True
+    CachedLaunch.enabled = SS2D.fused_scan_node = Mlp.fused_node = True
     result['profile_train_bf16'] = profile = bl.kernel_breakdown(train_bf16)
     print(f"training step: {profile['kernel_ms_total']:.1f} ms of kernels", flush=True)
     for name, ms in list(profile['top'].items())[:12]:

@@ -58,12 +58,12 @@ def python_profile(step, rows=35):
 
 def check_switches(batch: int) -> dict:
     """VMamba-T's logits and gradients with each host-time switch on against off: kernels launched through
-    ``CachedLaunch`` against the JIT path, and SS2D's projections and scan as one autograd node
-    (``SS2D.fused_scan_node``) against the composite path. Also whether the cached path stayed on (it turns itself
+    ``CachedLaunch`` against the JIT path, SS2D's projections and scan as one autograd node
+    (``SS2D.fused_scan_node``) and the MLP as one (``Mlp.fused_node``) against their composite paths. Also whether the cached path stayed on (it turns itself
     off if the launcher rejects a call)."""
     import timm
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
-    from vmamba_zoo.layers import SS2D
+    from vmamba_zoo.layers import SS2D, Mlp
     torch.manual_seed(0)
     model = timm.create_model('vmamba_tiny_s1l8', drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
@@ -80,7 +80,7 @@ def check_switches(batch: int) -> dict:
 
     result = {}
     for switch, owner, attribute in (('cached_launch', CachedLaunch, 'enabled'),
-                                     ('fused_scan_node', SS2D, 'fused_scan_node')):
+                                     ('fused_scan_node', SS2D, 'fused_scan_node'), ('mlp_fused_node', Mlp, 'fused_node')):
         setattr(owner, attribute, False)
         reference = run()
         setattr(owner, attribute, True)

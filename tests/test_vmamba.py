@@ -557,13 +557,7 @@ def test_ss2d_scan_node_equals_composite_path(monkeypatch, dtype, d_state):
         block.zero_grad(set_to_none=True)
         x_in = x.clone().requires_grad_(True)
         out = block(x_in)
-        nodes = set()
-        stack = [out.grad_fn]
-        while stack:
-            node = stack.pop()
-            if node is not None and node not in nodes:
-                nodes.add(node)
-                stack.extend(next_node for next_node, _ in node.next_functions)
+        nodes = _autograd_nodes(out)
         assert any(type(n).__name__ == f'{_SS2DScanCore.__name__}Backward' for n in nodes) == fused_node
         out.backward(cotangent)
         results.append((out, x_in.grad, len(nodes), {name: p.grad for name, p in block.named_parameters()}))
@@ -576,3 +570,57 @@ def test_ss2d_scan_node_equals_composite_path(monkeypatch, dtype, d_state):
     for name, grad in grads.items():
         assert grad.dtype == grads_ref[name].dtype, name
         torch.testing.assert_close(grad, grads_ref[name], **tol, msg=name)
+
+
+def _autograd_nodes(output: torch.Tensor) -> list:
+    """The backward nodes reachable from ``output``, without the leaves' AccumulateGrad."""
+    nodes, stack = [], [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes and type(node).__name__ != 'AccumulateGrad':
+            nodes.append(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return nodes
+
+
+@pytest.mark.parametrize('autocast, act_layer', [(False, 'gelu'), (True, 'gelu'), (True, 'gelu_tanh'),
+                                                  (True, torch.nn.GELU)])
+def test_mlp_node_equals_composite_path(monkeypatch, autocast, act_layer):
+    """Eager training runs the channel-last MLP (fc1 -> GELU -> fc2) as one autograd node. Output, input gradient
+    and parameter gradients (values and dtypes) equal the composite path's, with and without bf16 autocast, for
+    timm's GELU modules (what the models get from ``get_act_layer``) and torch's."""
+    from timm.layers import get_act_layer
+    from vmamba_zoo.layers import Mlp
+    torch.manual_seed(0)
+    mlp = Mlp(8, 20, act_layer=get_act_layer(act_layer))
+    x = torch.randn(2, 3, 5, 8)
+    cotangent = torch.randn(2, 3, 5, 8)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(Mlp, 'fused_node', fused)
+        mlp.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = mlp(x_in)
+        assert (len(_autograd_nodes(out)) == 1) == fused
+        out.backward(cotangent.to(out.dtype))
+        results.append((out, x_in.grad, [p.grad for p in mlp.parameters()]))
+    (out, dx, grads), (out_ref, dx_ref, grads_ref) = results
+    assert out.dtype == out_ref.dtype == (torch.bfloat16 if autocast else torch.float32)
+    tol = dict(rtol=1e-2, atol=1e-2) if autocast else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, out_ref, **tol)
+    torch.testing.assert_close(dx, dx_ref, **tol)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert grad.dtype == grad_ref.dtype == torch.float32
+        torch.testing.assert_close(grad, grad_ref, **tol)
+
+
+def test_mlp_node_is_left_out_when_it_does_not_apply():
+    """Dropout, another activation, channel-first maps, inference and frozen inputs take the composite path."""
+    from vmamba_zoo.layers import Mlp
+    x = torch.randn(2, 4, 8, requires_grad=True)
+    assert len(_autograd_nodes(Mlp(8, 16)(x))) == 1
+    assert len(_autograd_nodes(Mlp(8, 16, drop=0.1)(x))) > 1
+    assert len(_autograd_nodes(Mlp(8, 16, act_layer=torch.nn.SiLU)(x))) > 1
+    assert len(_autograd_nodes(Mlp(8, 16, channel_first=True)(x.detach().view(2, 8, 2, 2).requires_grad_()))) > 1
+    assert len(_autograd_nodes(Mlp(8, 16).requires_grad_(False)(x.detach()))) == 0

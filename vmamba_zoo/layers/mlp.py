@@ -1,9 +1,10 @@
 """Pointwise projections and MLPs for channel-last and channel-first maps."""
-from typing import Optional, Type
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
 __all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer']
 
@@ -33,6 +34,68 @@ def get_linear_layer(channel_first: bool = False) -> Type[nn.Linear]:
     return Linear2d if channel_first else nn.Linear
 
 
+def _plain_eager() -> bool:
+    """Eager execution: no tracing, scripting or compiling, and no dispatch mode (FLOP counters) watching."""
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                or torch._C._len_torch_dispatch_stack() > 0)
+
+
+class _LinearGeluLinear(torch.autograd.Function):
+    """``fc2(gelu(fc1(x)))`` over the last dim as one autograd node, for eager training.
+
+    Composed of ``F.linear`` and GELU under autocast, the MLP records 13 autograd nodes (weight casts, views,
+    transposes) per call; an eager VMamba-T training step was bound by the host issuing nodes on the H200
+    (2026-11-30 profiles). The node runs the same kernels in the same dtypes: under autocast the operands are cast to
+    the autocast dtype, the parameters' gradients are float32 (their dtype) and the input's is in its dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2, approximate: str, dtype: torch.dtype):
+        shape = x.shape
+        x2d = x.reshape(-1, shape[-1]).to(dtype)
+        w1, w2 = weight1.to(dtype), weight2.to(dtype)
+        hidden = _affine(x2d, w1, bias1, dtype)
+        act = F.gelu(hidden, approximate=approximate)
+        out = _affine(act, w2, bias2, dtype)
+        ctx.save_for_backward(x2d, hidden, act, w1, w2)
+        ctx.approximate, ctx.input_dtype = approximate, x.dtype
+        ctx.has_bias = bias1 is not None, bias2 is not None
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2d, hidden, act, w1, w2 = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad2d = grad.reshape(-1, grad.shape[-1]).to(act.dtype)
+        dweight2 = grad2d.t().mm(act).float() if needs[3] else None
+        dbias2 = grad2d.sum(0).float() if ctx.has_bias[1] and needs[4] else None
+        dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)
+        dweight1 = dhidden.t().mm(x2d).float() if needs[1] else None
+        dbias1 = dhidden.sum(0).float() if ctx.has_bias[0] and needs[2] else None
+        dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype) if needs[0] else None
+        return dx, dweight1, dbias1, dweight2, dbias2, None, None
+
+
+def _affine(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype):
+    return torch.addmm(bias.to(dtype), x2d, weight.t()) if bias is not None else x2d.mm(weight.t())
+
+
+def _gelu_approximation(act: nn.Module) -> Optional[str]:
+    """F.gelu's ``approximate`` for a GELU module (torch's or timm's, which ``get_act_layer('gelu')`` returns), else
+    None."""
+    if type(act) is nn.GELU:
+        return act.approximate
+    return {TimmGELU: 'none', TimmGELUTanh: 'tanh'}.get(type(act))
+
+
+def _node_dtype(x: torch.Tensor, *params: nn.Parameter) -> Optional[torch.dtype]:
+    """The compute dtype of a fused training node: autocast's, or the common dtype of x and the parameters (None
+    when they differ, where ``F.linear`` would raise its own error)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype if all(p.dtype == x.dtype for p in params) else None
+
+
 class Mlp(nn.Module):
     """Two-layer MLP (fc1 -> act -> drop -> fc2 -> drop), channel-last or channel-first (1x1 projections).
 
@@ -45,6 +108,10 @@ class Mlp(nn.Module):
         channel_first: Operate on (B, C, H, W) maps instead of (..., C) tensors.
         bias: Use biases in fc1/fc2.
     """
+
+    # Eager training of a channel-last MLP with GELU and no dropout runs fc1 -> GELU -> fc2 as one autograd node
+    # (``_LinearGeluLinear``); False keeps the composite path (the same kernels, 13 nodes).
+    fused_node = True
 
     def __init__(
             self,
@@ -65,7 +132,20 @@ class Mlp(nn.Module):
         self.fc2 = linear(hidden_features, out_features, bias=bias)
         self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
+    def _node(self, x: torch.Tensor) -> Optional[Tuple[str, torch.dtype]]:
+        """(GELU approximation, compute dtype) when training runs ``_LinearGeluLinear``, else None."""
+        approximate = _gelu_approximation(self.act)
+        if not (self.fused_node and torch.is_grad_enabled() and approximate is not None
+                and isinstance(self.drop, nn.Identity) and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear
+                and (x.requires_grad or self.fc1.weight.requires_grad) and _plain_eager()):
+            return None
+        dtype = _node_dtype(x, self.fc1.weight, self.fc2.weight)
+        return None if dtype is None else (approximate, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        node = self._node(x)
+        if node is not None:
+            return _LinearGeluLinear.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, *node)
         x = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(x))
 
