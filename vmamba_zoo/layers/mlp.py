@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
-__all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer']
+__all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32']
 
 
 class Linear2d(nn.Linear):
@@ -46,7 +46,8 @@ class _LinearGeluLinear(torch.autograd.Function):
     Composed of ``F.linear`` and GELU under autocast, the MLP records 13 autograd nodes (weight casts, views,
     transposes) per call; an eager VMamba-T training step was bound by the host issuing nodes on the H200
     (2026-11-30 profiles). The node runs the same kernels in the same dtypes: under autocast the operands are cast to
-    the autocast dtype, the parameters' gradients are float32 (their dtype) and the input's is in its dtype.
+    the autocast dtype, the parameters' gradients are float32 (their dtype; on CUDA written by the GEMM and the sum in
+float32, without the composite path's 16-bit rounding) and the input's is in its dtype.
     """
 
     @staticmethod
@@ -67,17 +68,29 @@ class _LinearGeluLinear(torch.autograd.Function):
         x2d, hidden, act, w1, w2 = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad2d = grad.reshape(-1, grad.shape[-1]).to(act.dtype)
-        dweight2 = grad2d.t().mm(act).float() if needs[3] else None
-        dbias2 = grad2d.sum(0).float() if ctx.has_bias[1] and needs[4] else None
+        dweight2 = mm_float32(grad2d.t(), act) if needs[3] else None
+        dbias2 = grad2d.sum(0, dtype=torch.float32) if ctx.has_bias[1] and needs[4] else None
         dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)
-        dweight1 = dhidden.t().mm(x2d).float() if needs[1] else None
-        dbias1 = dhidden.sum(0).float() if ctx.has_bias[0] and needs[2] else None
+        dweight1 = mm_float32(dhidden.t(), x2d) if needs[1] else None
+        dbias1 = dhidden.sum(0, dtype=torch.float32) if ctx.has_bias[0] and needs[2] else None
         dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype) if needs[0] else None
         return dx, dweight1, dbias1, dweight2, dbias2, None, None
 
 
 def _affine(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype):
     return torch.addmm(bias.to(dtype), x2d, weight.t()) if bias is not None else x2d.mm(weight.t())
+
+
+# cuBLAS GEMMs of 16-bit operands can write float32 (``torch.mm(..., out_dtype=...)``, CUDA only).
+_MM_WRITES_FLOAT32 = hasattr(torch.ops.aten.mm, 'dtype')
+
+
+def mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in float32, as a parameter's gradient: one GEMM writing float32 where cuBLAS can, instead of a
+    16-bit GEMM and a cast (one kernel less, and no 16-bit rounding of the gradient)."""
+    if _MM_WRITES_FLOAT32 and a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b).float()
 
 
 def _gelu_approximation(act: nn.Module) -> Optional[str]:

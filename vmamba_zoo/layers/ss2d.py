@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from vmamba_zoo.kernels import RasterMultiScan, get_pattern, multi_scan_2d
 
-from .mlp import get_linear_layer
+from .mlp import get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
 __all__ = ['SS2D', 'dt_bias_init', 'A_log_init', 'SpatialSoftmax', 'grouped_projection']
@@ -100,11 +100,11 @@ def grouped_projection(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return _GroupedProjection.apply(weight, x)
 
 
-def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The (K, O, I) weight gradient of ``bmm(weight, x)``, grad (K, O, P) and x (K, I, P), as one GEMM over all
-    groups whose diagonal blocks are the groups' gradients (see ``_GroupedProjection``)."""
+def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.Tensor:
+    """The (K, O, I) weight gradient of ``bmm(weight, x)``, grad (K, O, P) and x (K, I, P), as one GEMM (``mm``) over
+    all groups whose diagonal blocks are the groups' gradients (see ``_GroupedProjection``)."""
     groups, out_features, in_features = grad.shape[0], grad.shape[1], x.shape[1]
-    every_pair = torch.mm(grad.reshape(groups * out_features, -1), x.reshape(groups * in_features, -1).t())
+    every_pair = mm(grad.reshape(groups * out_features, -1), x.reshape(groups * in_features, -1).t())
     return every_pair.view(groups, out_features, groups, in_features).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
@@ -115,7 +115,8 @@ class _SS2DScanCore(torch.autograd.Function):
     The framework ops of that span record about 25 autograd nodes per block and two Python Functions; an eager
     VMamba-T training step was bound by the host issuing them on the H200 (2026-11-30 profiles: 73 ms per step for
     56 ms of kernels). Forward and backward run the same kernels in the same dtypes as the composite path
-    (``SS2D.fused_scan_node = False``), which the tests compare it with.
+    (``SS2D.fused_scan_node = False``), which the tests compare it with, except that on CUDA the projection weights'
+    gradients are written in float32 by their GEMMs (``mm_float32``).
     """
 
     @staticmethod
@@ -159,9 +160,8 @@ class _SS2DScanCore(torch.autograd.Function):
             dx = torch.mm(d_x_dbl, w_x).view(batch, height, width, d_inner)
             # du rounded to x's dtype before the sum, as autograd sums the composite path's two gradients of x.
             dx = dx.add_(du.view(batch, d_inner, height, width).permute(0, 2, 3, 1).to(x.dtype)).permute(0, 3, 1, 2)
-        d_x_proj = torch.mm(d_x_dbl.t(), x_rows).float().view(k_group, -1, d_inner) \
-            if ctx.needs_input_grad[1] else None
-        d_dt_proj = _grouped_weight_grad(ddts, dt_in).float() if ctx.needs_input_grad[2] else None
+        d_x_proj = mm_float32(d_x_dbl.t(), x_rows).view(k_group, -1, d_inner) if ctx.needs_input_grad[1] else None
+        d_dt_proj = _grouped_weight_grad(ddts, dt_in, mm_float32) if ctx.needs_input_grad[2] else None
         return dx, d_x_proj, d_dt_proj, dbias, dA.view(-1, d_state) * A, dD.view(-1), None, None, None
 
 
