@@ -11,7 +11,7 @@ For each model, at a batch small enough that the GPU finishes every kernel befor
 First it checks VMamba-T's logits and gradients with the kernels launched through ``CachedLaunch`` against the JIT
 path, and with SS2D's one-node projections and scan against its composite path.
 
-Usage: python benchmarks/host_overhead.py [--batch 8] [--out OUT.json] [MODEL ...]
+Usage: python benchmarks/host_overhead.py [--batch 8] [--out OUT.json] [--check-only] [MODEL ...]
     (default models: vmamba_tiny_s1l8 vmamba_tiny_s1l8:composite convnext_tiny; ':composite' runs SS2D's composite
     path)
 """
@@ -115,6 +115,7 @@ def main():
     parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:composite', 'convnext_tiny'])
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--out', default='')
+    parser.add_argument('--check-only', action='store_true', help='only compare the switches on and off')
     args = parser.parse_args()
     bs.import_kernels()
     import vmamba_zoo  # noqa: F401  (registers the models)
@@ -123,7 +124,7 @@ def main():
               'models': {}}
     result['switch_checks'] = check = check_switches(args.batch)
     print('switches on vs off:', check, flush=True)
-    for name in args.models:
+    for name in [] if args.check_only else args.models:
         result['models'][name] = row = measure(name, args.batch)
         print(f"{name}: batch {row['batch']}: train {row['train_ms']:.2f} ms, {row['train_kernels']} kernels; "
               f"infer {row['infer_ms']:.2f} ms, {row['infer_kernels']} kernels", flush=True)
