@@ -59,8 +59,8 @@ def python_profile(step, rows=35):
 def check_switches(batch: int) -> dict:
     """VMamba-T's logits and gradients with each host-time switch on against off: kernels launched through
     ``CachedLaunch`` against the JIT path, SS2D's projections and scan as one autograd node
-    (``SS2D.fused_scan_node``) and the MLP as one (``Mlp.fused_node``) against their composite paths. Also whether the cached path stayed on (it turns itself
-    off if the launcher rejects a call)."""
+    (``SS2D.fused_scan_node``) and the MLP as one (``Mlp.fused_node``) against their composite paths. Also whether
+    the cached path stayed on (it turns itself off if the launcher rejects a call)."""
     import timm
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
@@ -79,8 +79,9 @@ def check_switches(batch: int) -> dict:
         return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(tested, reference))
 
     result = {}
-    for switch, owner, attribute in (('cached_launch', CachedLaunch, 'enabled'),
-                                     ('fused_scan_node', SS2D, 'fused_scan_node'), ('mlp_fused_node', Mlp, 'fused_node')):
+    switches = (('cached_launch', CachedLaunch, 'enabled'), ('fused_scan_node', SS2D, 'fused_scan_node'),
+                ('mlp_fused_node', Mlp, 'fused_node'))
+    for switch, owner, attribute in switches:
         setattr(owner, attribute, False)
         reference = run()
         setattr(owner, attribute, True)
@@ -112,7 +113,8 @@ def measure(name: str, batch: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:composite', 'convnext_tiny'])
+    parser.add_argument('models', nargs='*',
+                        default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:composite', 'convnext_tiny'])
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--out', default='')
     parser.add_argument('--check-only', action='store_true', help='only compare the switches on and off')

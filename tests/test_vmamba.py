@@ -624,3 +624,16 @@ def test_mlp_node_is_left_out_when_it_does_not_apply():
     assert len(_autograd_nodes(Mlp(8, 16, act_layer=torch.nn.SiLU)(x))) > 1
     assert len(_autograd_nodes(Mlp(8, 16, channel_first=True)(x.detach().view(2, 8, 2, 2).requires_grad_()))) > 1
     assert len(_autograd_nodes(Mlp(8, 16).requires_grad_(False)(x.detach()))) == 0
+
+
+def test_ss2d_scan_node_is_left_out_when_autocast_would_change_the_dtype(monkeypatch):
+    """The node computes in the map's dtype: a float32 map under bf16 autocast takes the composite path, whose
+    projections autocast runs in bf16."""
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    block = SS2D(8, d_state=1, ssm_ratio=1.0, channel_first=False, use_z_gate=False, backend='triton')
+    x = torch.randn(1, 3, 4, 8).permute(0, 3, 1, 2).requires_grad_(True)  # (B, D, H, W), channel-last in memory
+    assert block._scan_node(x) is not None
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert block._scan_node(x) is None
+        assert block._scan_node(x.detach().bfloat16().requires_grad_(True)) is not None

@@ -409,6 +409,9 @@ class SS2D(nn.Module):
                 and x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions and torch.is_grad_enabled()
                 and (x.requires_grad or self.x_proj_weight.requires_grad)):
             return None
+        # The node computes in x's dtype, which autocast would otherwise change for the projections.
+        if torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) != x.dtype:
+            return None
         scan = RasterMultiScan.plan(x, self.d_state, self.pattern, self.backend)
         return scan if scan is not None and scan.pattern.num_routes == self.k_group else None
 
