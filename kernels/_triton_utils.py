@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     HAS_TRITON = False
 
 __all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for', 'cdiv', 'next_power_of_2',
-           'CachedLaunch']
+           'plain_eager', 'CachedLaunch']
 
 
 def triton_interpreting() -> bool:
@@ -48,6 +48,14 @@ def next_power_of_2(n: int) -> int:
 
 
 _RUNTIME_KNOBS = getattr(getattr(triton, 'knobs', None), 'runtime', None)
+
+
+def plain_eager() -> bool:
+    """Eager execution: no tracing, scripting or compiling, and no dispatch mode (FLOP counters) watching. The zoo's
+    eager shortcuts (the scan without its custom op, one autograd node for several ops) apply only then."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return False
+    return torch._C._len_torch_dispatch_stack() == 0
 
 
 def _launch_hooks_installed() -> bool:

@@ -12,7 +12,8 @@ from typing import Optional, Union
 import torch
 
 from .scan_patterns import ScanPattern, cross_merge, cross_scan, get_pattern
-from .selective_scan import (_plain_eager, _raster_fwd, _raster_plan, _resolve_backend, _row_walk_reads,
+from ._triton_utils import plain_eager
+from .selective_scan import (_raster_fwd, _raster_plan, _resolve_backend, _row_walk_reads,
                              _scan_routes_bwd, _scatter_atomic, scan_routes)
 
 __all__ = ['multi_scan_2d', 'RasterMultiScan']
@@ -143,7 +144,7 @@ class RasterMultiScan:
         """The raster scan of the (batch, dim, H, W) map ``x`` with ``state_dim`` states along ``pattern``, or None
         where ``multi_scan_2d`` would run other kernels (PyTorch backend, routes that are not raster walks, large
         d_state) or keep its custom op (tracing, compiling, dispatch modes)."""
-        if not _plain_eager() or _resolve_backend(backend, x) != 'triton':
+        if not plain_eager() or _resolve_backend(backend, x) != 'triton':
             return None
         height, width = x.shape[-2:]
         if isinstance(pattern, str):

@@ -28,8 +28,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import (HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, tl, triton, triton_interpreting,
-                            use_triton_for)
+from ._triton_utils import (HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, plain_eager, tl, triton,
+                            triton_interpreting, use_triton_for)
 
 __all__ = [
     'selective_scan_fn', 'selective_scan_ref', 'scan_routes', 'scan_routes_ref', 'selective_scan_flops',
@@ -1944,14 +1944,6 @@ def _check_tensor(fn: str, name: str, t, shape, device, optional: bool = False):
         raise ValueError(f'{fn}: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}')
 
 
-def _plain_eager() -> bool:
-    """Eager execution: no tracing, scripting or compiling, and no dispatch mode (FLOP counters) watching. The raster
-    scan then runs without the custom op, whose dispatch cost more host time than the kernels at the smaller stages."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
-        return False
-    return torch._C._len_torch_dispatch_stack() == 0
-
-
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -2053,7 +2045,9 @@ def scan_routes(
         B, C = B.contiguous(), C.contiguous()
         if not _row_walk_reads(u, delta, plan):
             u, delta = u.contiguous(), delta.contiguous()
-    if plan is not None and _plain_eager():
+    # In plain eager calls the raster scan runs without the custom op, whose dispatch cost more host time than the
+    # kernels at the smaller stages.
+    if plan is not None and plain_eager():
         if _needs_grad(u, delta, A, B, C, D, delta_bias):
             y, last_state, states = _RasterScanEager.apply(u, delta, A, B, C, D, delta_bias, routes, plan,
                                                            delta_softplus, accumulate, return_states)

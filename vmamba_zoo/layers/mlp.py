@@ -6,6 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
+from vmamba_zoo.kernels import plain_eager
+
 __all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32']
 
 
@@ -32,12 +34,6 @@ class Linear2d(nn.Linear):
 def get_linear_layer(channel_first: bool = False) -> Type[nn.Linear]:
     """``Linear2d`` for (B, C, H, W) maps, ``nn.Linear`` for channel-last tensors."""
     return Linear2d if channel_first else nn.Linear
-
-
-def _plain_eager() -> bool:
-    """Eager execution: no tracing, scripting or compiling, and no dispatch mode (FLOP counters) watching."""
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or torch._C._len_torch_dispatch_stack() > 0)
 
 
 class _LinearGeluLinear(torch.autograd.Function):
@@ -150,7 +146,7 @@ class Mlp(nn.Module):
         approximate = _gelu_approximation(self.act)
         if not (self.fused_node and torch.is_grad_enabled() and approximate is not None
                 and isinstance(self.drop, nn.Identity) and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear
-                and (x.requires_grad or self.fc1.weight.requires_grad) and _plain_eager()):
+                and (x.requires_grad or self.fc1.weight.requires_grad) and plain_eager()):
             return None
         dtype = _node_dtype(x, self.fc1.weight, self.fc2.weight)
         return None if dtype is None else (approximate, dtype)
