@@ -175,7 +175,7 @@ class RasterMultiScan:
         """
         u, delta, B, C = self._scan_views(x, delta, B, C)
         y, _, entering, _ = _raster_fwd(u, delta, A, B, C, D, delta_bias, self.raster_plan, delta_softplus,
-                                        accumulate=True, return_states=False)
+                                        accumulate=True, return_states=False, distinct_outputs=False)
         return y.view(x.shape), entering
 
     def backward(self, x, delta, A, B, C, D, delta_bias, delta_softplus: bool, entering, dy):

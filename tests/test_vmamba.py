@@ -637,3 +637,29 @@ def test_ss2d_scan_node_is_left_out_when_autocast_would_change_the_dtype(monkeyp
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert block._scan_node(x) is None
         assert block._scan_node(x.detach().bfloat16().requires_grad_(True)) is not None
+
+
+@pytest.mark.parametrize('channel_first', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_ss2d_direct_inference_scan_equals_multi_scan_2d(monkeypatch, channel_first, dtype):
+    """Eager inference runs the raster scan directly (``RasterMultiScan``), without ``multi_scan_2d``'s wrapper:
+    the same output, bit for bit."""
+    from vmamba_zoo.kernels import multi_scan
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(LayerNorm2d, 'backend', 'triton')
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    torch.manual_seed(0)
+    block = SS2D(8, d_state=1, ssm_ratio=1.0, channel_first=channel_first, use_z_gate=False,
+                 backend='triton').to(dtype).eval()
+    x = torch.randn((2, 8, 3, 5) if channel_first else (2, 3, 5, 8), dtype=dtype)
+    calls = []
+    monkeypatch.setattr(multi_scan.RasterMultiScan, 'forward', lambda self, *args, _forward=multi_scan.RasterMultiScan
+                        .forward: calls.append(1) or _forward(self, *args))
+    outputs = []
+    for direct in (True, False):
+        monkeypatch.setattr(SS2D, 'fused_scan_node', direct)
+        calls.clear()
+        with torch.no_grad():
+            outputs.append(block(x))
+        assert bool(calls) == direct
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
