@@ -8,6 +8,8 @@ from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
 from vmamba_zoo.kernels import plain_eager
 
+from .eager import autocast_dtype
+
 __all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32']
 
 
@@ -100,8 +102,9 @@ def _gelu_approximation(act: nn.Module) -> Optional[str]:
 def _node_dtype(x: torch.Tensor, *params: nn.Parameter) -> Optional[torch.dtype]:
     """The compute dtype of a fused training node: autocast's, or the common dtype of x and the parameters (None
     when they differ, where ``F.linear`` would raise its own error)."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    dtype = autocast_dtype(x)
+    if dtype is not None:
+        return dtype
     return x.dtype if all(p.dtype == x.dtype for p in params) else None
 
 

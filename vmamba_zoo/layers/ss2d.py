@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from vmamba_zoo.kernels import RasterMultiScan, get_pattern, multi_scan_2d
 
 from .mlp import get_linear_layer, mm_float32
+from .eager import autocast_dtype, derived_until_changed
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
 __all__ = ['SS2D', 'dt_bias_init', 'A_log_init', 'SpatialSoftmax', 'grouped_projection']
@@ -347,26 +348,15 @@ class SS2D(nn.Module):
         """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights (K, D, R)
         in ``dtype``.
 
-        With gradients, or while tracing or compiling, they are derived from the parameters on every call. Without
-        gradients they are kept until a parameter changes (its version counter or storage): four kernels less per
-        block and inference step, where the host issuing the kernels, not the GPU, set the pace of VMamba-T on the
-        H200 (2026-11-30 host profile).
+        Without gradients they are kept until a parameter changes (``derived_until_changed``): four kernels less per
+        block and inference step.
         """
-        params = (self.A_logs, self.x_proj_weight, self.dt_projs_weight)
-
         def derive():
             return (-self.A_logs.float().exp(), self.x_proj_weight.reshape(-1, self.d_inner).to(dtype),
                     self.dt_projs_weight.to(dtype))
 
-        # Parameters made under inference mode have no version counter to watch: derive every time.
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting() \
-                or torch.compiler.is_compiling() or any(p.is_inference() for p in params):
-            return derive()
-        key = (dtype,) + tuple((p.device, p.data_ptr(), p._version) for p in params)
-        cached = self.__dict__.get('_ssm_weights_cache')
-        if cached is None or cached[0] != key:
-            cached = self.__dict__['_ssm_weights_cache'] = (key, derive())
-        return cached[1]
+        return derived_until_changed(self, '_ssm_weights_cache', (self.A_logs, self.x_proj_weight,
+                                                                  self.dt_projs_weight), dtype, derive)
 
     def project_routes(self, x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor):
         """Per-route delta, B and C of a (B, D, H, W) map, in spatial layout.
@@ -411,7 +401,7 @@ class SS2D(nn.Module):
                 and (x.requires_grad or self.x_proj_weight.requires_grad)):
             return None
         # The node computes in x's dtype, which autocast would otherwise change for the projections.
-        if torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) != x.dtype:
+        if autocast_dtype(x) not in (None, x.dtype):
             return None
         return self._raster_scan(x)
 

@@ -1,0 +1,48 @@
+"""Helpers of the layers' eager shortcuts: the autocast dtype of a call, and tensors derived from parameters (casts,
+A = -exp(A_logs)) kept between calls without gradients."""
+from typing import Callable, Optional, Sequence
+
+import torch
+
+__all__ = ['autocast_dtype', 'derived_until_changed']
+
+_AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
+
+
+def autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The autocast dtype when autocast is on for x's device type, else None."""
+    device_type = x.device.type
+    if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def derived_until_changed(module: torch.nn.Module, slot: str, params: Sequence[torch.Tensor], tag,
+                          derive: Callable):
+    """``derive()``, computed once and kept on ``module`` until a parameter changes, in calls without gradients.
+
+    An eager bf16 inference step of VMamba-T on the H200 was paced by the host issuing kernels (2026-11-30 profiles),
+    and every cast of a weight to the autocast dtype is one. The result is kept under ``slot`` in the module's
+    ``__dict__`` (not a buffer: state dicts are unchanged) with the parameters' storage and version counters, so an
+    optimizer step, ``load_state_dict`` or ``.to()`` invalidates it. With gradients, while tracing or compiling, and
+    for parameters made under inference mode (which have no version counter), it derives on every call; a call with
+    gradients also drops the kept result, so that training does not hold it.
+
+    Args:
+        module: Where the result is kept.
+        slot: Attribute name, one per derivation.
+        params: The parameters ``derive`` reads.
+        tag: Anything else the result depends on (a dtype), compared by equality.
+        derive: Computes the result from the parameters.
+    """
+    if torch.is_grad_enabled():
+        module.__dict__.pop(slot, None)
+        return derive()
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() \
+            or any(p.is_inference() for p in params):
+        return derive()
+    key = (tag,) + tuple((p.device, p.data_ptr(), p._version) for p in params)
+    cached = module.__dict__.get(slot)
+    if cached is None or cached[0] != key:
+        cached = module.__dict__[slot] = (key, derive())
+    return cached[1]
