@@ -166,7 +166,8 @@ class RasterMultiScan:
         """The float32 (batch, dim, H, W) sum of the routes' outputs, and the tensor the backward needs.
 
         Args:
-            x: (batch, dim, H, W) NCHW-contiguous input.
+            x: (batch, dim, H, W) input whose H and W merge into one dim: NCHW-contiguous, or channel-last strides,
+                which the row walk reads in place.
             delta: (batch, K, dim, H, W) step sizes (any strides with H, W adjacent).
             A: (K, dim, N) float32.
             B, C: (batch, K, N, H, W) contiguous.
