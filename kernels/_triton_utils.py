@@ -65,12 +65,12 @@ def _launch_hooks_installed() -> bool:
     return any(hook is not None and getattr(hook, 'calls', True) for hook in hooks)
 
 
+_raw_stream = getattr(torch._C, '_cuda_getCurrentRawStream', None)
+
+
 def _current_stream(device_index: int) -> int:
     """The raw handle of the current CUDA stream of a device (0 for CPU tensors, which only test doubles launch)."""
     return _raw_stream(device_index) if device_index >= 0 else 0
-
-
-_raw_stream = getattr(torch._C, '_cuda_getCurrentRawStream', None)
 
 
 def _specialization_key(args) -> tuple:

@@ -30,9 +30,9 @@ __all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
-# The backward's (tile elements, warps, pixels per program). Swept on
-# channel-last rows at B = 128 on the H200 (2026-11-30, ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 /
-# 384 / 768 channels, bf16 x: (4096, 4, 128) 0.174 / 0.159 / 0.075 / 0.053; (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12;
+# The backward's (tile elements, warps, pixels per program). Swept on channel-last rows at B = 128 on the H200
+# (2026-11-30, ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 / 384 / 768 channels, bf16 x:
+# (4096, 4, 128) 0.174 / 0.159 / 0.075 / 0.053; (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12;
 # (512, 8, 64) 0.42 / 0.16 / 0.077 / 0.079; (512, 4, 64) 0.54 / 0.18 / 0.071 / 0.066.
 _BWD_TILING = (4096, 4, 128)
 
@@ -115,8 +115,8 @@ if HAS_TRITON:
             stride_x_c, stride_x_p, stride_y_c, stride_y_p,
             HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PIXEL_BLOCKS: tl.constexpr,
     ):
-        # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program: small tiles keep the registers low, and the
-        # weight and bias gradients are summed over all of them before one partial per program is stored.
+        # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program, whose weight and bias gradients are summed
+        # before one partial per program is stored: fewer partials for the sum after the kernel.
         image = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)
         compute = mean_ptr.dtype.element_ty

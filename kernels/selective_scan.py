@@ -1536,6 +1536,13 @@ def _unpack_kinds(kinds: int, num_routes: int):
     return [(kinds >> (2 * k)) & 3 for k in range(num_routes)]
 
 
+def _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer: bool) -> List[Optional[torch.Tensor]]:
+    """Zeroed float32 buffers for the backward kernels to accumulate dA, dB, dC, dD and dbias into (None for an
+    absent D or bias)."""
+    return _zeros_like_each((A.shape, B.shape, C.shape, A.shape[:2] if D is not None else None,
+                             A.shape[:2] if delta_bias is not None else None), A.device, one_buffer)
+
+
 def _zeros_like_each(shapes, device, one_buffer: bool) -> List[Optional[torch.Tensor]]:
     """Zeroed float32 tensors of ``shapes`` (None stays None). With ``one_buffer`` they are carved from one buffer:
     one allocation and one memset for the backward's accumulated gradients instead of one each (a custom op's
@@ -1566,8 +1573,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     du = torch.empty_strided(u.shape, u.stride(), device=u.device, dtype=torch.float32)
     ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device,
                                  dtype=delta.dtype if eager else torch.float32)
-    dA, dB, dC, dD, dbias = _zeros_like_each((A.shape, B.shape, C.shape, A.shape[:2] if D is not None else None,
-                                              A.shape[:2] if delta_bias is not None else None), u.device, eager)
+    dA, dB, dC, dD, dbias = _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer=eager)
     grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
     inputs = (u, delta, A, B, C, D, delta_bias)
     upstream = (dy, None if dstates is None else dstates.contiguous(), None if dlast is None else dlast.contiguous())
@@ -1678,9 +1684,7 @@ def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, enteri
     ddelta = (torch.zeros if scatter_atomic else torch.empty)(delta.shape, device=u.device, dtype=torch.float32)
     if not scatter_atomic and routes is not None:
         ddelta.zero_()  # positions no route visits have zero gradient
-    dA, dB, dC, dD, dbias = _zeros_like_each((A.shape, B.shape, C.shape, A.shape[:2] if D is not None else None,
-                                              A.shape[:2] if delta_bias is not None else None), u.device,
-                                             one_buffer)
+    dA, dB, dC, dD, dbias = _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer)
     _scan_chunk_bwd_kernel[grid](
         u, delta, A, B, C, D, delta_bias, routes, dy, entering, dentering, dstates, dlast,
         du, ddelta, dA, dB, dC, dD, dbias,

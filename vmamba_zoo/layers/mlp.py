@@ -44,8 +44,8 @@ class _LinearGeluLinear(torch.autograd.Function):
     Composed of ``F.linear`` and GELU under autocast, the MLP records 13 autograd nodes (weight casts, views,
     transposes) per call; an eager VMamba-T training step was bound by the host issuing nodes on the H200
     (2026-11-30 profiles). The node runs the same kernels in the same dtypes: under autocast the operands are cast to
-    the autocast dtype, the parameters' gradients are float32 (their dtype; on CUDA written by the GEMM and the sum in
-float32, without the composite path's 16-bit rounding) and the input's is in its dtype.
+    the autocast dtype, the parameters' gradients are float32 (their dtype; on CUDA written by the GEMM and the sum
+    in float32, without the composite path's 16-bit rounding) and the input's is in its dtype.
     """
 
     @staticmethod

@@ -109,6 +109,37 @@ def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> to
     return every_pair.view(groups, out_features, groups, in_features).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
+def _derive_ssm_weights(A_logs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+                        dtype: torch.dtype):
+    """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights (K, D, R)
+    in ``dtype``."""
+    return (-A_logs.float().exp(), x_proj_weight.reshape(-1, x_proj_weight.shape[-1]).to(dtype),
+            dt_projs_weight.to(dtype))
+
+
+def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, rank: int,
+                          d_state: int):
+    """``x_proj`` and ``dt_proj`` of a channel-last (B, D, H, W) map as GEMMs over its positions.
+
+    ``x_proj`` is one GEMM and ``dt_proj`` one batched GEMM per route, whose output, (K, D, B * H * W) in memory, has
+    each channel's positions adjacent, as the fused scan reads them; B and C are laid out by one copy.
+
+    Returns:
+        ``delta`` (B, K, D, H, W) before bias/softplus, ``B`` and ``C`` (B, K, N, H, W) contiguous, and the
+        dt_proj input (K, R, B * H * W).
+    """
+    batch, d_inner, height, width = x.shape
+    k_group = dt_projs_weight.shape[0]
+    x_dbl = F.linear(x.permute(0, 2, 3, 1), x_proj_weight)
+    # One split, whose backward is one concatenation (two slices would each scatter into a zeroed copy).
+    dt_in, bc = x_dbl.view(-1, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
+    dt_in = dt_in.permute(1, 2, 0)
+    dts = grouped_projection(dt_projs_weight, dt_in).view(k_group, d_inner, batch, height, width)
+    # (2, B, K, N, H, W): B and C each contiguous, from one copy (and one stack in the backward).
+    Bs, Cs = bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2).contiguous().unbind(0)
+    return dts.permute(2, 0, 1, 3, 4), Bs, Cs, dt_in
+
+
 class _SS2DScanCore(torch.autograd.Function):
     """SS2D's ``x_proj``, ``dt_proj``, B/C layout, ``A = -exp(A_logs)`` and fused multi-scan of a channel-last map as
     one autograd node, for eager training on the Triton raster kernels.
@@ -123,17 +154,11 @@ class _SS2DScanCore(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan: RasterMultiScan,
                 rank: int, d_state: int):
-        batch, d_inner, height, width = x.shape
-        k_group = dt_projs_weight.shape[0]
-        w_x = x_proj_weight.reshape(-1, d_inner).to(x.dtype)
-        w_dt = dt_projs_weight.to(x.dtype)
-        x_dbl = F.linear(x.permute(0, 2, 3, 1), w_x)
-        dt_in, bc = x_dbl.view(-1, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
-        dt_in = dt_in.permute(1, 2, 0)
-        dts = torch.bmm(w_dt, dt_in).view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
-        Bs, Cs = bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2).contiguous().unbind(0)
+        d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
+        # No gradients are recorded in here: grouped_projection is a plain bmm, and nothing is kept between calls.
+        A, w_x, w_dt = _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype)
+        dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
         u = x.contiguous()
-        A = -A_logs.float().exp()
         D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
         y, entering = scan.forward(u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True)
         ctx.save_for_backward(x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt)
@@ -351,20 +376,15 @@ class SS2D(nn.Module):
         Without gradients they are kept until a parameter changes (``derived_until_changed``): four kernels less per
         block and inference step.
         """
-        def derive():
-            return (-self.A_logs.float().exp(), self.x_proj_weight.reshape(-1, self.d_inner).to(dtype),
-                    self.dt_projs_weight.to(dtype))
-
-        return derived_until_changed(self, '_ssm_weights_cache', (self.A_logs, self.x_proj_weight,
-                                                                  self.dt_projs_weight), dtype, derive)
+        params = (self.A_logs, self.x_proj_weight, self.dt_projs_weight)
+        return derived_until_changed(self, '_ssm_weights_cache', params, dtype,
+                                     lambda: _derive_ssm_weights(*params, dtype))
 
     def project_routes(self, x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor):
         """Per-route delta, B and C of a (B, D, H, W) map, in spatial layout.
 
-        A channel-last map (channels adjacent in memory) is projected with GEMMs over its positions: ``x_proj`` as
-        one GEMM, ``dt_proj`` as one batched GEMM per route whose output, (K, D, B * H * W) in memory, has each
-        channel's positions adjacent, as the fused scan reads them, and B and C are laid out by one copy. A
-        contiguous map goes through 1x1 convolutions.
+        A channel-last map (channels adjacent in memory) is projected with GEMMs over its positions
+        (``_project_channel_last``). A contiguous map goes through 1x1 convolutions.
 
         Args:
             x: (B, D, H, W) map.
@@ -377,15 +397,7 @@ class SS2D(nn.Module):
         batch, _, height, width = x.shape
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
         if x.stride(1) == 1 and d_inner > 1:
-            x_dbl = F.linear(x.permute(0, 2, 3, 1), x_proj_weight)
-            # One split, whose backward is one concatenation (two slices would each scatter into a zeroed copy).
-            dt_in, bc = x_dbl.view(batch * height * width, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
-            dts = grouped_projection(dt_projs_weight, dt_in.permute(1, 2, 0))
-            dts = dts.view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
-            # (2, B, K, N, H, W): B and C each contiguous, from one copy (and one stack in the backward).
-            Bs, Cs = (bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2)
-                      .contiguous().unbind(0))
-            return dts, Bs, Cs
+            return _project_channel_last(x, x_proj_weight, dt_projs_weight, rank, d_state)[:3]
         x_dbl = F.conv2d(x, x_proj_weight.view(-1, d_inner, 1, 1))
         x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
         dts, Bs, Cs = torch.split(x_dbl, [rank, d_state, d_state], dim=2)
