@@ -68,7 +68,7 @@ def build(name: str):
         if isinstance(module, SS2D):
             module.backend = 'triton'
     images, target = torch.randn(1, 3, 32, 32), torch.randint(0, 10, (1,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)  # as on CUDA, where foreach is the default
 
     def forward():
         with torch.autocast('cpu', dtype=torch.bfloat16):

@@ -9,11 +9,11 @@ For each model, at a batch small enough that the GPU finishes every kernel befor
   launchers and autograd functions that cost host time.
 
 First it checks VMamba-T's logits and gradients with the kernels launched through ``CachedLaunch`` against the JIT
-path, and with SS2D's one-node projections and scan against its composite path.
+path, and with each fused node (SS2D's core, the whole SS2D branch, the MLP) against the modules.
 
 Usage: python benchmarks/host_overhead.py [--batch 8] [--out OUT.json] [--check-only] [MODEL ...]
-    (default models: vmamba_tiny_s1l8 vmamba_tiny_s1l8:composite convnext_tiny; ':composite' runs SS2D's composite
-    path)
+    (default models: vmamba_tiny_s1l8 vmamba_tiny_s1l8:scan_node convnext_tiny; ':composite' runs every layer op by
+    op, ':scan_node' SS2D's core and the MLP as nodes without the pre-norms and SS2D's other layers)
 """
 import argparse
 import cProfile
@@ -57,10 +57,11 @@ def python_profile(step, rows=35):
 
 
 def check_switches(batch: int) -> dict:
-    """VMamba-T's logits and gradients with each host-time switch on against off: kernels launched through
-    ``CachedLaunch`` against the JIT path, SS2D's projections and scan as one autograd node
-    (``SS2D.fused_scan_node``) and the MLP as one (``Mlp.fused_node``) against their composite paths. Also whether
-    the cached path stayed on (it turns itself off if the launcher rejects a call)."""
+    """VMamba-T's inference logits, training logits and gradients with each host-time switch on against off: kernels
+    launched through ``CachedLaunch`` against the JIT path, SS2D's projections and scan as one autograd node
+    (``SS2D.fused_scan_node``), the pre-norm and whole SS2D as one (``SS2D.fused_branch_node``) and the pre-norm and
+    MLP as one (``Mlp.fused_node``) against the modules. Also whether the cached path stayed on (it turns itself off
+    if the launcher rejects a call)."""
     import timm
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
@@ -71,16 +72,18 @@ def check_switches(batch: int) -> dict:
     def run():
         model.zero_grad(set_to_none=True)
         with torch.autocast('cuda', torch.bfloat16):
+            with torch.no_grad():
+                inference_logits = model(images)
             logits = model(images)
         logits.float().square().mean().backward()
-        return [logits.float()] + [p.grad.float() for p in model.parameters()]
+        return [inference_logits.float(), logits.float()] + [p.grad.float() for p in model.parameters()]
 
     def max_rel_diff(tested, reference):
         return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(tested, reference))
 
     result = {}
     switches = (('cached_launch', CachedLaunch, 'enabled'), ('fused_scan_node', SS2D, 'fused_scan_node'),
-                ('mlp_fused_node', Mlp, 'fused_node'))
+                ('fused_branch_node', SS2D, 'fused_branch_node'), ('mlp_fused_node', Mlp, 'fused_node'))
     for switch, owner, attribute in switches:
         setattr(owner, attribute, False)
         reference = run()
@@ -92,11 +95,14 @@ def check_switches(batch: int) -> dict:
 
 
 def measure(name: str, batch: int) -> dict:
-    """Host time of ``name`` (a timm or zoo model; ``vmamba_tiny_s1l8:composite`` runs SS2D's composite path)."""
+    """Host time of ``name`` (a timm or zoo model; ``vmamba_tiny_s1l8:composite`` runs every layer op by op,
+    ``vmamba_tiny_s1l8:scan_node`` only SS2D's core and the MLP as nodes, without the pre-norms and SS2D's other
+    layers)."""
     import timm
-    from vmamba_zoo.layers import SS2D
+    from vmamba_zoo.layers import SS2D, Mlp
     name, _, variant = name.partition(':')
-    SS2D.fused_scan_node = variant != 'composite'
+    SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
+    SS2D.fused_branch_node = variant == ''
     model = timm.create_model(name, drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (batch,), device='cuda')
@@ -114,7 +120,7 @@ def measure(name: str, batch: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*',
-                        default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:composite', 'convnext_tiny'])
+                        default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:scan_node', 'convnext_tiny'])
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--out', default='')
     parser.add_argument('--check-only', action='store_true', help='only compare the switches on and off')

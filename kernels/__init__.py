@@ -3,7 +3,7 @@
 Installed as ``vmamba_zoo.kernels`` from the top-level ``kernels/`` folder. Imports without Triton or a GPU.
 """
 from ._triton_utils import HAS_TRITON, plain_eager
-from .layer_norm import layer_norm_2d, layer_norm_2d_ref
+from .layer_norm import layer_norm_2d, layer_norm_2d_ref, layer_norm_backward, layer_norm_forward
 from .multi_scan import RasterMultiScan, multi_scan_2d
 from .scan_patterns import (
     ScanPattern, cached_outside_inference_mode, atrous_pattern, bidirectional_pattern, cross_merge, cross_pattern,
@@ -16,7 +16,7 @@ from .selective_scan import (
 )
 
 __all__ = [
-    'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'multi_scan_2d', 'RasterMultiScan',
+    'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward', 'multi_scan_2d', 'RasterMultiScan',
     'ScanPattern',
     'cached_outside_inference_mode', 'atrous_pattern',
     'bidirectional_pattern', 'cross_merge', 'cross_pattern', 'cross_scan', 'custom_pattern', 'get_pattern',

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ._triton_utils import HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, tl, triton, use_triton_for
 
-__all__ = ['layer_norm_2d', 'layer_norm_2d_ref']
+__all__ = ['layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward']
 
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
@@ -92,7 +92,9 @@ if HAS_TRITON:
             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
         image, pixels, channels, mask = _pixel_tile(C, P, BLOCK_C, BLOCK_P)
-        compute = mean_ptr.dtype.element_ty  # float32, or float64 for float64 input
+        # float32, or float64 for float64 input. Not the statistics' dtype: without statistics to store, y stands in
+        # for their buffers, and a 16-bit y would make the mean and variance 16-bit.
+        compute = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
         x = tl.load(x_ptr + _tile_offsets(image, pixels, channels, C, P, stride_x_c, stride_x_p), mask=mask,
                     other=0.0).to(compute)
         mean = tl.sum(x, axis=0) / C
@@ -219,12 +221,51 @@ def _layer_norm_bwd(x, weight, stats, dy, rows):
     return dx, parts.sum(dim=1)
 
 
+def layer_norm_forward(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                       out_dtype: torch.dtype, channel_dim: int = -1,
+                       memory_format: Optional[torch.memory_format] = None,
+                       store_stats: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``layer_norm_2d``'s Triton forward without autograd, for layers that fold the norm into their own autograd
+    node with the ops around it (one node instead of several: an eager VMamba-T training step was paced by the host
+    issuing nodes on the H200, 2026-11-30 profiles). No checks: the caller passes what ``layer_norm_2d`` accepts.
+
+    Args:
+        x: contiguous (..., C) rows (``channel_dim=-1``), or a dense NCHW or NHWC (B, C, H, W) map (``channel_dim=1``).
+        weight, bias: (C,) or None.
+        eps: added to the variance.
+        out_dtype: dtype of the output.
+        channel_dim: -1 for rows, 1 for a map.
+        memory_format: the output map's layout (None: x's); rows are written contiguous.
+        store_stats: compute the statistics for the backward (else None is returned for them).
+
+    Returns:
+        The normalised tensor and the (2, images, pixels) float32 mean/rstd that ``layer_norm_backward`` takes.
+    """
+    rows = channel_dim == -1
+    if rows:
+        memory_format = torch.contiguous_format
+    elif memory_format is None:
+        memory_format = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
+    stats = _layer_norm_fwd(x, weight, bias, float(eps), y, rows, store_stats)
+    return y, stats if store_stats else None
+
+
+def layer_norm_backward(x: torch.Tensor, weight: Optional[torch.Tensor], stats: torch.Tensor, dy: torch.Tensor,
+                        channel_dim: int = -1, has_bias: bool = True):
+    """Gradients of ``layer_norm_forward`` given ``dy`` (x's shape, any dense layout): dx in x's dtype and layout,
+    and the weight and bias gradients in their parameters' dtype (x's when there is no weight; None when absent)."""
+    dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, channel_dim == -1)
+    dweight = None if weight is None else dweight.to(weight.dtype)
+    dbias = dbias.to(x.dtype if weight is None else weight.dtype) if has_bias else None
+    return dx, dweight, dbias
+
+
 class _LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype, memory_format, rows):
-        y = torch.empty(x.shape, device=x.device, dtype=out_dtype, memory_format=memory_format)
-        stats = _layer_norm_fwd(x, weight, bias, eps, y, rows, True)
+        y, stats = layer_norm_forward(x, weight, bias, eps, out_dtype, -1 if rows else 1, memory_format)
         ctx.save_for_backward(x, weight, stats)
         ctx.has_bias, ctx.rows = bias is not None, rows
         return y
@@ -232,9 +273,7 @@ class _LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, stats = ctx.saved_tensors
-        dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, ctx.rows)
-        dweight = None if weight is None else dweight.to(weight.dtype)
-        dbias = dbias.to(x.dtype if weight is None else weight.dtype) if ctx.has_bias else None
+        dx, dweight, dbias = layer_norm_backward(x, weight, stats, dy, -1 if ctx.rows else 1, ctx.has_bias)
         return dx, dweight, dbias, None, None, None, None
 
 

@@ -140,10 +140,13 @@ class RasterMultiScan:
 
     @classmethod
     def plan(cls, x: torch.Tensor, state_dim: int, pattern: Union[str, ScanPattern] = 'cross',
-             backend: str = 'auto') -> Optional['RasterMultiScan']:
+             backend: str = 'auto', dim: Optional[int] = None) -> Optional['RasterMultiScan']:
         """The raster scan of the (batch, dim, H, W) map ``x`` with ``state_dim`` states along ``pattern``, or None
         where ``multi_scan_2d`` would run other kernels (PyTorch backend, routes that are not raster walks, large
-        d_state) or keep its custom op (tracing, compiling, dispatch modes)."""
+        d_state) or keep its custom op (tracing, compiling, dispatch modes).
+
+        ``dim`` plans for a map of ``dim`` channels that ``x`` stands in for (same H, W, device and dtype), for a
+        layer that decides before computing the map; by default ``x.shape[1]``."""
         if not plain_eager() or _resolve_backend(backend, x) != 'triton':
             return None
         height, width = x.shape[-2:]
@@ -151,7 +154,7 @@ class RasterMultiScan:
             pattern = get_pattern(pattern, height, width)
         if pattern.route_kinds is None or (pattern.height, pattern.width) != (height, width):
             return None
-        raster_plan = _raster_plan(x.shape[1], height * width, pattern.route_kinds, (height, width), state_dim)
+        raster_plan = _raster_plan(x.shape[1] if dim is None else dim, height * width, pattern.route_kinds, (height, width), state_dim)
         return None if raster_plan is None else cls(pattern, raster_plan)
 
     def _scan_views(self, x, delta, B, C):

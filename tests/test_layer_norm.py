@@ -168,12 +168,15 @@ def test_too_many_channels_for_the_kernel():
     assert ln.layer_norm_2d(x, None, None).shape == x.shape  # 'auto' falls back to PyTorch
 
 
-def test_inference_keeps_no_graph_and_matches_training_forward():
+@pytest.mark.parametrize('out_dtype', [torch.float32, torch.float16])
+def test_inference_keeps_no_graph_and_matches_training_forward(out_dtype):
+    """Without gradients no statistics are stored (the output stands in for their buffers); the arithmetic stays
+    float32 for a 16-bit output too, as in training."""
     x, weight, bias = _inputs((2, 6, 3, 5), torch.float32)
     weight.requires_grad_()
     with torch.no_grad():
-        y_inference = ln.layer_norm_2d(x, weight, bias, backend='triton')
-    y_training = ln.layer_norm_2d(x, weight, bias, backend='triton')
+        y_inference = ln.layer_norm_2d(x, weight, bias, backend='triton', out_dtype=out_dtype)
+    y_training = ln.layer_norm_2d(x, weight, bias, backend='triton', out_dtype=out_dtype)
     assert y_inference.grad_fn is None and y_training.grad_fn is not None
     torch.testing.assert_close(y_inference, y_training, rtol=0, atol=0)
 

@@ -1,10 +1,11 @@
-"""Helpers of the layers' eager shortcuts: the autocast dtype of a call, and tensors derived from parameters (casts,
-A = -exp(A_logs)) kept between calls without gradients."""
+"""Helpers of the layers' eager shortcuts: the autocast dtype of a call, the compute dtype and hook check of a fused
+autograd node, and tensors derived from parameters (casts, A = -exp(A_logs)) kept between calls without gradients."""
 from typing import Callable, Optional, Sequence
 
 import torch
+from torch.nn.modules import module as _module
 
-__all__ = ['autocast_dtype', 'derived_until_changed']
+__all__ = ['autocast_dtype', 'derived_until_changed', 'node_dtype', 'without_hooks']
 
 _AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
 
@@ -46,3 +47,22 @@ def derived_until_changed(module: torch.nn.Module, slot: str, params: Sequence[t
     if cached is None or cached[0] != key:
         cached = module.__dict__[slot] = (key, derive())
     return cached[1]
+
+
+def node_dtype(x: torch.Tensor, *params: torch.Tensor) -> Optional[torch.dtype]:
+    """The compute dtype of a fused training node: autocast's, or the common dtype of x and the parameters (None
+    when they differ, where the composite path's ops would raise or promote)."""
+    dtype = autocast_dtype(x)
+    if dtype is not None:
+        return dtype
+    return x.dtype if all(p.dtype == x.dtype for p in params) else None
+
+
+def without_hooks(*modules: torch.nn.Module) -> bool:
+    """Whether no forward or backward hook, global or on one of ``modules``, would see their calls: a fused node that
+    runs their computation without calling them applies only then."""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks \
+            or _module._global_backward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in modules)

@@ -6,11 +6,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
-from vmamba_zoo.kernels import plain_eager
+from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
 
-from .eager import autocast_dtype
+from .eager import node_dtype, without_hooks
+from .norm import ChannelLastLayerNorm
 
-__all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32']
+__all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32', 'bias_grad_float32']
 
 
 class Linear2d(nn.Linear):
@@ -39,40 +40,67 @@ def get_linear_layer(channel_first: bool = False) -> Type[nn.Linear]:
 
 
 class _LinearGeluLinear(torch.autograd.Function):
-    """``fc2(gelu(fc1(x)))`` over the last dim as one autograd node, for eager training.
+    """``fc2(gelu(fc1(norm(x))))`` over the last dim as one autograd node, for eager training; the LayerNorm (a
+    block's pre-norm, on the Triton kernel) is optional.
 
     Composed of ``F.linear`` and GELU under autocast, the MLP records 13 autograd nodes (weight casts, views,
-    transposes) per call; an eager VMamba-T training step was bound by the host issuing nodes on the H200
-    (2026-11-30 profiles). The node runs the same kernels in the same dtypes: under autocast the operands are cast to
-    the autocast dtype, the parameters' gradients are float32 (their dtype; on CUDA written by the GEMM and the sum
-    in float32, without the composite path's 16-bit rounding) and the input's is in its dtype.
+    transposes) per call, and its pre-norm one more; an eager VMamba-T training step was bound by the host issuing
+    nodes on the H200 (2026-11-30 profiles). The node runs the same kernels in the same dtypes: under autocast the
+    operands are cast to the autocast dtype (the norm writes it), the parameters' gradients are float32 (their
+    dtype; on CUDA written by the GEMM and the sum in float32, without the composite path's 16-bit rounding) and the
+    input's is in its dtype.
     """
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, approximate: str, dtype: torch.dtype):
-        shape = x.shape
-        x2d = x.reshape(-1, shape[-1]).to(dtype)
-        w1, w2 = weight1.to(dtype), weight2.to(dtype)
-        hidden = _affine(x2d, w1, bias1, dtype)
-        act = F.gelu(hidden, approximate=approximate)
-        out = _affine(act, w2, bias2, dtype)
-        ctx.save_for_backward(x2d, hidden, act, w1, w2)
+    def forward(ctx, x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
+                approximate: str, dtype: torch.dtype):
+        out, saved = _mlp_forward(x, norm_weight, norm_bias, norm_eps, weight1, bias1, weight2, bias2, approximate,
+                                  dtype, keep=True)
+        ctx.save_for_backward(*saved)
         ctx.approximate, ctx.input_dtype = approximate, x.dtype
-        ctx.has_bias = bias1 is not None, bias2 is not None
-        return out.view(*shape[:-1], out.shape[-1])
+        ctx.has_bias = bias1 is not None, bias2 is not None, norm_bias is not None
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x2d, hidden, act, w1, w2 = ctx.saved_tensors
+        saved = ctx.saved_tensors  # once: activation checkpointing unpacks each saved tensor only once
+        x2d, hidden, act, w1, w2 = saved[:5]
         needs = ctx.needs_input_grad
         grad2d = grad.reshape(-1, grad.shape[-1]).to(act.dtype)
-        dweight2 = mm_float32(grad2d.t(), act) if needs[3] else None
-        dbias2 = grad2d.sum(0, dtype=torch.float32) if ctx.has_bias[1] and needs[4] else None
+        dweight2 = mm_float32(grad2d.t(), act) if needs[6] else None
+        dbias2 = bias_grad_float32(grad2d) if ctx.has_bias[1] and needs[7] else None
         dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)
-        dweight1 = mm_float32(dhidden.t(), x2d) if needs[1] else None
-        dbias1 = dhidden.sum(0, dtype=torch.float32) if ctx.has_bias[0] and needs[2] else None
-        dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype) if needs[0] else None
-        return dx, dweight1, dbias1, dweight2, dbias2, None, None
+        dweight1 = mm_float32(dhidden.t(), x2d) if needs[4] else None
+        dbias1 = bias_grad_float32(dhidden) if ctx.has_bias[0] and needs[5] else None
+        dx = dnorm_weight = dnorm_bias = None
+        if len(saved) > 5:
+            x, norm_weight, stats = saved[5:]
+            dx, dnorm_weight, dnorm_bias = layer_norm_backward(x.view(-1, x.shape[-1]), norm_weight, stats,
+                                                               dhidden.mm(w1), -1, ctx.has_bias[2])
+            dx = dx.view(x.shape)
+        elif needs[0]:
+            dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype)
+        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None
+
+
+def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
+                 approximate: str, dtype: torch.dtype, keep: bool = False):
+    """``_LinearGeluLinear``'s forward without autograd (``norm_eps`` None: no norm); returns the output and, with
+    ``keep``, the tensors its backward needs."""
+    shape = x.shape
+    stats = None
+    if norm_eps is not None:
+        x2d, stats = layer_norm_forward(x.view(-1, shape[-1]), norm_weight, norm_bias, norm_eps, dtype,
+                                        store_stats=keep)
+    else:
+        x2d = x.reshape(-1, shape[-1]).to(dtype)
+    w1, w2 = weight1.to(dtype), weight2.to(dtype)
+    hidden = _affine(x2d, w1, bias1, dtype)
+    act = F.gelu(hidden, approximate=approximate)
+    out = _affine(act, w2, bias2, dtype).view(*shape[:-1], w2.shape[0])
+    if not keep:
+        return out, None
+    return out, (x2d, hidden, act, w1, w2) + ((x, norm_weight, stats) if norm_eps is not None else ())
 
 
 def _affine(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype):
@@ -91,21 +119,25 @@ def mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b).float()
 
 
+def bias_grad_float32(grad2d: torch.Tensor) -> torch.Tensor:
+    """The column sums of a (rows, features) gradient in float32: a bias's gradient.
+
+    On CUDA a 16-bit gradient is summed by one GEMV with a ones vector writing float32 (``mm_float32``), which reads
+    the gradient once at full bandwidth; PyTorch's reduction over the rows of a 16-bit matrix took 1.8 ms of a
+    VMamba-T training step on the H200 (2026-11-30 profile, ``benchmarks/profile_step.py``).
+    """
+    if _MM_WRITES_FLOAT32 and grad2d.is_cuda and grad2d.dtype in (torch.float16, torch.bfloat16):
+        ones = torch.ones(grad2d.shape[0], 1, device=grad2d.device, dtype=grad2d.dtype)
+        return torch.mm(grad2d.t(), ones, out_dtype=torch.float32).view(-1)
+    return grad2d.sum(0, dtype=torch.float32)
+
+
 def _gelu_approximation(act: nn.Module) -> Optional[str]:
     """F.gelu's ``approximate`` for a GELU module (torch's or timm's, which ``get_act_layer('gelu')`` returns), else
     None."""
     if type(act) is nn.GELU:
         return act.approximate
     return {TimmGELU: 'none', TimmGELUTanh: 'tanh'}.get(type(act))
-
-
-def _node_dtype(x: torch.Tensor, *params: nn.Parameter) -> Optional[torch.dtype]:
-    """The compute dtype of a fused training node: autocast's, or the common dtype of x and the parameters (None
-    when they differ, where ``F.linear`` would raise its own error)."""
-    dtype = autocast_dtype(x)
-    if dtype is not None:
-        return dtype
-    return x.dtype if all(p.dtype == x.dtype for p in params) else None
 
 
 class Mlp(nn.Module):
@@ -121,8 +153,9 @@ class Mlp(nn.Module):
         bias: Use biases in fc1/fc2.
     """
 
-    # Eager training of a channel-last MLP with GELU and no dropout runs fc1 -> GELU -> fc2 as one autograd node
-    # (``_LinearGeluLinear``); False keeps the composite path (the same kernels, 13 nodes).
+    # Eager training of a channel-last MLP with GELU and no dropout runs fc1 -> GELU -> fc2 (and a pre-norm passed
+    # in) as one autograd node (``_LinearGeluLinear``), and inference the same ops without module calls; False keeps
+    # the composite path (the same kernels, 13 nodes).
     fused_node = True
 
     def __init__(
@@ -144,20 +177,37 @@ class Mlp(nn.Module):
         self.fc2 = linear(hidden_features, out_features, bias=bias)
         self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
-    def _node(self, x: torch.Tensor) -> Optional[Tuple[str, torch.dtype]]:
-        """(GELU approximation, compute dtype) when training runs ``_LinearGeluLinear``, else None."""
-        approximate = _gelu_approximation(self.act)
-        if not (self.fused_node and torch.is_grad_enabled() and approximate is not None
-                and isinstance(self.drop, nn.Identity) and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear
-                and (x.requires_grad or self.fc1.weight.requires_grad) and plain_eager()):
+    def _node(self, x: torch.Tensor, norm: Optional[nn.Module]) -> Optional[torch.dtype]:
+        """The compute dtype when an eager call runs ``_LinearGeluLinear`` (training) or its ops (inference) on x
+        (with ``norm``, a foldable LayerNorm, in front), else None."""
+        if not (self.fused_node and isinstance(self.drop, nn.Identity) and _gelu_approximation(self.act) is not None
+                and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and plain_eager()
+                and without_hooks(self.fc1, self.act, self.fc2)):
             return None
-        dtype = _node_dtype(x, self.fc1.weight, self.fc2.weight)
-        return None if dtype is None else (approximate, dtype)
+        norm_weight = () if norm is None or norm.weight is None else (norm.weight,)
+        return node_dtype(x, self.fc1.weight, self.fc2.weight, *norm_weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        node = self._node(x)
-        if node is not None:
-            return _LinearGeluLinear.apply(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, *node)
+    @staticmethod
+    def _folds(x: torch.Tensor, norm: nn.Module) -> bool:
+        """Whether the node can run ``norm``: a LayerNorm over the last dim of contiguous x, on the Triton kernel."""
+        return type(norm) is ChannelLastLayerNorm and x.is_contiguous() and norm.runs_triton(x) and without_hooks(norm)
+
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """``fc2(act(fc1(x)))`` (with dropout), of ``norm(x)`` when ``norm`` is given (a block's pre-norm, which eager
+        training can then fold into the MLP's autograd node)."""
+        if norm is not None and not self._folds(x, norm):
+            x, norm = norm(x), None
+        dtype = self._node(x, norm)
+        if dtype is not None:
+            norm_args = (None, None, None) if norm is None else (norm.weight, norm.bias, norm.eps)
+            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+            args = (x, *norm_args, *params, _gelu_approximation(self.act), dtype)
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (x, *norm_args[:2], *params)):
+                return _LinearGeluLinear.apply(*args)
+            return _mlp_forward(*args)[0]  # inference: the same ops without a node
+        if norm is not None:
+            x = norm(x)
         x = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(x))
 
@@ -193,6 +243,9 @@ class GatedMlp(nn.Module):
         self.fc2 = linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """``fc2(x * act(z))`` of ``norm(x)`` when ``norm`` is given (as ``Mlp``)."""
+        if norm is not None:
+            x = norm(x)
         x, z = self.fc1(x).chunk(2, dim=self.channel_dim)
         return self.drop(self.fc2(x * self.act(z)))

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vmamba_zoo.kernels.layer_norm import layer_norm_2d
+from vmamba_zoo.kernels import HAS_TRITON
+from vmamba_zoo.kernels.layer_norm import MAX_CHANNELS, layer_norm_2d
 
 __all__ = ['LayerNorm2d', 'ChannelLastLayerNorm', 'Permute', 'get_norm_layer', 'to_channels_first',
            'to_channels_last']
@@ -53,6 +54,14 @@ class ChannelLastLayerNorm(nn.LayerNorm):
     """
 
     backend = 'auto'  # layer_norm_2d's backend; tests set 'triton' to run the kernel in the interpreter
+
+    def runs_triton(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` normalises a tensor on x's device with the Triton kernel: what layers that fold this
+        norm into their own autograd node run instead (``kernels.layer_norm_forward``)."""
+        if len(self.normalized_shape) != 1 or x.dim() < 2 or not HAS_TRITON:
+            return False
+        return self.backend == 'triton' or (self.backend == 'auto' and x.is_cuda
+                                            and self.normalized_shape[0] <= MAX_CHANNELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.normalized_shape) != 1 or x.dim() < 2 or not (x.is_cuda or self.backend == 'triton'):

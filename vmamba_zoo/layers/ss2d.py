@@ -31,16 +31,16 @@ scan_mode              ``pattern='cross'`` (any pattern registered in ``vmamba_z
 =====================  ==============================================================================
 """
 import math
-from typing import Optional, Type, Union
+from typing import NamedTuple, Optional, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vmamba_zoo.kernels import RasterMultiScan, get_pattern, multi_scan_2d
+from vmamba_zoo.kernels import RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d
 
-from .mlp import get_linear_layer, mm_float32
-from .eager import autocast_dtype, derived_until_changed
+from .eager import autocast_dtype, derived_until_changed, node_dtype, without_hooks
+from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
 __all__ = ['SS2D', 'dt_bias_init', 'A_log_init', 'SpatialSoftmax', 'grouped_projection']
@@ -140,6 +140,58 @@ def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs
     return dts.permute(2, 0, 1, 3, 4), Bs, Cs, dt_in
 
 
+def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan: RasterMultiScan,
+                       rank: int, d_state: int, derived=None):
+    """SS2D's core on a channel-last (B, D, H, W) map without autograd: ``x_proj``, ``dt_proj``, the B/C layout,
+    ``A = -exp(A_logs)`` and the fused multi-scan.
+
+    ``derived`` may hand in ``_derive_ssm_weights``'s result (kept between inference calls).
+
+    Returns:
+        The float32 (B, D, H, W) sum of the routes (NCHW-contiguous) and the tensors ``_scan_core_backward`` takes.
+    """
+    d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
+    A, w_x, w_dt = derived or _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype)
+    dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
+    u = x.contiguous()
+    D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
+    y, entering = scan.forward(u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True)
+    return y, (x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt)
+
+
+def _scan_core_backward(saved, dy, scan: RasterMultiScan, d_state: int, needs_dx: bool, needs_dx_proj: bool,
+                        needs_dt_proj: bool):
+    """Gradients of ``_scan_core_forward`` given ``dy`` (B, D, H, W), in the composite path's dtypes (activations' in
+    x's dtype, the parameters' in float32; on CUDA the projection weights' written in float32 by their GEMMs,
+    ``mm_float32``).
+
+    Returns:
+        dx (channel-last strides, like x), and the gradients of x_proj_weight, dt_projs_weight, dt_projs_bias,
+        A_logs and Ds (None where not needed).
+    """
+    x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt = saved
+    batch, d_inner, height, width = x.shape
+    k_group = dts.shape[1]
+    du, ddelta, dA, dB, dC, dD, dbias = scan.backward(
+        u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True, entering, dy)
+    ddts = ddelta.permute(1, 2, 0, 3).reshape(k_group, d_inner, -1)  # a view: ddelta has dts's layout
+    d_dt_in = torch.bmm(w_dt.transpose(1, 2), ddts)
+    d_bc = torch.stack((dB, dC)).view(2, batch, k_group, d_state, height, width)
+    # (B, H, W, K, 2, N) as x_dbl holds B and C: the cast and the transposition in one copy.
+    d_bc = d_bc.permute(1, 4, 5, 2, 0, 3).to(x.dtype, memory_format=torch.contiguous_format)
+    d_x_dbl = torch.cat((d_dt_in.permute(2, 0, 1), d_bc.reshape(-1, k_group, 2 * d_state)), -1)
+    d_x_dbl = d_x_dbl.view(-1, w_x.shape[0])
+    x_rows = x.permute(0, 2, 3, 1).reshape(-1, d_inner)
+    dx = None
+    if needs_dx:
+        dx = torch.mm(d_x_dbl, w_x).view(batch, height, width, d_inner)
+        # du rounded to x's dtype before the sum, as autograd sums the composite path's two gradients of x.
+        dx = dx.add_(du.view(batch, d_inner, height, width).permute(0, 2, 3, 1).to(x.dtype)).permute(0, 3, 1, 2)
+    d_x_proj = mm_float32(d_x_dbl.t(), x_rows).view(k_group, -1, d_inner) if needs_dx_proj else None
+    d_dt_proj = _grouped_weight_grad(ddts, dt_in, mm_float32) if needs_dt_proj else None
+    return dx, d_x_proj, d_dt_proj, dbias, dA.view(-1, d_state) * A, dD.view(-1)
+
+
 class _SS2DScanCore(torch.autograd.Function):
     """SS2D's ``x_proj``, ``dt_proj``, B/C layout, ``A = -exp(A_logs)`` and fused multi-scan of a channel-last map as
     one autograd node, for eager training on the Triton raster kernels.
@@ -148,47 +200,144 @@ class _SS2DScanCore(torch.autograd.Function):
     VMamba-T training step was bound by the host issuing them on the H200 (2026-11-30 profiles: 73 ms per step for
     56 ms of kernels). Forward and backward run the same kernels in the same dtypes as the composite path
     (``SS2D.fused_scan_node = False``), which the tests compare it with, except that on CUDA the projection weights'
-    gradients are written in float32 by their GEMMs (``mm_float32``).
+    gradients are written in float32 by their GEMMs (``mm_float32``). ``_SS2DBranch`` folds the rest of the layer
+    around it where it can.
     """
 
     @staticmethod
     def forward(ctx, x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan: RasterMultiScan,
                 rank: int, d_state: int):
-        d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
         # No gradients are recorded in here: grouped_projection is a plain bmm, and nothing is kept between calls.
-        A, w_x, w_dt = _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype)
-        dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
-        u = x.contiguous()
-        D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
-        y, entering = scan.forward(u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True)
-        ctx.save_for_backward(x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt)
+        y, saved = _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan, rank,
+                                      d_state)
+        ctx.save_for_backward(*saved)
         ctx.scan, ctx.d_state = scan, d_state
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt = ctx.saved_tensors
-        batch, d_inner, height, width = x.shape
-        k_group, d_state = dts.shape[1], ctx.d_state
-        du, ddelta, dA, dB, dC, dD, dbias = ctx.scan.backward(
-            u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True, entering, dy)
-        # The composite path's gradients, in its dtypes: activations' in x's dtype, the parameters' in float32.
-        ddts = ddelta.permute(1, 2, 0, 3).reshape(k_group, d_inner, -1)  # a view: ddelta has dts's layout
-        d_dt_in = torch.bmm(w_dt.transpose(1, 2), ddts)
-        d_bc = torch.stack((dB, dC)).view(2, batch, k_group, d_state, height, width)
-        # (B, H, W, K, 2, N) as x_dbl holds B and C: the cast and the transposition in one copy.
-        d_bc = d_bc.permute(1, 4, 5, 2, 0, 3).to(x.dtype, memory_format=torch.contiguous_format)
-        d_x_dbl = torch.cat((d_dt_in.permute(2, 0, 1), d_bc.reshape(-1, k_group, 2 * d_state)), -1)
-        d_x_dbl = d_x_dbl.view(-1, w_x.shape[0])
-        x_rows = x.permute(0, 2, 3, 1).reshape(-1, d_inner)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.mm(d_x_dbl, w_x).view(batch, height, width, d_inner)
-            # du rounded to x's dtype before the sum, as autograd sums the composite path's two gradients of x.
-            dx = dx.add_(du.view(batch, d_inner, height, width).permute(0, 2, 3, 1).to(x.dtype)).permute(0, 3, 1, 2)
-        d_x_proj = mm_float32(d_x_dbl.t(), x_rows).view(k_group, -1, d_inner) if ctx.needs_input_grad[1] else None
-        d_dt_proj = _grouped_weight_grad(ddts, dt_in, mm_float32) if ctx.needs_input_grad[2] else None
-        return dx, d_x_proj, d_dt_proj, dbias, dA.view(-1, d_state) * A, dD.view(-1), None, None, None
+        grads = _scan_core_backward(ctx.saved_tensors, dy, ctx.scan, ctx.d_state, *ctx.needs_input_grad[:3])
+        return grads + (None, None, None)
+
+
+class _BranchSpec(NamedTuple):
+    """What ``_SS2DBranch`` runs besides its tensors."""
+    dtype: torch.dtype  # of the activations: autocast's, or the input's
+    norm_eps: float
+    out_norm_eps: float
+    padding: int  # of the depthwise conv
+    z_gate: bool
+    z_act: bool
+    scan: RasterMultiScan
+    rank: int
+    d_state: int
+
+
+def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = False):
+    """``_SS2DBranch``'s forward without autograd: ``out_proj(out_norm(core(silu(conv(in_proj(norm(x)))))))`` (with the
+    z gate), on a contiguous (B, H, W, C) map, in ``spec.dtype``.
+
+    Args:
+        x: The block's input map.
+        spec: What runs besides the tensors.
+        params: norm weight and bias, in_proj weight and bias, conv weight and bias, x_proj_weight, dt_projs_weight,
+            dt_projs_bias, A_logs, Ds, out_norm weight and bias, out_proj weight and bias (absent biases None).
+        derived: ``_derive_ssm_weights``'s result, when kept between inference calls.
+        keep: Also return the tensors the backward needs (else None, and no norm statistics are stored).
+
+    Returns:
+        The (B, H, W, C) output and the kept tensors.
+    """
+    norm_w, norm_b, in_w, in_b, conv_w, conv_b, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, on_w, \
+        on_b, out_w, out_b = params
+    dtype = spec.dtype
+    batch, height, width, channels = x.shape
+    xn, norm_stats = layer_norm_forward(x, norm_w, norm_b, spec.norm_eps, dtype, store_stats=keep)
+    w_in = in_w.to(dtype)
+    h = _affine(xn.view(-1, channels), w_in, in_b, dtype).view(batch, height, width, -1)
+    xin, z = h.chunk(2, -1) if spec.z_gate else (h, None)
+    d_inner = xin.shape[-1]
+    xin = xin.permute(0, 3, 1, 2)
+    w_conv = conv_w.to(dtype)
+    conv = F.conv2d(xin, w_conv, None if conv_b is None else conv_b.to(dtype), padding=spec.padding, groups=d_inner)
+    xa = F.silu(conv)
+    y, core = _scan_core_forward(xa, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, spec.scan, spec.rank,
+                                 spec.d_state, derived)
+    # The out-norm reads the NCHW float32 sum and writes channel-last rows in the activation dtype.
+    yn, out_norm_stats = layer_norm_forward(y, on_w, on_b, spec.out_norm_eps, dtype, 1, torch.channels_last, keep)
+    yn = yn.permute(0, 2, 3, 1)
+    gate = None
+    if spec.z_gate:
+        gate = F.silu(z) if spec.z_act else z
+        gated = yn * gate
+    else:
+        gated = yn
+    w_out = out_w.to(dtype)
+    out = _affine(gated.reshape(-1, d_inner), w_out, out_b, dtype).view(batch, height, width, -1)
+    if not keep:
+        return out, None
+    return out, (x, norm_w, norm_stats, xn, w_in, xin, w_conv, conv, y, on_w, out_norm_stats, yn, z, gate, gated,
+                 w_out) + core
+
+
+class _SS2DBranch(torch.autograd.Function):
+    """A channel-last SS2D branch as one autograd node for eager training: the block's pre-norm, ``in_proj``, the
+    optional z gate, the depthwise conv, SiLU, the core (``_scan_core_forward``), ``out_norm`` and ``out_proj``.
+
+    Op by op the branch records about 30 autograd nodes per block (weight casts, views, permutes, the norms' and the
+    conv's) and issues its ops from Python module calls; an eager VMamba-T training step on the H200 took 63-71 ms
+    for 48.6 ms of kernels (2026-11-30 run 3), bound by the host. The node runs the same kernels in the same dtypes
+    as the composite path, which the tests compare it with; on CUDA the Linear weights' gradients are written in
+    float32 by their GEMMs (``mm_float32``) and the bias gradients summed in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x, spec: _BranchSpec, *params):
+        out, saved = _branch_forward(x, spec, params, keep=True)
+        ctx.save_for_backward(*saved)
+        ctx.spec = spec
+        ctx.has_bias = tuple(params[i] is not None for i in (1, 3, 5, 12, 14))  # norm, in_proj, conv, out_norm, out
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors  # once: activation checkpointing unpacks each saved tensor only once
+        x, norm_w, norm_stats, xn, w_in, xin, w_conv, conv, y, on_w, out_norm_stats, yn, z, gate, gated, w_out = \
+            saved[:16]
+        core = saved[16:]
+        spec, needs = ctx.spec, ctx.needs_input_grad
+        batch, height, width, channels = x.shape
+        d_inner = conv.shape[1]
+        grad2d = grad.reshape(-1, grad.shape[-1]).to(spec.dtype)
+        d_out_w = mm_float32(grad2d.t(), gated.reshape(-1, d_inner)) if needs[15] else None
+        d_out_b = bias_grad_float32(grad2d) if ctx.has_bias[4] and needs[16] else None
+        d_gated = grad2d.mm(w_out).view(yn.shape)
+        d_z = None
+        if spec.z_gate:
+            d_yn = d_gated * gate
+            d_gate = d_gated * yn
+            d_z = torch.ops.aten.silu_backward(d_gate, z) if spec.z_act else d_gate
+        else:
+            d_yn = d_gated
+        dy, d_on_w, d_on_b = layer_norm_backward(y, on_w, out_norm_stats, d_yn.permute(0, 3, 1, 2), 1,
+                                                 ctx.has_bias[3])
+        d_xa, d_x_proj, d_dt_proj, d_dt_bias, d_A_logs, d_Ds = _scan_core_backward(
+            core, dy, spec.scan, spec.d_state, True, needs[8], needs[9])
+        d_conv = torch.ops.aten.silu_backward(d_xa, conv)
+        d_xin, d_conv_w, d_conv_b = torch.ops.aten.convolution_backward(
+            d_conv, xin, w_conv, [d_inner] if ctx.has_bias[2] else None, [1, 1], [spec.padding] * 2, [1, 1], False,
+            [0, 0], d_inner, [True, needs[6], ctx.has_bias[2] and needs[7]])
+        d_xin = d_xin.permute(0, 2, 3, 1)
+        d_h = torch.cat((d_xin, d_z), -1) if spec.z_gate else d_xin
+        d_h2d = d_h.reshape(-1, d_h.shape[-1])
+        d_in_w = mm_float32(d_h2d.t(), xn.view(-1, channels)) if needs[4] else None
+        d_in_b = bias_grad_float32(d_h2d) if ctx.has_bias[1] and needs[5] else None
+        d_xn = d_h2d.mm(w_in).view(batch, height, width, channels)
+        dx, d_norm_w, d_norm_b = layer_norm_backward(x, norm_w, norm_stats, d_xn, -1, ctx.has_bias[0])
+        # The conv's gradients come in the activation dtype; autograd casts them to the parameters' dtype, as it
+        # does on the composite path (there through the weight cast's node).
+        return (dx, None, d_norm_w, d_norm_b, d_in_w, d_in_b, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_dt_bias,
+                d_A_logs, d_Ds, d_on_w, d_on_b, d_out_w, d_out_b)
 
 
 class SpatialSoftmax(nn.Module):
@@ -265,6 +414,10 @@ class SS2D(nn.Module):
     # channel-last took the row-walk forward from 4.69 to 6.34 ms per VMamba-T step and its backward from 13.0 to
     # 15.9 ms (run 7).
     nchw_scan_min_positions = 1
+    # Eager training of a channel-last SS2D given its block's pre-norm (``forward(x, norm)``) runs the norm and the
+    # whole layer as one autograd node (``_SS2DBranch``) where it can, and inference the same ops without module
+    # calls; False keeps the norm and the Linear, conv and norm layers as modules around the core.
+    fused_branch_node = True
     # Eager training of a channel-last map on the Triton raster kernels runs the projections and the scan as one
     # autograd node (``_SS2DScanCore``), and eager calls without gradients run the raster scan directly; False keeps
     # the composite path through ``multi_scan_2d`` (the same kernels; about 25 autograd nodes per block in training).
@@ -417,6 +570,28 @@ class SS2D(nn.Module):
             return None
         return self._raster_scan(x)
 
+    def _branch_spec(self, x: torch.Tensor, norm: nn.Module) -> Optional[_BranchSpec]:
+        """What ``_SS2DBranch`` (or ``_branch_forward`` in inference) runs for ``self(norm(x))``, or None to call the
+        modules: it serves eager calls on a contiguous channel-last map, the default layers (Linear projections, a
+        conv, SiLU, a LayerNorm out-norm, no out-act or dropout) and a LayerNorm pre-norm, all on the Triton kernels,
+        and nothing hooked on them."""
+        if not (self.fused_branch_node and self.fused_scan_node and self.fused and not self.scan_fp32
+                and not self.channel_first and self.d_inner > 1 and x.dim() == 4 and x.is_contiguous()
+                and type(norm) is ChannelLastLayerNorm and type(self.out_norm) is ChannelLastLayerNorm
+                and type(self.in_proj) is nn.Linear and type(self.out_proj) is nn.Linear
+                and type(self.conv2d) is nn.Conv2d and type(self.act) is nn.SiLU
+                and type(self.out_act) is nn.Identity and type(self.dropout) is nn.Identity
+                and norm.runs_triton(x) and self.out_norm.runs_triton(x)
+                and without_hooks(norm, self.in_proj, self.act, self.conv2d, self.out_norm, self.out_proj)):
+            return None
+        dtype = node_dtype(x, *(p for p in (norm.weight, self.in_proj.weight, self.conv2d.weight,
+                                            self.out_proj.weight) if p is not None))
+        scan = RasterMultiScan.plan(x.permute(0, 3, 1, 2), self.d_state, self.pattern, self.backend, dim=self.d_inner)
+        if dtype is None or scan is None or scan.pattern.num_routes != self.k_group:
+            return None
+        return _BranchSpec(dtype, norm.eps, self.out_norm.eps, self.conv2d.padding[0], self.use_z_gate, self.z_act,
+                           scan, self.dt_rank, self.d_state)
+
     def _raster_scan(self, x: torch.Tensor) -> Optional[RasterMultiScan]:
         scan = RasterMultiScan.plan(x, self.d_state, self.pattern, self.backend)
         return scan if scan is not None and scan.pattern.num_routes == self.k_group else None
@@ -459,8 +634,26 @@ class SS2D(nn.Module):
             y = y.permute(0, 2, 3, 1)
         return self.out_norm(y).to(x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W) if ``channel_first``, else (B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W) if ``channel_first``, else (B, H, W, C) -> (B, H, W, C).
+
+        Args:
+            x: The input map.
+            norm: A norm applied to x first (a block's pre-norm): ``self(x, norm)`` is ``self(norm(x))``, which eager
+                training can then run as one autograd node (``fused_branch_node``).
+        """
+        if norm is not None:
+            spec = self._branch_spec(x, norm)
+            if spec is not None:
+                params = (norm.weight, norm.bias, self.in_proj.weight, self.in_proj.bias, self.conv2d.weight,
+                          self.conv2d.bias, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                          self.Ds, self.out_norm.weight, self.out_norm.bias, self.out_proj.weight, self.out_proj.bias)
+                if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
+                                                                       for p in params)):
+                    return _SS2DBranch.apply(x, spec, *params)
+                # Inference: the same ops without a node, and the derived SSM weights kept between calls.
+                return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype))[0]
+            x = norm(x)
         x = self.in_proj(x)
         z = None
         if self.use_z_gate:

@@ -94,12 +94,13 @@ class VSSBlock(nn.Module):
             if self.post_norm:
                 x = x + self.drop_path(self.norm(self.op(x)))
             else:
-                x = x + self.drop_path(self.op(self.norm(x)))
+                # The layers take their pre-norm so that eager training can run it inside their fused node.
+                x = x + self.drop_path(self.op(x, self.norm))
         if self.mlp_branch:
             if self.post_norm:
                 x = x + self.drop_path(self.norm2(self.mlp(x)))
             else:
-                x = x + self.drop_path(self.mlp(self.norm2(x)))
+                x = x + self.drop_path(self.mlp(x, self.norm2))
         return x
 
 

@@ -1,0 +1,141 @@
+"""Interleaved A/B of the fused-node variants of VMamba-T[s1l8] at batch 128 on one GPU, with ConvNeXt-T, in one
+process, and a search for host-device synchronisations.
+
+The lent GPU machine's host speed varies from run to run and within a run, and our steps are partly host-bound, so
+variants are timed in turns, several rounds over (``--rounds``), and compared by their best and median rounds. Per
+variant and round: ms per bf16 inference step and per bf16 training step (SGD) between CUDA events; the host's time
+to issue a step (``perf_counter`` around the call, no synchronisation); and how many device allocations and frees
+the caching allocator made during the timed steps (each ``cudaFree`` synchronises the device). Finally one inference
+and one training step of each variant run under ``torch.cuda.set_sync_debug_mode('warn')``, whose warnings name
+the operators that synchronise the host with the GPU.
+
+Variants as in ``profile_step.py`` ('' every fused node on, ':scan_node' only SS2D's core and the MLP as nodes,
+':composite' op by op).
+
+Usage: python benchmarks/ab_nodes.py [--rounds 3] [--out OUT.json] [MODEL ...]
+"""
+import argparse
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_layout as bl  # noqa: E402
+import bench_scan as bs  # noqa: E402
+from profile_step import set_variant  # noqa: E402
+
+
+def timed(step, iters: int, warm: int = 3) -> dict:
+    """ms per step between CUDA events, host ms to issue a step, and the allocator's device allocations and frees
+    during the timed steps."""
+    for _ in range(warm):
+        step()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    issue = 0.0
+    start.record()
+    for _ in range(iters):
+        begin = time.perf_counter()
+        step()
+        issue += time.perf_counter() - begin
+    end.record()
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_stats()
+    return {'step_ms': start.elapsed_time(end) / iters, 'issue_ms': issue * 1e3 / iters,
+            'device_allocs': after.get('num_device_alloc', 0) - before.get('num_device_alloc', 0),
+            'device_frees': after.get('num_device_free', 0) - before.get('num_device_free', 0)}
+
+
+def synchronising_ops(step) -> list:
+    """Distinct (message, innermost zoo/timm/torch frames) of the sync warnings one step raises."""
+    found = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f'{frame.filename.split("/")[-1]}:{frame.lineno}' for frame in traceback.extract_stack()[:-1]
+                  if 'warnings' not in frame.filename][-6:]
+        found.setdefault(str(message)[:160], frames)
+
+    step()
+    torch.cuda.synchronize()
+    original = warnings.showwarning
+    warnings.showwarning = record
+    torch.cuda.set_sync_debug_mode('warn')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('always')
+            warnings.showwarning = record
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+        warnings.showwarning = original
+    torch.cuda.synchronize()
+    return [{'message': m, 'frames': f} for m, f in found.items()]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:scan_node',
+                                                      'convnext_tiny'])
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--batch', type=int, default=bl.BATCH)
+    parser.add_argument('--out', default='')
+    args = parser.parse_args()
+    bs.import_kernels()
+    import timm
+    import vmamba_zoo  # noqa: F401  (registers the models)
+    torch.backends.cudnn.benchmark = True
+    result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
+              'batch': args.batch, 'rounds': [], 'summary': {}, 'syncs': {}}
+    images = torch.randn(args.batch, 3, 224, 224, device='cuda')
+    target = torch.randint(0, 1000, (args.batch,), device='cuda')
+    models = {}
+    for spec in args.models:
+        name = spec.partition(':')[0]
+        if name not in models:
+            models[name] = timm.create_model(name, drop_path_rate=0.0).cuda()
+    steps = {name: bl.steps(model, images, target) for name, model in models.items()}
+    for round_index in range(args.rounds):
+        for spec in args.models:
+            name, _, variant = spec.partition(':')
+            set_variant(variant)
+            infer, _, train = steps[name]
+            models[name].eval()
+            row = {'round': round_index, 'model': spec, 'infer_bf16': timed(infer, 20)}
+            models[name].train()
+            row['train_bf16'] = timed(train, 10)
+            result['rounds'].append(row)
+            print(f"round {round_index} {spec}: infer {row['infer_bf16']['step_ms']:.2f} ms (issue "
+                  f"{row['infer_bf16']['issue_ms']:.2f}), train {row['train_bf16']['step_ms']:.2f} ms (issue "
+                  f"{row['train_bf16']['issue_ms']:.2f}, device allocs/frees {row['train_bf16']['device_allocs']}/"
+                  f"{row['train_bf16']['device_frees']})", flush=True)
+    for spec in args.models:
+        rows = [r for r in result['rounds'] if r['model'] == spec]
+        result['summary'][spec] = summary = {}
+        for mode in ('infer_bf16', 'train_bf16'):
+            times = [r[mode]['step_ms'] for r in rows]
+            summary[mode] = {'best_ms': min(times), 'median_ms': statistics.median(times),
+                             'best_img_s': args.batch * 1e3 / min(times),
+                             'median_img_s': args.batch * 1e3 / statistics.median(times)}
+        print(spec, summary, flush=True)
+    for spec in args.models:
+        name, _, variant = spec.partition(':')
+        set_variant(variant)
+        infer, _, train = steps[name]
+        models[name].eval()
+        syncs = {'infer_bf16': synchronising_ops(infer)}
+        models[name].train()
+        syncs['train_bf16'] = synchronising_ops(train)
+        result['syncs'][spec] = syncs
+        print(spec, 'synchronising ops:', syncs, flush=True)
+    set_variant('')
+    bs.write_result(result, args.out, 'ab_nodes')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,69 @@
+"""Kernel time of a batch-128 step, per kernel, for model variants side by side (one GPU, one process).
+
+For each model: ms per bf16 inference step and per bf16 training step (SGD) between CUDA events, then the CUDA
+kernels of each step under the profiler (total and top kernels, ms per step). A step that takes longer than its
+kernels waits on the host; two variants whose kernels differ show where GPU time moved.
+
+Model names as in ``host_overhead.py``: ``vmamba_tiny_s1l8:scan_node`` runs only SS2D's core and the MLP as fused
+nodes, ``:composite`` every layer op by op.
+
+Usage: python benchmarks/profile_step.py [--batch 128] [--top 25] [--out OUT.json] [MODEL ...]
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_layout as bl  # noqa: E402
+import bench_scan as bs  # noqa: E402
+
+
+def set_variant(variant: str):
+    """Switch the zoo's fused nodes for a model variant ('' all on, 'scan_node', 'composite')."""
+    from vmamba_zoo.layers import SS2D, Mlp
+    SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
+    SS2D.fused_branch_node = variant == ''
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:scan_node',
+                                                      'convnext_tiny'])
+    parser.add_argument('--batch', type=int, default=128)
+    parser.add_argument('--top', type=int, default=25)
+    parser.add_argument('--out', default='')
+    args = parser.parse_args()
+    bs.import_kernels()
+    import timm
+    import vmamba_zoo  # noqa: F401  (registers the models)
+    torch.backends.cudnn.benchmark = True
+    result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
+              'batch': args.batch, 'models': {}}
+    images = torch.randn(args.batch, 3, 224, 224, device='cuda')
+    target = torch.randint(0, 1000, (args.batch,), device='cuda')
+    for spec in args.models:
+        name, _, variant = spec.partition(':')
+        set_variant(variant)
+        model = timm.create_model(name, drop_path_rate=0.0).cuda()
+        infer, _, train = bl.steps(model, images, target)
+        row = result['models'][spec] = {}
+        for mode, step, iters in (('infer_bf16', infer, 20), ('train_bf16', train, 10)):
+            model.train(mode.startswith('train'))
+            step_ms = bl.timed_ms(step, iters, warm=3)
+            breakdown = bl.kernel_breakdown(step)
+            row[mode] = {'step_ms': step_ms, 'kernel_ms': breakdown['kernel_ms_total'],
+                         'top': dict(list(breakdown['top'].items())[:args.top])}
+            print(f"{spec} {mode}: step {step_ms:.2f} ms, kernels {breakdown['kernel_ms_total']:.2f} ms", flush=True)
+            for kernel, ms in list(breakdown['top'].items())[:args.top]:
+                print(f'  {ms:8.3f} {kernel}')
+        del model, infer, train
+        torch.cuda.empty_cache()
+    set_variant('')
+    bs.write_result(result, args.out, 'profile_step')
+
+
+if __name__ == '__main__':
+    main()
