@@ -7,7 +7,7 @@ kernels waits on the host; two variants whose kernels differ show where GPU time
 Model names as in ``host_overhead.py``: ``vmamba_tiny_s1l8:scan_node`` runs only SS2D's core and the MLP as fused
 nodes, ``:composite`` every layer op by op.
 
-Usage: python benchmarks/profile_step.py [--batch 128] [--top 25] [--out OUT.json] [MODEL ...]
+Usage: python benchmarks/profile_step.py [--batch 128] [--top 25] [--by-op] [--out OUT.json] [MODEL ...]
 """
 import argparse
 import sys
@@ -21,11 +21,29 @@ import bench_layout as bl  # noqa: E402
 import bench_scan as bs  # noqa: E402
 
 
+def ops_by_cuda_time(step, top: int) -> list:
+    """The operators (with input shapes) whose kernels took the most GPU time in one step: (ms, calls, op,
+    shapes)."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = [(event.self_device_time_total / 1e3, event.count, event.key, str(event.input_shapes)[:150])
+            for event in prof.key_averages(group_by_input_shape=True) if event.self_device_time_total > 0]
+    return sorted(rows, reverse=True)[:top]
+
+
 def set_variant(variant: str):
-    """Switch the zoo's fused nodes for a model variant ('' all on, 'scan_node', 'composite')."""
+    """Switch the zoo's host-time shortcuts for a model variant: '' all on, 'scan_node' (SS2D's core and the MLP as
+    nodes, without the pre-norms and SS2D's other layers), 'composite' (op by op), 'tensor_args' (all on, but the
+    cached Triton launches hand the launcher tensors instead of addresses)."""
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
     SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
-    SS2D.fused_branch_node = variant == ''
+    SS2D.fused_branch_node = variant in ('', 'tensor_args')
+    CachedLaunch.addresses = variant != 'tensor_args'
 
 
 def main():
@@ -34,6 +52,8 @@ def main():
                                                       'convnext_tiny'])
     parser.add_argument('--batch', type=int, default=128)
     parser.add_argument('--top', type=int, default=25)
+    parser.add_argument('--by-op', action='store_true', help='also list the operators whose kernels took the most '
+                        'GPU time, with their input shapes')
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     bs.import_kernels()
@@ -59,6 +79,11 @@ def main():
             print(f"{spec} {mode}: step {step_ms:.2f} ms, kernels {breakdown['kernel_ms_total']:.2f} ms", flush=True)
             for kernel, ms in list(breakdown['top'].items())[:args.top]:
                 print(f'  {ms:8.3f} {kernel}')
+            if args.by_op:
+                row[mode]['ops'] = ops = ops_by_cuda_time(step, args.top)
+                print(f'{spec} {mode}: operators by GPU time (ms, calls, op, input shapes)')
+                for ms, calls, op, shapes in ops:
+                    print(f'  {ms:8.3f} {calls:4d} {op} {shapes}')
         del model, infer, train
         torch.cuda.empty_cache()
     set_variant('')

@@ -100,6 +100,9 @@ class CachedLaunch:
     """
 
     enabled = os.environ.get('VMAMBA_ZOO_CACHED_LAUNCH', '1') != '0'
+    # Hand tensors to the compiled launcher as their device addresses (see ``__call__``); False hands the tensors,
+    # for timing the difference.
+    addresses = True
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -129,9 +132,13 @@ class CachedLaunch:
         grid_x, grid_y, grid_z = tuple(grid) + (1,) * (3 - len(grid))
         try:
             # What ``compiled[grid](*args)`` runs, without its per-call closure and driver lookups; no launch hook is
-            # installed (checked above), so there is no launch metadata.
+            # installed (checked above), so there is no launch metadata. Tensors go as their device addresses: the
+            # launcher takes an integer as is, where for a tensor it calls ``data_ptr`` and asks the driver
+            # (``cuPointerGetAttribute``) whether the address is device memory, once per pointer argument and launch.
+            # The first call of this key went through the JIT path, which made those checks on the same devices.
             compiled.run(grid_x, grid_y, grid_z, _current_stream(device), compiled.function, compiled.packed_metadata,
-                         None, None, None, *args, *constants)
+                         None, None, None, *([arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args]
+                                             if CachedLaunch.addresses else args), *constants)
         except TypeError:  # the launcher parses its arguments before launching: nothing ran
             CachedLaunch.enabled = False
             self.kernel[grid](*args, **kwargs)

@@ -215,7 +215,8 @@ def test_cached_launch_reuses_a_compiled_kernel_only_for_the_same_specialization
     x = torch.zeros(16)
     launch((2,), x, 5, 0.5, BLOCK=4, num_warps=1)
     launch((3,), x, 5, 0.25, BLOCK=4, num_warps=1)
-    assert kernel.log[-1] == ('cached', (3, 1, 1), (x, 5, 0.25, 4)), 'constexprs follow the arguments in order'
+    # Tensors reach the compiled launcher as their addresses; constexprs follow the arguments in order.
+    assert kernel.log[-1] == ('cached', (3, 1, 1), (x.data_ptr(), 5, 0.25, 4))
     for args, kwargs in (((x, 6, 0.5), dict(BLOCK=4, num_warps=1)),  # another integer
                          ((x[1:], 5, 0.5), dict(BLOCK=4, num_warps=1)),  # a tensor off 16-byte alignment
                          ((x.half(), 5, 0.5), dict(BLOCK=4, num_warps=1)),  # another dtype
@@ -257,7 +258,7 @@ def test_cached_launch_keeps_an_autotuners_pick_and_evaluates_a_grid_function(mo
     grid = lambda meta: (meta['n'] // meta['BLOCK'],)  # noqa: E731
     launch(grid, x, 64, 0.5)
     launch(grid, x, 64, 0.5)
-    assert kernel.log[-1] == ('cached', (8, 1, 1), (x, 64, 0.5, 8))
+    assert kernel.log[-1] == ('cached', (8, 1, 1), (x.data_ptr(), 64, 0.5, 8))
 
 
 def test_cached_launch_keys_on_the_device(monkeypatch):
