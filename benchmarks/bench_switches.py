@@ -4,8 +4,9 @@ Images/s of bf16 inference for each setting of the first switch, then of bf16 tr
 combination of the two node switches (cached launches on), twice over:
 
 * ``CachedLaunch.enabled``: Triton kernels launched through their compiled handles, or through ``kernel[grid]``;
-* ``SS2D.fused_scan_node``: SS2D's projections and scan as one autograd node in training, or the composite path;
-* ``Mlp.fused_node``: the MLP as one autograd node in training, or the composite path.
+* ``SS2D.fused_scan_node``: SS2D's projections and scan as one autograd node in training (and, with
+  ``SS2D.fused_branch_node`` on, the whole branch with its pre-norm), or the composite path;
+* ``Mlp.fused_node``: the MLP (with its pre-norm) as one autograd node in training, or the composite path.
 
 (Run 8 of 2026-11-30 timed ``SS2D.nchw_scan_min_positions`` here too; the 14x14 change it served was reverted.
 Run 2 of the third session timed cached launches on and off in training too.)

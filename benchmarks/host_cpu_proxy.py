@@ -8,7 +8,8 @@ machine's host speed varies from run to run. This measures the host side on any 
   (``dims=(16, 32, 64, 128)``, 10 classes) on one 32x32 image, so that the CPU's arithmetic is small next to the
   Python and dispatcher work. The zoo's Triton launches go through ``CachedLaunch`` into a no-op launcher, so the
   host work up to the launch is counted, not Triton's interpreter. Best of 7 repeats of 10 steps;
-* with ``--ab``, the same with ``SS2D.fused_scan_node`` and ``Mlp.fused_node`` on and off, alternating.
+* with ``--ab``, the same with ``SS2D.fused_scan_node`` (which the whole-branch node needs too) and
+  ``Mlp.fused_node`` on and off, alternating.
 
 Usage: python benchmarks/host_cpu_proxy.py [--ab] [MODEL ...]   (default: vmamba_tiny_s1l8 convnext_tiny)
 """

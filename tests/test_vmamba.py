@@ -665,6 +665,42 @@ def test_fused_branches_inference_equals_modules(monkeypatch, autocast):
             torch.testing.assert_close(fused_out, module_out, rtol=0, atol=0)
 
 
+def test_fused_inference_keeps_weight_casts_until_a_parameter_changes(monkeypatch):
+    """Inference of ``SS2D(x, norm)`` and ``Mlp(x, norm)`` under autocast casts the Linear and conv weights once and
+    reuses the casts: a second call casts no parameter, an in-place update casts again, and the output equals the
+    modules' (which cast on every call) after the update too."""
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    torch.manual_seed(0)
+    layer = SS2D(8, d_state=1, ssm_ratio=1.0, dt_rank=3, use_z_gate=False, backend='triton').eval()
+    mlp, norm = Mlp(8, 20).eval(), ChannelLastLayerNorm(8)
+    x = torch.randn(1, 3, 4, 8)
+    params = {id(p) for p in list(layer.parameters()) + list(mlp.parameters())}
+    casts = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, 'to', lambda t, *a, **k: (casts.append(1) if id(t) in params else None)
+                        or real_to(t, *a, **k))
+
+    def run(fused):
+        monkeypatch.setattr(SS2D, 'fused_branch_node', fused)
+        monkeypatch.setattr(Mlp, 'fused_node', fused)
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
+            return layer(x, norm), mlp(x, norm)
+
+    run(True)
+    casts.clear()
+    first = run(True)
+    assert not casts, 'the second inference call casts no parameter'
+    with torch.no_grad():
+        mlp.fc1.weight.mul_(2)
+        layer.in_proj.weight.mul_(2)
+    updated = run(True)
+    assert casts, 'an in-place update casts again'
+    assert not torch.equal(updated[1], first[1])
+    for fused_out, module_out in zip(updated, run(False)):
+        _assert_close_at_scale(fused_out, module_out, 2e-3)
+
+
 def test_ss2d_branch_node_is_left_out_when_it_does_not_apply(monkeypatch):
     """A hooked norm or layer, another out-norm, dropout, the PyTorch LayerNorm backend and channel-first layers run
     the modules (``self(norm(x))``), and give what the node gives."""
@@ -698,8 +734,8 @@ def test_ss2d_branch_node_is_left_out_when_it_does_not_apply(monkeypatch):
 
 def test_vmamba_training_with_fused_branches_equals_composite_path(monkeypatch):
     """A training step of a tiny VMamba on the Triton kernels (Triton's CPU interpreter): logits and every parameter
-    gradient are the same with the blocks' fused nodes (``SS2D.fused_branch_node``, ``Mlp.fused_node``) as op by
-    op, and the fused step records fewer than half the autograd nodes."""
+    gradient are the same with the blocks' fused nodes (``SS2D.fused_branch_node``, ``Mlp.fused_node``), also under
+    activation checkpointing, as op by op, and the fused step records fewer than half the autograd nodes."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
     # Two stages of 8 channels: the interpreter's time grows with the channels.
@@ -709,19 +745,22 @@ def test_vmamba_training_with_fused_branches_equals_composite_path(monkeypatch):
             module.backend = 'triton'
     x = torch.randn(2, 3, 16, 16)
     results = {}
-    for fused in (True, False):
+    # With activation checkpointing too: it unpacks each tensor a node saved once, and re-runs the forward.
+    for fused, checkpointing in ((True, False), (False, False), (True, True)):
         monkeypatch.setattr(SS2D, 'fused_branch_node', fused)
         monkeypatch.setattr(Mlp, 'fused_node', fused)
+        model.set_grad_checkpointing(checkpointing)
         model.zero_grad(set_to_none=True)
         logits = model(x)
         nodes = len(_autograd_nodes(logits))
         logits.square().sum().backward()
-        results[fused] = logits, nodes, [p.grad for p in model.parameters()]
-    (logits, nodes, grads), (logits_ref, nodes_ref, grads_ref) = results[True], results[False]
-    assert nodes < nodes_ref / 2, (nodes, nodes_ref)
-    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
-    for (name, _), grad, grad_ref in zip(model.named_parameters(), grads, grads_ref):
-        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6, msg=name)
+        results[fused, checkpointing] = logits, nodes, [p.grad for p in model.parameters()]
+    logits_ref, nodes_ref, grads_ref = results[False, False]
+    assert results[True, False][1] < nodes_ref / 2, (results[True, False][1], nodes_ref)
+    for logits, _, grads in (results[True, False], results[True, True]):
+        torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
+        for (name, _), grad, grad_ref in zip(model.named_parameters(), grads, grads_ref):
+            torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def _autograd_nodes(output: torch.Tensor) -> list:

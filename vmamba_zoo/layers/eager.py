@@ -5,7 +5,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ['autocast_dtype', 'derived_until_changed', 'node_dtype', 'without_hooks']
+__all__ = ['autocast_dtype', 'derived_until_changed', 'kept_casts', 'node_dtype', 'without_hooks']
 
 _AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
 
@@ -66,3 +66,23 @@ def without_hooks(*modules: torch.nn.Module) -> bool:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                    for m in modules)
+
+
+def kept_casts(module: torch.nn.Module, slot: str, params: Sequence[Optional[torch.Tensor]], dtype: torch.dtype):
+    """``params`` cast to ``dtype`` (None stays None), kept on ``module`` between inference calls
+    (``derived_until_changed``; with ``kept_casts.enabled = False``, cast on every call).
+
+    A fused layer's inference path casts its Linear and conv weights to the autocast dtype on every call otherwise,
+    one kernel each (seven per VSS block).
+    """
+    present = [p for p in params if p is not None]
+
+    def cast():
+        casts = iter([p.to(dtype) for p in present])
+        return tuple(None if p is None else next(casts) for p in params)
+    if not kept_casts.enabled:
+        return cast()
+    return derived_until_changed(module, slot, present, dtype, cast)
+
+
+kept_casts.enabled = True

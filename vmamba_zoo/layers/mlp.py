@@ -8,7 +8,7 @@ from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
 from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
 
-from .eager import node_dtype, without_hooks
+from .eager import kept_casts, node_dtype, without_hooks
 from .norm import ChannelLastLayerNorm
 
 __all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32', 'bias_grad_float32']
@@ -205,7 +205,8 @@ class Mlp(nn.Module):
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (x, *norm_args[:2], *params)):
                 return _LinearGeluLinear.apply(*args)
-            return _mlp_forward(*args)[0]  # inference: the same ops without a node
+            # Inference: the same ops without a node, with the weights' casts kept between calls.
+            return _mlp_forward(x, *norm_args, *kept_casts(self, '_casts', params, dtype), *args[-2:])[0]
         if norm is not None:
             x = norm(x)
         x = self.drop(self.act(self.fc1(x)))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from vmamba_zoo.kernels import RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d
 
-from .eager import autocast_dtype, derived_until_changed, node_dtype, without_hooks
+from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
 from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
@@ -651,7 +651,10 @@ class SS2D(nn.Module):
                 if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
                                                                        for p in params)):
                     return _SS2DBranch.apply(x, spec, *params)
-                # Inference: the same ops without a node, and the derived SSM weights kept between calls.
+                # Inference: the same ops without a node, with the derived SSM weights and the Linear and conv
+                # weights' casts kept between calls.
+                casts = kept_casts(self, '_branch_casts', params[2:6] + params[13:], spec.dtype)
+                params = params[:2] + casts[:4] + params[6:13] + casts[4:]
                 return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype))[0]
             x = norm(x)
         x = self.in_proj(x)
