@@ -601,17 +601,19 @@ def _branch_gradients(layer, norm, x, cotangent, autocast):
     return out, x_in.grad, {k: p.grad for k, p in params}, nodes
 
 
-@pytest.mark.parametrize('z_gate, dtype, autocast', [(False, torch.float32, False), (False, torch.float32, True),
-                                                     (True, torch.float32, False), (True, torch.float16, False)])
-def test_ss2d_branch_node_equals_composite_path(monkeypatch, z_gate, dtype, autocast):
-    """Eager training of ``SS2D(x, norm)`` runs the pre-norm, in_proj, the z gate, the conv, SiLU, the core, the
-    out-norm and out_proj as one autograd node (``_SS2DBranch``). Its output and every gradient equal the composite
-    path's (the same kernels recorded op by op): to the bit in float32, within 16-bit rounding otherwise."""
+@pytest.mark.parametrize('z_gate, z_act, dtype, autocast', [
+    (False, True, torch.float32, False), (False, True, torch.float32, True), (True, True, torch.float32, False),
+    (True, True, torch.float16, False), (True, False, torch.float32, False)])
+def test_ss2d_branch_node_equals_composite_path(monkeypatch, z_gate, z_act, dtype, autocast):
+    """Eager training of ``SS2D(x, norm)`` runs the pre-norm, in_proj (with bias), the z gate (with or without its
+    activation), the conv (with bias), SiLU, the core, the out-norm and out_proj as one autograd node
+    (``_SS2DBranch``). Its output and every gradient equal the composite path's (the same kernels recorded op by
+    op): to the bit in float32, within 16-bit rounding otherwise."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
     from vmamba_zoo.layers.ss2d import _SS2DBranch
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
     torch.manual_seed(0)
-    layer = SS2D(8, d_state=1, ssm_ratio=1.0, dt_rank=3, use_z_gate=z_gate, bias=True, backend='triton')
+    layer = SS2D(8, d_state=1, ssm_ratio=1.0, dt_rank=3, use_z_gate=z_gate, z_act=z_act, bias=True, backend='triton')
     norm = ChannelLastLayerNorm(8)
     with torch.no_grad():
         for param in (norm.weight, norm.bias, layer.out_norm.weight, layer.out_norm.bias):
