@@ -16,7 +16,8 @@ from .selective_scan import (
 )
 
 __all__ = [
-    'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward', 'multi_scan_2d', 'RasterMultiScan',
+    'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward',
+    'multi_scan_2d', 'RasterMultiScan',
     'ScanPattern',
     'cached_outside_inference_mode', 'atrous_pattern',
     'bidirectional_pattern', 'cross_merge', 'cross_pattern', 'cross_scan', 'custom_pattern', 'get_pattern',

@@ -154,7 +154,8 @@ class RasterMultiScan:
             pattern = get_pattern(pattern, height, width)
         if pattern.route_kinds is None or (pattern.height, pattern.width) != (height, width):
             return None
-        raster_plan = _raster_plan(x.shape[1] if dim is None else dim, height * width, pattern.route_kinds, (height, width), state_dim)
+        raster_plan = _raster_plan(x.shape[1] if dim is None else dim, height * width, pattern.route_kinds,
+                                   (height, width), state_dim)
         return None if raster_plan is None else cls(pattern, raster_plan)
 
     def _scan_views(self, x, delta, B, C):
