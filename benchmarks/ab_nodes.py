@@ -4,17 +4,21 @@ process, and a search for host-device synchronisations.
 The lent GPU machine's host speed varies from run to run and within a run, and our steps are partly host-bound, so
 variants are timed in turns, several rounds over (``--rounds``), and compared by their best and median rounds. Per
 variant and round: ms per bf16 inference step and per bf16 training step (SGD) between CUDA events; the host's time
-to issue a step (``perf_counter`` around the call, no synchronisation); and how many device allocations and frees
-the caching allocator made during the timed steps (each ``cudaFree`` synchronises the device). Finally one inference
+to issue a step (``perf_counter`` around the call, no synchronisation) and the CPU time the main thread spent per
+step (``time.thread_time``: near the issue time when the host computes, below it when it waits), with the thread's
+involuntary context switches; and how many device allocations and frees the caching allocator made during the timed
+steps (each ``cudaFree`` synchronises the device). Finally one inference
 and one training step of each variant run under ``torch.cuda.set_sync_debug_mode('warn')``, whose warnings name
 the operators that synchronise the host with the GPU.
 
 Variants as in ``profile_step.py`` ('' every fused node on, ':scan_node' only SS2D's core and the MLP as nodes,
 ':composite' op by op).
 
-Usage: python benchmarks/ab_nodes.py [--rounds 3] [--out OUT.json] [MODEL ...]
+Usage: python benchmarks/ab_nodes.py [--rounds 3] [--no-gc] [--out OUT.json] [MODEL ...]
 """
 import argparse
+import gc
+import resource
 import statistics
 import sys
 import time
@@ -39,15 +43,19 @@ def timed(step, iters: int, warm: int = 3) -> dict:
     before = torch.cuda.memory_stats()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     issue = 0.0
+    usage_before, thread_before = resource.getrusage(resource.RUSAGE_THREAD), time.thread_time()
     start.record()
     for _ in range(iters):
         begin = time.perf_counter()
         step()
         issue += time.perf_counter() - begin
     end.record()
+    thread_ms = (time.thread_time() - thread_before) * 1e3 / iters
+    usage_after = resource.getrusage(resource.RUSAGE_THREAD)
     torch.cuda.synchronize()
     after = torch.cuda.memory_stats()
-    return {'step_ms': start.elapsed_time(end) / iters, 'issue_ms': issue * 1e3 / iters,
+    return {'step_ms': start.elapsed_time(end) / iters, 'issue_ms': issue * 1e3 / iters, 'thread_cpu_ms': thread_ms,
+            'involuntary_switches': usage_after.ru_nivcsw - usage_before.ru_nivcsw,
             'device_allocs': after.get('num_device_alloc', 0) - before.get('num_device_alloc', 0),
             'device_frees': after.get('num_device_free', 0) - before.get('num_device_free', 0)}
 
@@ -84,14 +92,17 @@ def main():
                                                       'convnext_tiny'])
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--batch', type=int, default=bl.BATCH)
+    parser.add_argument('--no-gc', action='store_true', help="disable Python's garbage collector for the run")
     parser.add_argument('--out', default='')
     args = parser.parse_args()
+    if args.no_gc:
+        gc.disable()
     bs.import_kernels()
     import timm
     import vmamba_zoo  # noqa: F401  (registers the models)
     torch.backends.cudnn.benchmark = True
     result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
-              'batch': args.batch, 'rounds': [], 'summary': {}, 'syncs': {}}
+              'gc_enabled': gc.isenabled(), 'batch': args.batch, 'rounds': [], 'summary': {}, 'syncs': {}}
     images = torch.randn(args.batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (args.batch,), device='cuda')
     models = {}
@@ -111,9 +122,11 @@ def main():
             row['train_bf16'] = timed(train, 10)
             result['rounds'].append(row)
             print(f"round {round_index} {spec}: infer {row['infer_bf16']['step_ms']:.2f} ms (issue "
-                  f"{row['infer_bf16']['issue_ms']:.2f}), train {row['train_bf16']['step_ms']:.2f} ms (issue "
-                  f"{row['train_bf16']['issue_ms']:.2f}, device allocs/frees {row['train_bf16']['device_allocs']}/"
-                  f"{row['train_bf16']['device_frees']})", flush=True)
+                  f"{row['infer_bf16']['issue_ms']:.2f}, thread CPU {row['infer_bf16']['thread_cpu_ms']:.2f}), "
+                  f"train {row['train_bf16']['step_ms']:.2f} ms (issue {row['train_bf16']['issue_ms']:.2f}, thread "
+                  f"CPU {row['train_bf16']['thread_cpu_ms']:.2f}, involuntary switches "
+                  f"{row['train_bf16']['involuntary_switches']}, device allocs/frees "
+                  f"{row['train_bf16']['device_allocs']}/{row['train_bf16']['device_frees']})", flush=True)
     for spec in args.models:
         rows = [r for r in result['rounds'] if r['model'] == spec]
         result['summary'][spec] = summary = {}
