@@ -11,8 +11,8 @@ steps (each ``cudaFree`` synchronises the device). Finally one inference
 and one training step of each variant run under ``torch.cuda.set_sync_debug_mode('warn')``, whose warnings name
 the operators that synchronise the host with the GPU.
 
-Variants as in ``profile_step.py`` ('' every fused node on, ':scan_node' only SS2D's core and the MLP as nodes,
-':composite' op by op).
+Model names take a variant after a colon, as ``bench_layout.set_variant`` reads it (none: every fused node on,
+':scan_node' only SS2D's core and the MLP as nodes, ':composite' op by op, ':tensor_args', ':fresh_casts').
 
 Usage: python benchmarks/ab_nodes.py [--rounds 3] [--no-gc] [--out OUT.json] [MODEL ...]
 """
@@ -31,7 +31,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_layout as bl  # noqa: E402
 import bench_scan as bs  # noqa: E402
-from profile_step import set_variant  # noqa: E402
 
 
 def timed(step, iters: int, warm: int = 3) -> dict:
@@ -114,7 +113,7 @@ def main():
     for round_index in range(args.rounds):
         for spec in args.models:
             name, _, variant = spec.partition(':')
-            set_variant(variant)
+            bl.set_variant(variant)
             infer, _, train = steps[name]
             models[name].eval()
             row = {'round': round_index, 'model': spec, 'infer_bf16': timed(infer, 20)}
@@ -138,7 +137,7 @@ def main():
         print(spec, summary, flush=True)
     for spec in args.models:
         name, _, variant = spec.partition(':')
-        set_variant(variant)
+        bl.set_variant(variant)
         infer, _, train = steps[name]
         models[name].eval()
         syncs = {'infer_bf16': synchronising_ops(infer)}
@@ -146,7 +145,7 @@ def main():
         syncs['train_bf16'] = synchronising_ops(train)
         result['syncs'][spec] = syncs
         print(spec, 'synchronising ops:', syncs, flush=True)
-    set_variant('')
+    bl.set_variant('')
     bs.write_result(result, args.out, 'ab_nodes')
 
 

@@ -99,10 +99,8 @@ def measure(name: str, batch: int) -> dict:
     ``vmamba_tiny_s1l8:scan_node`` only SS2D's core and the MLP as nodes, without the pre-norms and SS2D's other
     layers)."""
     import timm
-    from vmamba_zoo.layers import SS2D, Mlp
     name, _, variant = name.partition(':')
-    SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
-    SS2D.fused_branch_node = variant == ''
+    bl.set_variant(variant)
     model = timm.create_model(name, drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (batch,), device='cuda')

@@ -4,8 +4,8 @@ For each model: ms per bf16 inference step and per bf16 training step (SGD) betw
 kernels of each step under the profiler (total and top kernels, ms per step). A step that takes longer than its
 kernels waits on the host; two variants whose kernels differ show where GPU time moved.
 
-Model names as in ``host_overhead.py``: ``vmamba_tiny_s1l8:scan_node`` runs only SS2D's core and the MLP as fused
-nodes, ``:composite`` every layer op by op.
+Model names take a variant after a colon (``bench_layout.set_variant``): ``vmamba_tiny_s1l8:scan_node`` runs only
+SS2D's core and the MLP as fused nodes, ``:composite`` every layer op by op.
 
 Usage: python benchmarks/profile_step.py [--batch 128] [--top 25] [--by-op] [--out OUT.json] [MODEL ...]
 """
@@ -35,20 +35,6 @@ def ops_by_cuda_time(step, top: int) -> list:
     return sorted(rows, reverse=True)[:top]
 
 
-def set_variant(variant: str):
-    """Switch the zoo's host-time shortcuts for a model variant: '' all on, 'scan_node' (SS2D's core and the MLP as
-    nodes, without the pre-norms and SS2D's other layers), 'composite' (op by op), 'tensor_args' (all on, but the
-    cached Triton launches hand the launcher tensors instead of addresses), 'fresh_casts' (all on, but inference
-    casts the weights on every call)."""
-    from vmamba_zoo.kernels._triton_utils import CachedLaunch
-    from vmamba_zoo.layers import SS2D, Mlp
-    from vmamba_zoo.layers.eager import kept_casts
-    SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
-    SS2D.fused_branch_node = variant in ('', 'tensor_args', 'fresh_casts')
-    CachedLaunch.addresses = variant != 'tensor_args'
-    kept_casts.enabled = variant != 'fresh_casts'
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'vmamba_tiny_s1l8:scan_node',
@@ -69,7 +55,7 @@ def main():
     target = torch.randint(0, 1000, (args.batch,), device='cuda')
     for spec in args.models:
         name, _, variant = spec.partition(':')
-        set_variant(variant)
+        bl.set_variant(variant)
         model = timm.create_model(name, drop_path_rate=0.0).cuda()
         infer, _, train = bl.steps(model, images, target)
         row = result['models'][spec] = {}
@@ -89,7 +75,7 @@ def main():
                     print(f'  {ms:8.3f} {calls:4d} {op} {shapes}')
         del model, infer, train
         torch.cuda.empty_cache()
-    set_variant('')
+    bl.set_variant('')
     bs.write_result(result, args.out, 'profile_step')
 
 

@@ -653,12 +653,19 @@ def test_fused_branches_inference_equals_modules(monkeypatch, autocast):
     layer = SS2D(8, d_state=1, ssm_ratio=1.0, dt_rank=3, use_z_gate=False, backend='triton').eval()
     mlp, norm = Mlp(8, 20).eval(), ChannelLastLayerNorm(8)
     x = torch.randn(2, 3, 5, 8)
+    from vmamba_zoo.layers import mlp as mlp_module, ss2d as ss2d_module
+    direct_calls = []
+    for module, name in ((ss2d_module, '_branch_forward'), (mlp_module, '_mlp_forward')):
+        monkeypatch.setattr(module, name, lambda *args, _run=getattr(module, name), _name=name, **kwargs:
+                            direct_calls.append(_name) or _run(*args, **kwargs))
     outputs = {}
     for fused in (True, False):
         monkeypatch.setattr(SS2D, 'fused_branch_node', fused)
         monkeypatch.setattr(Mlp, 'fused_node', fused)
+        direct_calls.clear()
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
             outputs[fused] = layer(x, norm), mlp(x, norm)
+        assert direct_calls == (['_branch_forward', '_mlp_forward'] if fused else [])
     for fused_out, module_out in zip(outputs[True], outputs[False]):
         assert fused_out.dtype == module_out.dtype
         if autocast:  # on CPU the modules' LayerNorm writes float32 for autocast to cast, and GEMMs block differently
@@ -713,7 +720,7 @@ def test_ss2d_branch_node_is_left_out_when_it_does_not_apply(monkeypatch):
     norm = ChannelLastLayerNorm(8)
     x = torch.randn(1, 2, 3, 8, requires_grad=True)
     assert layer._branch_spec(x, norm) is not None
-    assert layer._branch_spec(x.detach(), norm) is not None  # the parameters still need gradients
+    assert layer._branch_spec(x.detach(), norm) is not None  # training of the parameters alone
     with torch.no_grad():
         assert layer._branch_spec(x, norm) is not None  # inference runs the node's ops without a node
     assert layer._branch_spec(x.transpose(1, 2), norm) is None  # not contiguous
