@@ -10,8 +10,9 @@ For B=128 and (C, H, W) in VMamba-T's four stages it:
    bandwidth, and writes everything to JSON.
 
 With ``--backward-tiles`` it instead times the backward kernel alone (``_layer_norm_bwd``: the kernel and the sum of
-its weight/bias partials) on channel-last rows, as VMamba's norms run, for several tilings: the tile size
-(channels x pixels per loop step), warps and pixels per program, against the bytes floor.
+its weight/bias partials) as VMamba's norms run it, for several tilings: the tile size (channels x pixels per loop
+step), warps, most pixels and fewest programs, with the weight and bias sums accumulated per tile element or not,
+against the bytes floor.
 
 Usage: python benchmarks/bench_layer_norm.py [--out OUT.json] [--backward-tiles]
 """
@@ -99,44 +100,70 @@ def main():
     bs.write_result(result, args.out, 'bench_layer_norm')
 
 
-BACKWARD_TILINGS = ((4096, 8, 128), (512, 8, 64), (4096, 4, 128), (8192, 8, 128), (256, 8, 64), (512, 4, 64),
-                    (512, 8, 128))
+BACKWARD_TILINGS = tuple((tile, warps, 128, min_programs) for tile in (4096, 8192) for warps in (4, 8)
+                         for min_programs in (1, 1024, 4096))
 
 
 def backward_tiles(out: str):
-    """Backward kernel time of channel-last rows (B * H * W, C) per tiling (tile elements, warps, pixels per
-    program), x in bf16 (a block's norms) and float32 (the out-norm, which reads the scan's output), dy in bf16."""
+    """Backward kernel time per tiling (tile elements, warps, most pixels per program, fewest programs) and with
+    the weight and bias sums accumulated per tile element or per tile, in VMamba's two cases: channel-last rows
+    (B * H * W, C) with float32 x (a block's pre-norms, on the float32 residual stream) and an NCHW float32 map x
+    with a channel-last dy (the out-norm, which reads the scan's NCHW output); dy in bf16."""
     import triton
     import triton.testing
     bs.import_kernels()
     from vmamba_zoo.kernels import layer_norm as ln
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, batch=BATCH,
-                  copy_bandwidth_GBps=bs.measure_copy_bandwidth(), rows={})
-    default = ln._BWD_TILING
+                  copy_bandwidth_GBps=bs.measure_copy_bandwidth(), default=[ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES],
+                  rows={})
+    default = ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES
+    totals = {}
     for channels, height, width in STAGES:
         weight = torch.randn(channels, device='cuda')
-        for x_dtype in (torch.bfloat16, torch.float32):
-            x = torch.randn(BATCH, height, width, channels, device='cuda', dtype=x_dtype)
-            dy = torch.randn(BATCH, height, width, channels, device='cuda', dtype=torch.bfloat16)
-            stats = ln._layer_norm_fwd(x, weight, None, 1e-5, torch.empty_like(x), True, True)
+        for case in ('rows', 'map'):
+            rows = case == 'rows'
+            if rows:
+                x = torch.randn(BATCH, height, width, channels, device='cuda')
+                dy = torch.randn(BATCH, height, width, channels, device='cuda', dtype=torch.bfloat16)
+            else:
+                x = torch.randn(BATCH, channels, height, width, device='cuda')
+                dy = torch.randn(BATCH, channels, height, width, device='cuda', dtype=torch.bfloat16).to(
+                    memory_format=torch.channels_last)
+            stats = ln._layer_norm_fwd(x, weight, None, 1e-5, torch.empty_like(x), rows, True)
             row = dict(floor_ms=x.numel() * (2 * x.element_size() + 2) / result['copy_bandwidth_GBps'] / 1e6)
             reference = None
-            for tile, warps, pixels in BACKWARD_TILINGS:
-                ln._BWD_TILING = (tile, warps, pixels)
-                ln._launch_bwd_tiles.cache_clear()
-                dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, True)
-                if reference is None:
-                    reference = dx.float(), parts
-                else:  # every tiling computes the same gradients
-                    assert torch.allclose(dx.float(), reference[0], rtol=1e-2, atol=1e-2)
-                    assert torch.allclose(parts, reference[1], rtol=1e-3, atol=1e-2)
-                row[f'tile{tile}_warps{warps}_px{pixels}_ms'] = triton.testing.do_bench(
-                    lambda: ln._layer_norm_bwd(x, weight, stats, dy, True), warmup=10, rep=50, return_mode='median')
-            key = f'C{channels}_{height}x{width}_x_{str(x_dtype)[6:]}'
-            result['rows'][key] = row
-            print(key, ' '.join(f'{k} {v:.3f}' for k, v in row.items()), flush=True)
-    ln._BWD_TILING = default
+            for tiling in BACKWARD_TILINGS:
+                for accumulate in (False, True):
+                    ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES = tiling, accumulate
+                    ln._launch_bwd_tiles.cache_clear()
+                    dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, rows)
+                    if reference is None:
+                        reference = dx.float(), parts
+                    else:  # every tiling computes the same gradients
+                        assert torch.allclose(dx.float(), reference[0], rtol=1e-3, atol=1e-3)
+                        assert torch.allclose(parts, reference[1], rtol=1e-3, atol=1e-2)
+                    key = f"tile{tiling[0]}_warps{tiling[1]}_px{tiling[2]}_min{tiling[3]}{'_acc' if accumulate else ''}"
+                    row[key] = triton.testing.do_bench(lambda: ln._layer_norm_bwd(x, weight, stats, dy, rows),
+                                                       warmup=10, rep=40, return_mode='median')
+                    totals[key] = totals.get(key, 0.0) + row[key]
+            name = f'C{channels}_{height}x{width}_{case}'
+            result['rows'][name] = row
+            best = min((k for k in row if k != 'floor_ms'), key=row.get)
+            print(name, f"floor {row['floor_ms']:.3f}", 'default', f"{row['tile4096_warps4_px128_min1']:.3f}",
+                  'best', best, f'{row[best]:.3f}', flush=True)
+    # VMamba-T[s1l8] runs per step 2 blocks at 56x56 and 28x28, 8 at 14x14 and 2 at 7x7, each with two row norms
+    # and one out-norm; weighted by those counts, the tilings' total per step:
+    counts = {96: 2, 192: 2, 384: 8, 768: 2}
+    weighted = {}
+    for key in totals:
+        weighted[key] = sum(counts[c] * (2 if case == 'rows' else 1) * result['rows'][f'C{c}_{h}x{w}_{case}'][key]
+                            for c, h, w in STAGES for case in ('rows', 'map'))
+    result['vmamba_t_step_ms'] = dict(sorted(weighted.items(), key=lambda kv: kv[1]))
+    for key, ms in list(result['vmamba_t_step_ms'].items())[:8]:
+        print(f'VMamba-T step, block norms: {ms:.3f} ms  {key}', flush=True)
+    print('default:', f"{weighted['tile4096_warps4_px128_min1']:.3f} ms", flush=True)
+    ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES = default
     ln._launch_bwd_tiles.cache_clear()
     bs.write_result(result, out, 'bench_layer_norm_backward_tiles')
 

@@ -30,11 +30,13 @@ __all__ = ['layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_no
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
-# The backward's (tile elements, warps, pixels per program). Swept on channel-last rows at B = 128 on the H200
-# (2026-11-30, ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 / 384 / 768 channels, bf16 x:
+# The backward's (tile elements, warps, most pixels per program, fewest programs), and whether it accumulates the
+# weight and bias sums per tile element. Swept on channel-last rows at B = 128 on the H200 (2026-11-30,
+# ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 / 384 / 768 channels, bf16 x:
 # (4096, 4, 128) 0.174 / 0.159 / 0.075 / 0.053; (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12;
 # (512, 8, 64) 0.42 / 0.16 / 0.077 / 0.079; (512, 4, 64) 0.54 / 0.18 / 0.071 / 0.066.
-_BWD_TILING = (4096, 4, 128)
+_BWD_TILING = (4096, 4, 128, 1)
+_BWD_ACCUMULATE_TILES = False
 
 
 def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -116,15 +118,22 @@ if HAS_TRITON:
             x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
             stride_x_c, stride_x_p, stride_y_c, stride_y_p,
             HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PIXEL_BLOCKS: tl.constexpr,
+            ACCUMULATE_TILES: tl.constexpr,
     ):
         # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program, whose weight and bias gradients are summed
-        # before one partial per program is stored: fewer partials for the sum after the kernel.
+        # before one partial per program is stored: fewer partials for the sum after the kernel. With
+        # ACCUMULATE_TILES the sums over pixels are kept per tile element and reduced once after the loop, instead
+        # of a reduction across the program's threads per tile.
         image = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)
         compute = mean_ptr.dtype.element_ty
         weight = tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute) if HAS_WEIGHT else None
-        dweight = tl.zeros([BLOCK_C], dtype=compute)
-        dbias = tl.zeros([BLOCK_C], dtype=compute)
+        if ACCUMULATE_TILES:
+            dweight_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
+            dbias_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
+        else:
+            dweight = tl.zeros([BLOCK_C], dtype=compute)
+            dbias = tl.zeros([BLOCK_C], dtype=compute)
         for block in range(PIXEL_BLOCKS):
             pixels = (tl.program_id(0) * PIXEL_BLOCKS + block) * BLOCK_P + tl.arange(0, BLOCK_P)
             mask = (channels[:, None] < C) & (pixels[None, :] < P)
@@ -140,8 +149,15 @@ if HAS_TRITON:
             dx = (g - tl.sum(g, axis=0)[None, :] / C - x_hat * (tl.sum(g * x_hat, axis=0)[None, :] / C)) \
                 * rstd[None, :]
             tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            dweight += tl.sum(dy * x_hat, axis=1)
-            dbias += tl.sum(dy, axis=1)
+            if ACCUMULATE_TILES:
+                dweight_tile += dy * x_hat
+                dbias_tile += dy
+            else:
+                dweight += tl.sum(dy * x_hat, axis=1)
+                dbias += tl.sum(dy, axis=1)
+        if ACCUMULATE_TILES:
+            dweight = tl.sum(dweight_tile, axis=1)
+            dbias = tl.sum(dbias_tile, axis=1)
         part = (image * tl.num_programs(0) + tl.program_id(0)) * C + channels
         tl.store(dweight_part_ptr + part, dweight, mask=channels < C)
         tl.store(dbias_part_ptr + part, dbias, mask=channels < C)
@@ -163,12 +179,14 @@ def _launch(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], i
 @functools.lru_cache(maxsize=None)
 def _launch_bwd_tiles(images: int, channels: int, pixels: int) -> Tuple[Tuple[int, int], int, int, int, int]:
     """(grid, BLOCK_C, BLOCK_P, PIXEL_BLOCKS, num_warps) of the backward: each program loops over PIXEL_BLOCKS tiles
-    of every channel and BLOCK_P pixels (``_BWD_TILING``)."""
+    of every channel and BLOCK_P pixels (``_BWD_TILING``), as many as keep at least ``min_programs`` programs."""
     block_c = next_power_of_2(channels)
-    tile, warps, pixels_per_program = _BWD_TILING
+    tile, warps, pixels_per_program, min_programs = _BWD_TILING
     block_p = max(1, min(pixels_per_program, tile // block_c, next_power_of_2(pixels)))
-    pixel_blocks = max(1, min(pixels_per_program // block_p, cdiv(pixels, block_p)))
-    return (cdiv(pixels, block_p * pixel_blocks), images), block_c, block_p, pixel_blocks, warps
+    blocks_per_image = cdiv(pixels, block_p)
+    pixel_blocks = max(1, min(pixels_per_program // block_p, blocks_per_image,
+                              images * blocks_per_image // min_programs))
+    return (cdiv(blocks_per_image, pixel_blocks), images), block_c, block_p, pixel_blocks, warps
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
@@ -217,7 +235,7 @@ def _layer_norm_bwd(x, weight, stats, dy, rows):
     parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
     _launch_bwd(grid, x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels, stride_x_c,
                 stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-                PIXEL_BLOCKS=pixel_blocks, num_warps=warps)
+                PIXEL_BLOCKS=pixel_blocks, ACCUMULATE_TILES=_BWD_ACCUMULATE_TILES, num_warps=warps)
     return dx, parts.sum(dim=1)
 
 
