@@ -100,13 +100,17 @@ def main():
     bs.write_result(result, args.out, 'bench_layer_norm')
 
 
+def _key(tiling):
+    return 'tile{}_warps{}_px{}_min{}'.format(*tiling)
+
+
 BACKWARD_TILINGS = tuple((tile, warps, 128, min_programs) for tile in (4096, 8192) for warps in (4, 8)
                          for min_programs in (1, 1024, 4096))
 
 
 def backward_tiles(out: str):
-    """Backward kernel time per tiling (tile elements, warps, most pixels per program, fewest programs) and with
-    the weight and bias sums accumulated per tile element or per tile, in VMamba's two cases: channel-last rows
+    """Backward kernel time per tiling (tile elements, warps, most pixels per program, fewest programs), in
+    VMamba's two cases: channel-last rows
     (B * H * W, C) with float32 x (a block's pre-norms, on the float32 residual stream) and an NCHW float32 map x
     with a channel-last dy (the out-norm, which reads the scan's NCHW output); dy in bf16."""
     import triton
@@ -115,9 +119,9 @@ def backward_tiles(out: str):
     from vmamba_zoo.kernels import layer_norm as ln
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__, batch=BATCH,
-                  copy_bandwidth_GBps=bs.measure_copy_bandwidth(), default=[ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES],
+                  copy_bandwidth_GBps=bs.measure_copy_bandwidth(), default=ln._BWD_TILING,
                   rows={})
-    default = ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES
+    default = ln._BWD_TILING
     totals = {}
     for channels, height, width in STAGES:
         weight = torch.randn(channels, device='cuda')
@@ -134,23 +138,22 @@ def backward_tiles(out: str):
             row = dict(floor_ms=x.numel() * (2 * x.element_size() + 2) / result['copy_bandwidth_GBps'] / 1e6)
             reference = None
             for tiling in BACKWARD_TILINGS:
-                for accumulate in (False, True):
-                    ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES = tiling, accumulate
-                    ln._launch_bwd_tiles.cache_clear()
-                    dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, rows)
-                    if reference is None:
-                        reference = dx.float(), parts
-                    else:  # every tiling computes the same gradients
-                        assert torch.allclose(dx.float(), reference[0], rtol=1e-3, atol=1e-3)
-                        assert torch.allclose(parts, reference[1], rtol=1e-3, atol=1e-2)
-                    key = f"tile{tiling[0]}_warps{tiling[1]}_px{tiling[2]}_min{tiling[3]}{'_acc' if accumulate else ''}"
-                    row[key] = triton.testing.do_bench(lambda: ln._layer_norm_bwd(x, weight, stats, dy, rows),
-                                                       warmup=10, rep=40, return_mode='median')
-                    totals[key] = totals.get(key, 0.0) + row[key]
+                ln._BWD_TILING = tiling
+                ln._launch_bwd_tiles.cache_clear()
+                dx, parts = ln._layer_norm_bwd(x, weight, stats, dy, rows)
+                if reference is None:
+                    reference = dx.float(), parts
+                else:  # every tiling computes the same gradients
+                    assert torch.allclose(dx.float(), reference[0], rtol=1e-3, atol=1e-3)
+                    assert torch.allclose(parts, reference[1], rtol=1e-3, atol=1e-2)
+                key = _key(tiling)
+                row[key] = triton.testing.do_bench(lambda: ln._layer_norm_bwd(x, weight, stats, dy, rows),
+                                                   warmup=10, rep=40, return_mode='median')
+                totals[key] = totals.get(key, 0.0) + row[key]
             name = f'C{channels}_{height}x{width}_{case}'
             result['rows'][name] = row
             best = min((k for k in row if k != 'floor_ms'), key=row.get)
-            print(name, f"floor {row['floor_ms']:.3f}", 'default', f"{row['tile4096_warps4_px128_min1']:.3f}",
+            print(name, f"floor {row['floor_ms']:.3f}", 'default', f"{row[_key(default)]:.3f}",
                   'best', best, f'{row[best]:.3f}', flush=True)
     # VMamba-T[s1l8] runs per step 2 blocks at 56x56 and 28x28, 8 at 14x14 and 2 at 7x7, each with two row norms
     # and one out-norm; weighted by those counts, the tilings' total per step:
@@ -162,8 +165,8 @@ def backward_tiles(out: str):
     result['vmamba_t_step_ms'] = dict(sorted(weighted.items(), key=lambda kv: kv[1]))
     for key, ms in list(result['vmamba_t_step_ms'].items())[:8]:
         print(f'VMamba-T step, block norms: {ms:.3f} ms  {key}', flush=True)
-    print('default:', f"{weighted['tile4096_warps4_px128_min1']:.3f} ms", flush=True)
-    ln._BWD_TILING, ln._BWD_ACCUMULATE_TILES = default
+    print('default:', f"{weighted[_key(default)]:.3f} ms", flush=True)
+    ln._BWD_TILING = default
     ln._launch_bwd_tiles.cache_clear()
     bs.write_result(result, out, 'bench_layer_norm_backward_tiles')
 

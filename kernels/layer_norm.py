@@ -30,13 +30,14 @@ __all__ = ['layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_no
 _BACKENDS = ('auto', 'triton', 'torch')
 _TILE_ELEMENTS = 4096  # (channels x pixels) per program: 16 or 32 values per thread at 4 or 8 warps
 MAX_CHANNELS = 2048  # one program holds every channel of 16+ pixels in registers; more would spill
-# The backward's (tile elements, warps, most pixels per program, fewest programs), and whether it accumulates the
-# weight and bias sums per tile element. Swept on channel-last rows at B = 128 on the H200 (2026-11-30,
-# ``bench_layer_norm.py --backward-tiles``), ms for 96 / 192 / 384 / 768 channels, bf16 x:
-# (4096, 4, 128) 0.174 / 0.159 / 0.075 / 0.053; (4096, 8, 128) 0.29 / 0.27 / 0.17 / 0.12;
-# (512, 8, 64) 0.42 / 0.16 / 0.077 / 0.079; (512, 4, 64) 0.54 / 0.18 / 0.071 / 0.066.
-_BWD_TILING = (4096, 4, 128, 1)
-_BWD_ACCUMULATE_TILES = False
+# The backward's (tile elements, warps, most pixels per program, fewest programs). Swept on the H200 at B = 128
+# (2026-11-30 run 2, ``bench_layer_norm.py --backward-tiles`` at commit 14f9b05, which could also reduce per tile),
+# ms for 96 / 192 / 384 / 768 channels, float32 x and bf16 dy, channel-last rows:
+#   (4096, 4, 128, 1024) 0.157 / 0.094 / 0.056 / 0.031; the same reducing the weight and bias sums across the
+#   program's threads once per tile instead of once per program 0.200 / 0.160 / 0.067 / 0.031; (4096, 4, 128, 1),
+#   the previous tiling, 0.200 / 0.172 / 0.082 / 0.066 (49 programs at 7x7); (8192, 4, 128, 4096) 0.166 / 0.117 /
+#   0.058 / 0.041; 8 warps slower throughout. Over a VMamba-T step's block norms: 3.51 against 4.97 ms.
+_BWD_TILING = (4096, 4, 128, 1024)
 
 
 def layer_norm_2d_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
@@ -118,22 +119,16 @@ if HAS_TRITON:
             x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
             stride_x_c, stride_x_p, stride_y_c, stride_y_p,
             HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PIXEL_BLOCKS: tl.constexpr,
-            ACCUMULATE_TILES: tl.constexpr,
     ):
         # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program, whose weight and bias gradients are summed
-        # before one partial per program is stored: fewer partials for the sum after the kernel. With
-        # ACCUMULATE_TILES the sums over pixels are kept per tile element and reduced once after the loop, instead
-        # of a reduction across the program's threads per tile.
+        # before one partial per program is stored: fewer partials for the sum after the kernel. The sums are kept
+        # per tile element and reduced across the program's threads once, after the loop.
         image = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)
         compute = mean_ptr.dtype.element_ty
         weight = tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute) if HAS_WEIGHT else None
-        if ACCUMULATE_TILES:
-            dweight_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
-            dbias_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
-        else:
-            dweight = tl.zeros([BLOCK_C], dtype=compute)
-            dbias = tl.zeros([BLOCK_C], dtype=compute)
+        dweight_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
+        dbias_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
         for block in range(PIXEL_BLOCKS):
             pixels = (tl.program_id(0) * PIXEL_BLOCKS + block) * BLOCK_P + tl.arange(0, BLOCK_P)
             mask = (channels[:, None] < C) & (pixels[None, :] < P)
@@ -149,15 +144,10 @@ if HAS_TRITON:
             dx = (g - tl.sum(g, axis=0)[None, :] / C - x_hat * (tl.sum(g * x_hat, axis=0)[None, :] / C)) \
                 * rstd[None, :]
             tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            if ACCUMULATE_TILES:
-                dweight_tile += dy * x_hat
-                dbias_tile += dy
-            else:
-                dweight += tl.sum(dy * x_hat, axis=1)
-                dbias += tl.sum(dy, axis=1)
-        if ACCUMULATE_TILES:
-            dweight = tl.sum(dweight_tile, axis=1)
-            dbias = tl.sum(dbias_tile, axis=1)
+            dweight_tile += dy * x_hat
+            dbias_tile += dy
+        dweight = tl.sum(dweight_tile, axis=1)
+        dbias = tl.sum(dbias_tile, axis=1)
         part = (image * tl.num_programs(0) + tl.program_id(0)) * C + channels
         tl.store(dweight_part_ptr + part, dweight, mask=channels < C)
         tl.store(dbias_part_ptr + part, dbias, mask=channels < C)
@@ -235,7 +225,7 @@ def _layer_norm_bwd(x, weight, stats, dy, rows):
     parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
     _launch_bwd(grid, x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels, stride_x_c,
                 stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-                PIXEL_BLOCKS=pixel_blocks, ACCUMULATE_TILES=_BWD_ACCUMULATE_TILES, num_warps=warps)
+                PIXEL_BLOCKS=pixel_blocks, num_warps=warps)
     return dx, parts.sum(dim=1)
 
 

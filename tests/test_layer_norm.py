@@ -24,7 +24,6 @@ def _rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-# (2, 40, 9, 13): the backward's programs loop over several pixel blocks, two programs per image, a partial last one.
 @pytest.mark.parametrize('shape', [(2, 5, 3, 7), (1, 96, 4, 4), (3, 1, 2, 2), (1, 33, 1, 40), (2, 40, 9, 13)])
 @pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-6), (torch.float16, 2e-3)])
 @pytest.mark.parametrize('affine', [True, False])
@@ -43,6 +42,35 @@ def test_forward_and_backward_match_the_reference(shape, dtype, tol, affine):
     for name, g, g_ref in zip(('x', 'weight', 'bias'), grads, grads_ref):
         assert g.dtype == (dtype if name == "x" else torch.float32)
         assert _rel_err(g, g_ref) < 5 * tol, name
+
+
+# (tile elements, warps, most pixels, fewest programs): the default, which gives these small maps one pixel block per
+# program; programs that loop over several pixel blocks, with a partial last one; and a bound on the programs that
+# cuts the blocks per program.
+@pytest.mark.parametrize('tiling', [None, (4096, 4, 128, 1), (64, 4, 128, 1), (64, 4, 128, 8)])
+@pytest.mark.parametrize('rows', [True, False])
+def test_backward_tilings_match_the_reference(monkeypatch, tiling, rows):
+    if tiling is not None:
+        monkeypatch.setattr(ln, '_BWD_TILING', tiling)
+    ln._launch_bwd_tiles.cache_clear()
+    try:
+        x, weight, bias = _inputs((2, 40, 9, 13), torch.float32)
+        if tiling == (64, 4, 128, 1):
+            assert ln._launch_bwd_tiles(*ln._geometry(x.permute(0, 2, 3, 1) if rows else x, rows)[:3])[3] > 1
+        leaves = [t.requires_grad_() for t in (x, weight, bias)]
+        if rows:
+            y = ln.layer_norm_2d(x.permute(0, 2, 3, 1), weight, bias, 1e-5, backend='triton', channel_dim=-1)
+            y = y.permute(0, 3, 1, 2)
+        else:
+            y = ln.layer_norm_2d(x, weight, bias, 1e-5, backend='triton')
+        ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+        y_ref = ln.layer_norm_2d_ref(*ref_leaves, 1e-5)
+        dy = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        for name, g, g_ref in zip(('x', 'weight', 'bias'), torch.autograd.grad(y, leaves, dy.float()),
+                                  torch.autograd.grad(y_ref, ref_leaves, dy)):
+            assert _rel_err(g, g_ref) < 5e-6, name
+    finally:
+        ln._launch_bwd_tiles.cache_clear()
 
 
 @pytest.mark.parametrize('in_format', [torch.contiguous_format, torch.channels_last])
