@@ -608,7 +608,8 @@ def test_ss2d_branch_node_equals_composite_path(monkeypatch, z_gate, z_act, dtyp
     """Eager training of ``SS2D(x, norm)`` runs the pre-norm, in_proj (with bias), the z gate (with or without its
     activation), the conv (with bias), SiLU, the core, the out-norm and out_proj as one autograd node
     (``_SS2DBranch``). Its output and every gradient equal the composite path's (the same kernels recorded op by
-    op): to the bit in float32, within 16-bit rounding otherwise."""
+    op, except SiLU and its gradient, which the node runs as the two-layout kernel): within float32 rounding in
+    float32, within 16-bit rounding otherwise."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
     from vmamba_zoo.layers.ss2d import _SS2DBranch
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
@@ -630,8 +631,8 @@ def test_ss2d_branch_node_equals_composite_path(monkeypatch, z_gate, z_act, dtyp
     assert len(nodes) == 1 and len(nodes_ref) > 15, (len(nodes), len(nodes_ref))
     assert dx.stride() == dx_ref.stride()
     if dtype == torch.float32 and not autocast:
-        torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
-        torch.testing.assert_close(dx, dx_ref, rtol=0, atol=0)
+        _assert_close_at_scale(out, out_ref, 1e-6)
+        _assert_close_at_scale(dx, dx_ref, 1e-6)
     else:
         _assert_close_at_scale(out, out_ref, 2e-2)
         _assert_close_at_scale(dx, dx_ref, 2e-2)
@@ -646,7 +647,8 @@ def test_ss2d_branch_node_equals_composite_path(monkeypatch, z_gate, z_act, dtyp
 @pytest.mark.parametrize('autocast', [False, True])
 def test_fused_branches_inference_equals_modules(monkeypatch, autocast):
     """Without gradients, ``SS2D(x, norm)`` and ``Mlp(x, norm)`` run the fused nodes' ops directly, without module
-    calls or a node: the same output as the modules, to the bit (the same kernels in the same order)."""
+    calls or a node: the same output as the modules (the same kernels in the same order, except SiLU, which runs as
+    the two-layout kernel), within float32 rounding."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
     torch.manual_seed(0)
@@ -671,7 +673,7 @@ def test_fused_branches_inference_equals_modules(monkeypatch, autocast):
         if autocast:  # on CPU the modules' LayerNorm writes float32 for autocast to cast, and GEMMs block differently
             _assert_close_at_scale(fused_out, module_out, 2e-2)
         else:
-            torch.testing.assert_close(fused_out, module_out, rtol=0, atol=0)
+            _assert_close_at_scale(fused_out, module_out, 1e-6)
 
 
 def test_fused_inference_keeps_weight_casts_until_a_parameter_changes(monkeypatch):

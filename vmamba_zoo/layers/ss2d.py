@@ -37,7 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vmamba_zoo.kernels import RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d
+from vmamba_zoo.kernels import (
+    RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, silu_dual_layout_backward,
+    silu_dual_layout_forward,
+)
 
 from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
 from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
@@ -141,11 +144,12 @@ def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs
 
 
 def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan: RasterMultiScan,
-                       rank: int, d_state: int, derived=None):
+                       rank: int, d_state: int, derived=None, u=None):
     """SS2D's core on a channel-last (B, D, H, W) map without autograd: ``x_proj``, ``dt_proj``, the B/C layout,
     ``A = -exp(A_logs)`` and the fused multi-scan.
 
-    ``derived`` may hand in ``_derive_ssm_weights``'s result (kept between inference calls).
+    ``derived`` may hand in ``_derive_ssm_weights``'s result (kept between inference calls), and ``u`` x's
+    NCHW-contiguous copy, which the scan reads (made here when None).
 
     Returns:
         The float32 (B, D, H, W) sum of the routes (NCHW-contiguous) and the tensors ``_scan_core_backward`` takes.
@@ -153,20 +157,22 @@ def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
     d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
     A, w_x, w_dt = derived or _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype)
     dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
-    u = x.contiguous()
+    if u is None:
+        u = x.contiguous()
     D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
     y, entering = scan.forward(u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True)
     return y, (x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt)
 
 
 def _scan_core_backward(saved, dy, scan: RasterMultiScan, d_state: int, needs_dx: bool, needs_dx_proj: bool,
-                        needs_dt_proj: bool):
+                        needs_dt_proj: bool, split_dx: bool = False):
     """Gradients of ``_scan_core_forward`` given ``dy`` (B, D, H, W), in the composite path's dtypes (activations' in
     x's dtype, the parameters' in float32; on CUDA the projection weights' written in float32 by their GEMMs,
     ``mm_float32``).
 
     Returns:
-        dx (channel-last strides, like x), and the gradients of x_proj_weight, dt_projs_weight, dt_projs_bias,
+        dx (channel-last strides, like x), or with ``split_dx`` its two parts unsummed: the projections' (x's dtype
+        and strides) and the scan's (float32, NCHW-contiguous); and the gradients of x_proj_weight, dt_projs_weight, dt_projs_bias,
         A_logs and Ds (None where not needed).
     """
     x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt = saved
@@ -185,8 +191,12 @@ def _scan_core_backward(saved, dy, scan: RasterMultiScan, d_state: int, needs_dx
     dx = None
     if needs_dx:
         dx = torch.mm(d_x_dbl, w_x).view(batch, height, width, d_inner)
-        # du rounded to x's dtype before the sum, as autograd sums the composite path's two gradients of x.
-        dx = dx.add_(du.view(batch, d_inner, height, width).permute(0, 2, 3, 1).to(x.dtype)).permute(0, 3, 1, 2)
+        du = du.view(batch, d_inner, height, width)
+        if split_dx:
+            dx = dx.permute(0, 3, 1, 2), du
+        else:
+            # du rounded to x's dtype before the sum, as autograd sums the composite path's two gradients of x.
+            dx = dx.add_(du.permute(0, 2, 3, 1).to(x.dtype)).permute(0, 3, 1, 2)
     d_x_proj = mm_float32(d_x_dbl.t(), x_rows).view(k_group, -1, d_inner) if needs_dx_proj else None
     d_dt_proj = _grouped_weight_grad(ddts, dt_in, mm_float32) if needs_dt_proj else None
     return dx, d_x_proj, d_dt_proj, dbias, dA.view(-1, d_state) * A, dD.view(-1)
@@ -260,9 +270,10 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
     xin = xin.permute(0, 3, 1, 2)
     w_conv = conv_w.to(dtype)
     conv = F.conv2d(xin, w_conv, None if conv_b is None else conv_b.to(dtype), padding=spec.padding, groups=d_inner)
-    xa = F.silu(conv)
+    # SiLU written channel-last for x_proj and NCHW for the scan, in one pass over the map.
+    xa, u = silu_dual_layout_forward(conv.contiguous(memory_format=torch.channels_last))
     y, core = _scan_core_forward(xa, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, spec.scan, spec.rank,
-                                 spec.d_state, derived)
+                                 spec.d_state, derived, u)
     # The out-norm reads the NCHW float32 sum and writes channel-last rows in the activation dtype.
     yn, out_norm_stats = layer_norm_forward(y, on_w, on_b, spec.out_norm_eps, dtype, 1, torch.channels_last, keep)
     yn = yn.permute(0, 2, 3, 1)
@@ -322,9 +333,9 @@ class _SS2DBranch(torch.autograd.Function):
             d_yn = d_gated
         dy, d_on_w, d_on_b = layer_norm_backward(y, on_w, out_norm_stats, d_yn.permute(0, 3, 1, 2), 1,
                                                  ctx.has_bias[3])
-        d_xa, d_x_proj, d_dt_proj, d_dt_bias, d_A_logs, d_Ds = _scan_core_backward(
-            core, dy, spec.scan, spec.d_state, True, needs[8], needs[9])
-        d_conv = torch.ops.aten.silu_backward(d_xa, conv)
+        (d_xa, d_u), d_x_proj, d_dt_proj, d_dt_bias, d_A_logs, d_Ds = _scan_core_backward(
+            core, dy, spec.scan, spec.d_state, True, needs[8], needs[9], split_dx=True)
+        d_conv = silu_dual_layout_backward(conv, d_xa, d_u)
         d_xin, d_conv_w, d_conv_b = torch.ops.aten.convolution_backward(
             d_conv, xin, w_conv, [d_inner] if ctx.has_bias[2] else None, [1, 1], [spec.padding] * 2, [1, 1], False,
             [0, 0], d_inner, [True, needs[6], ctx.has_bias[2] and needs[7]])
