@@ -47,12 +47,12 @@ class _NoOpKernel:
 
 def no_op_triton():
     """Route every zoo Triton launch to a no-op on CPU tensors, through the GPU code paths."""
-    from vmamba_zoo.kernels import _triton_utils, layer_norm, multi_scan, selective_scan
+    from vmamba_zoo.kernels import _triton_utils, layer_norm, multi_scan, selective_scan, silu_layouts
     from vmamba_zoo.layers import SS2D
     from vmamba_zoo.layers.norm import ChannelLastLayerNorm, LayerNorm2d
     _triton_utils.CachedLaunch.enabled = True
     _triton_utils._launch_hooks_installed = lambda: False
-    for module in (layer_norm, selective_scan):
+    for module in (layer_norm, selective_scan, silu_layouts):
         for launch in list(vars(module).values()) + list(getattr(module, '_LAUNCH', {}).values()):
             if isinstance(launch, _triton_utils.CachedLaunch):
                 launch.kernel, launch._compiled = _NoOpKernel(launch.kernel), {}
