@@ -60,13 +60,11 @@ def check_switches(batch: int) -> dict:
     """VMamba-T's inference logits, training logits and gradients with each host-time switch on against off: kernels
     launched through ``CachedLaunch`` against the JIT path, SS2D's projections and scan as one autograd node
     (``SS2D.fused_scan_node``), the pre-norm and whole SS2D as one (``SS2D.fused_branch_node``) and the pre-norm and
-    MLP as one (``Mlp.fused_node``) against the modules, and the nodes' weight casts batched (``step_casts``) against
-    cast in each node. Also whether the cached path stayed on (it turns itself off
+    MLP as one (``Mlp.fused_node``) against the modules. Also whether the cached path stayed on (it turns itself off
     if the launcher rejects a call)."""
     import timm
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
-    from vmamba_zoo.layers.eager import step_casts
     torch.manual_seed(0)
     model = timm.create_model('vmamba_tiny_s1l8', drop_path_rate=0.0).cuda()
     images = torch.randn(batch, 3, 224, 224, device='cuda')
@@ -85,8 +83,7 @@ def check_switches(batch: int) -> dict:
 
     result = {}
     switches = (('cached_launch', CachedLaunch, 'enabled'), ('fused_scan_node', SS2D, 'fused_scan_node'),
-                ('fused_branch_node', SS2D, 'fused_branch_node'), ('mlp_fused_node', Mlp, 'fused_node'),
-                ('step_casts', step_casts, 'enabled'))
+                ('fused_branch_node', SS2D, 'fused_branch_node'), ('mlp_fused_node', Mlp, 'fused_node'))
     for switch, owner, attribute in switches:
         setattr(owner, attribute, False)
         reference = run()

@@ -2,7 +2,6 @@
 
 Everything that runs a forward uses tiny configs, except one fvcore FLOP count at 224x224.
 """
-import copy
 import re
 
 import pytest
@@ -773,41 +772,6 @@ def test_vmamba_training_with_fused_branches_equals_composite_path(monkeypatch):
         torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-6)
         for (name, _), grad, grad_ref in zip(model.named_parameters(), grads, grads_ref):
             torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_training_steps_with_batched_weight_casts_equal_casting_in_each_node(monkeypatch):
-    """Under bf16 autocast the fused nodes take their weights' casts from ``step_casts``, which recasts every changed
-    parameter in one batch after an optimizer step. Two SGD steps give the same logits and parameters as casting in
-    each node."""
-    from vmamba_zoo.layers import ChannelLastLayerNorm
-    from vmamba_zoo.layers.eager import step_casts
-    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
-    torch.manual_seed(0)
-    initial = _tiny('vmamba_tiny_s1l8', depths=(1, 1), dims=(8, 8), drop_path_rate=0.).train()
-    for module in initial.modules():
-        if isinstance(module, SS2D):
-            module.backend = 'triton'
-    x = torch.randn(2, 3, 16, 16)
-    results = {}
-    for batched in (True, False):
-        monkeypatch.setattr(step_casts, 'enabled', batched)
-        model = copy.deepcopy(initial)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        logits = []
-        for _ in range(2):
-            with torch.autocast('cpu', dtype=torch.bfloat16):
-                out = model(x)
-            out.float().square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            logits.append(out.detach())
-        results[batched] = logits, [p.detach().clone() for p in model.parameters()]
-    (logits, params), (logits_ref, params_ref) = results[True], results[False]
-    assert not torch.equal(logits[0], logits[1])  # the second step ran on updated weights
-    for a, b in zip(logits, logits_ref):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    for (name, _), a, b in zip(initial.named_parameters(), params, params_ref):
-        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 def _autograd_nodes(output: torch.Tensor) -> list:

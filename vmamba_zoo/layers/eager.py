@@ -1,13 +1,11 @@
 """Helpers of the layers' eager shortcuts: the autocast dtype of a call, the compute dtype and hook check of a fused
-autograd node, tensors derived from parameters (casts, A = -exp(A_logs)) kept between calls without gradients, and
-the parameters' casts of a training step made in one batch."""
-import weakref
+autograd node, and tensors derived from parameters (casts, A = -exp(A_logs)) kept between calls without gradients."""
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ['autocast_dtype', 'derived_until_changed', 'kept_casts', 'node_dtype', 'step_casts', 'without_hooks']
+__all__ = ['autocast_dtype', 'derived_until_changed', 'kept_casts', 'node_dtype', 'without_hooks']
 
 _AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
 
@@ -88,72 +86,3 @@ def kept_casts(module: torch.nn.Module, slot: str, params: Sequence[Optional[tor
 
 
 kept_casts.enabled = True
-
-
-class _StepCasts:
-    """Casts of parameters to a 16-bit dtype for the fused training nodes, made for every parameter that changed in
-    one batch: one concatenation and one cast instead of one cast kernel per weight.
-
-    An eager VMamba-T training step under bf16 autocast cast 12 weights per block, one kernel each (168 of the
-    step's 1,162), and the step was paced by the host issuing kernels on the H200 (2026-11-30 runs). Each parameter
-    seen here is remembered (weakly) with its storage and version counter. When a node asks for a parameter that has
-    changed since its cast (an optimizer step changes all of them), every remembered parameter of that dtype that
-    has changed is cast anew, together, into a new buffer: so the first node of a step casts for the whole model and
-    the others find their casts ready. The casts are never written in place, so a graph that saved an earlier cast
-    keeps it unchanged.
-    """
-
-    def __init__(self):
-        self.entries = {}  # (id(param), dtype) -> [weakref to param, (device, data_ptr, version), cast]
-
-    @staticmethod
-    def _state(param):
-        return param.device, param.data_ptr(), param._version
-
-    def _fresh(self, param, dtype) -> bool:
-        entry = self.entries.get((id(param), dtype))
-        return entry is not None and entry[0]() is param and entry[1] == self._state(param)
-
-    def __call__(self, params: Sequence[Optional[torch.Tensor]], dtype: torch.dtype) -> tuple:
-        present = [p for p in params if p is not None]
-        if not all(self._fresh(p, dtype) for p in present):
-            self._refresh(present, dtype)
-        return tuple(None if p is None else self.entries[(id(p), dtype)][2] for p in params)
-
-    def _refresh(self, wanted, dtype):
-        for param in wanted:
-            entry = self.entries.get((id(param), dtype))
-            if entry is None or entry[0]() is not param:
-                self.entries[(id(param), dtype)] = [weakref.ref(param), None, None]
-        stale = {}
-        for key, entry in list(self.entries.items()):
-            param = entry[0]()
-            if param is None:
-                del self.entries[key]
-            elif key[1] == dtype and entry[1] != self._state(param):
-                stale.setdefault(param.device, []).append((entry, param))
-        with torch.no_grad():
-            for pairs in stale.values():
-                flat = torch.cat([param.reshape(-1) for _, param in pairs]).to(dtype)
-                for (entry, param), cast in zip(pairs, flat.split([param.numel() for _, param in pairs])):
-                    entry[1], entry[2] = self._state(param), cast.view(param.shape)
-
-
-_step_casts = _StepCasts()
-
-
-def step_casts(params: Sequence[Optional[torch.Tensor]], dtype: torch.dtype) -> Optional[tuple]:
-    """``params`` cast to ``dtype`` (None stays None) for a fused training node, batched across the model
-    (``_StepCasts``); None where there is nothing to cast (every parameter already in ``dtype``), where
-    ``step_casts.enabled`` is False, or while tracing or compiling.
-
-    The casts carry no autograd history: the node that uses them returns its gradients for ``params``.
-    """
-    present = [p for p in params if p is not None]
-    if not step_casts.enabled or all(p.dtype == dtype for p in present) or torch.jit.is_tracing() \
-            or torch.jit.is_scripting() or torch.compiler.is_compiling() or any(p.is_inference() for p in present):
-        return None
-    return _step_casts(params, dtype)
-
-
-step_casts.enabled = True

@@ -8,7 +8,7 @@ from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
 from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
 
-from .eager import kept_casts, node_dtype, step_casts, without_hooks
+from .eager import kept_casts, node_dtype, without_hooks
 from .norm import ChannelLastLayerNorm
 
 __all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32', 'bias_grad_float32']
@@ -53,10 +53,9 @@ class _LinearGeluLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
-                approximate: str, dtype: torch.dtype, casts=None):
-        # ``casts``: the four Linear parameters already in ``dtype`` (``step_casts``), or None to cast here.
-        out, saved = _mlp_forward(x, norm_weight, norm_bias, norm_eps, *(casts or (weight1, bias1, weight2, bias2)),
-                                  approximate, dtype, keep=True)
+                approximate: str, dtype: torch.dtype):
+        out, saved = _mlp_forward(x, norm_weight, norm_bias, norm_eps, weight1, bias1, weight2, bias2, approximate,
+                                  dtype, keep=True)
         ctx.save_for_backward(*saved)
         ctx.approximate, ctx.input_dtype = approximate, x.dtype
         ctx.has_bias = bias1 is not None, bias2 is not None, norm_bias is not None
@@ -81,7 +80,7 @@ class _LinearGeluLinear(torch.autograd.Function):
             dx = dx.view(x.shape)
         elif needs[0]:
             dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype)
-        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None, None
+        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None
 
 
 def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
@@ -220,7 +219,7 @@ class Mlp(nn.Module):
             args = (x, *norm_args, *params, _gelu_approximation(self.act), dtype)
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (x, *norm_args[:2], *params)):
-                return _LinearGeluLinear.apply(*args, step_casts(params, dtype))
+                return _LinearGeluLinear.apply(*args)
             # Inference: the same ops without a node, with the weights' casts kept between calls.
             return _mlp_forward(x, *norm_args, *kept_casts(self, '_casts', params, dtype), *args[-2:])[0]
         if norm is not None:

@@ -42,7 +42,7 @@ from vmamba_zoo.kernels import (
     silu_dual_layout_forward,
 )
 
-from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, step_casts, without_hooks
+from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
 from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
@@ -291,19 +291,6 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
                  w_out) + core
 
 
-# The positions in ``_branch_forward``'s params of the weights a node casts to its compute dtype: in_proj weight and
-# bias, conv weight and bias, x_proj and dt_proj weights, out_proj weight and bias.
-_CAST_POSITIONS = (2, 3, 4, 5, 6, 7, 13, 14)
-
-
-def _with_casts(params: tuple, casts: tuple) -> tuple:
-    """``params`` with the weights at ``_CAST_POSITIONS`` replaced by ``casts`` (in that order)."""
-    params = list(params)
-    for position, cast in zip(_CAST_POSITIONS, casts):
-        params[position] = cast
-    return tuple(params)
-
-
 class _SS2DBranch(torch.autograd.Function):
     """A channel-last SS2D branch as one autograd node for eager training: the block's pre-norm, ``in_proj``, the
     optional z gate, the depthwise conv, SiLU, the core (``_scan_core_forward``), ``out_norm`` and ``out_proj``.
@@ -317,10 +304,8 @@ class _SS2DBranch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, spec: _BranchSpec, casts, *params):
-        # ``casts``: the Linear, conv and SSM projection weights already in the compute dtype (``step_casts``), or
-        # None to cast here; the gradients go to ``params`` either way.
-        out, saved = _branch_forward(x, spec, params if casts is None else _with_casts(params, casts), keep=True)
+    def forward(ctx, x, spec: _BranchSpec, *params):
+        out, saved = _branch_forward(x, spec, params, keep=True)
         ctx.save_for_backward(*saved)
         ctx.spec = spec
         ctx.has_bias = tuple(params[i] is not None for i in (1, 3, 5, 12, 14))  # norm, in_proj, conv, out_norm, out
@@ -336,8 +321,8 @@ class _SS2DBranch(torch.autograd.Function):
         batch, height, width, channels = x.shape
         d_inner = conv.shape[1]
         grad2d = grad.reshape(-1, grad.shape[-1]).to(spec.dtype)
-        d_out_w = mm_float32(grad2d.t(), gated.reshape(-1, d_inner)) if needs[16] else None
-        d_out_b = bias_grad_float32(grad2d) if ctx.has_bias[4] and needs[17] else None
+        d_out_w = mm_float32(grad2d.t(), gated.reshape(-1, d_inner)) if needs[15] else None
+        d_out_b = bias_grad_float32(grad2d) if ctx.has_bias[4] and needs[16] else None
         d_gated = grad2d.mm(w_out).view(yn.shape)
         d_z = None
         if spec.z_gate:
@@ -349,22 +334,22 @@ class _SS2DBranch(torch.autograd.Function):
         dy, d_on_w, d_on_b = layer_norm_backward(y, on_w, out_norm_stats, d_yn.permute(0, 3, 1, 2), 1,
                                                  ctx.has_bias[3])
         (d_xa, d_u), d_x_proj, d_dt_proj, d_dt_bias, d_A_logs, d_Ds = _scan_core_backward(
-            core, dy, spec.scan, spec.d_state, True, needs[9], needs[10], split_dx=True)
+            core, dy, spec.scan, spec.d_state, True, needs[8], needs[9], split_dx=True)
         d_conv = silu_dual_layout_backward(conv, d_xa, d_u)
         d_xin, d_conv_w, d_conv_b = torch.ops.aten.convolution_backward(
             d_conv, xin, w_conv, [d_inner] if ctx.has_bias[2] else None, [1, 1], [spec.padding] * 2, [1, 1], False,
-            [0, 0], d_inner, [True, needs[7], ctx.has_bias[2] and needs[8]])
+            [0, 0], d_inner, [True, needs[6], ctx.has_bias[2] and needs[7]])
         d_xin = d_xin.permute(0, 2, 3, 1)
         d_h = torch.cat((d_xin, d_z), -1) if spec.z_gate else d_xin
         d_h2d = d_h.reshape(-1, d_h.shape[-1])
-        d_in_w = mm_float32(d_h2d.t(), xn.view(-1, channels)) if needs[5] else None
-        d_in_b = bias_grad_float32(d_h2d) if ctx.has_bias[1] and needs[6] else None
+        d_in_w = mm_float32(d_h2d.t(), xn.view(-1, channels)) if needs[4] else None
+        d_in_b = bias_grad_float32(d_h2d) if ctx.has_bias[1] and needs[5] else None
         d_xn = d_h2d.mm(w_in).view(batch, height, width, channels)
         dx, d_norm_w, d_norm_b = layer_norm_backward(x, norm_w, norm_stats, d_xn, -1, ctx.has_bias[0])
         # The conv's gradients come in the activation dtype; autograd casts them to the parameters' dtype, as it
         # does on the composite path (there through the weight cast's node).
-        return (dx, None, None, d_norm_w, d_norm_b, d_in_w, d_in_b, d_conv_w, d_conv_b, d_x_proj, d_dt_proj,
-                d_dt_bias, d_A_logs, d_Ds, d_on_w, d_on_b, d_out_w, d_out_b)
+        return (dx, None, d_norm_w, d_norm_b, d_in_w, d_in_b, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_dt_bias,
+                d_A_logs, d_Ds, d_on_w, d_on_b, d_out_w, d_out_b)
 
 
 class SpatialSoftmax(nn.Module):
@@ -677,8 +662,7 @@ class SS2D(nn.Module):
                           self.Ds, self.out_norm.weight, self.out_norm.bias, self.out_proj.weight, self.out_proj.bias)
                 if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
                                                                        for p in params)):
-                    casts = step_casts([params[i] for i in _CAST_POSITIONS], spec.dtype)
-                    return _SS2DBranch.apply(x, spec, casts, *params)
+                    return _SS2DBranch.apply(x, spec, *params)
                 # Inference: the same ops without a node, with the derived SSM weights and the Linear and conv
                 # weights' casts kept between calls.
                 casts = kept_casts(self, '_branch_casts', params[2:6] + params[13:], spec.dtype)
