@@ -4,18 +4,22 @@ Earlier interleaved runs (``ab_nodes.py``) found rounds in which VMamba-T[s1l8]'
 instead of 15 ms, with the host's issue time equal to the step time, while ConvNeXt-T's rounds in between stayed
 within 1 %. Two explanations fit those numbers: the host computes more slowly, or the device runs our kernels more
 slowly and the host spins in the driver on a full launch queue. This script tells them apart, in two phases over the
-same interleaved rounds (VMamba-T, then ConvNeXt-T; bf16 inference, then bf16 training with SGD, at batch 128):
+same interleaved rounds (VMamba-T, then ConvNeXt-T; bf16 inference, then bf16 training with SGD, at batch 128).
+The host-stack phase runs first: once the profiler has run, its CUPTI callbacks stay active in the process and slow
+the host (2026-11-30 run 1).
 
-1. **Device trace.** The rounds run under ``torch.profiler`` (CUDA activity only). A spin kernel
+1. **Host stacks.** The rounds run unprofiled while py-spy samples the process, one recording per round. Per round:
+   step and issue ms, the main thread's CPU and that CPU's clock, and the most frequent innermost native frames and
+   innermost Python frames of the samples taken inside the round's steps. By default py-spy samples Python stacks
+   without stopping the process (``--nonblocking``); ``--native`` adds native frames, but py-spy then stops the
+   process for every sample, which slowed it about 50-fold in run 1.
+2. **Device trace.** The rounds run under ``torch.profiler`` (CUDA activity only). A spin kernel
    (``torch.cuda._sleep``) launched before each step marks the step's boundary in the device trace. Per step: the
    device time between markers, the sum of kernel durations in it (the rest is idle device time), the kernel count,
    and the host's issue time. Per round: the mean of those and each kernel's ms per step, and the kernels whose time
    changed most between the model's fastest and slowest round.
-2. **Host stacks.** The rounds run unprofiled while ``py-spy record --native`` samples the process, one recording
-   per round. Per round: step and issue ms, the main thread's CPU and that CPU's clock, and the most frequent
-   innermost native frames and innermost Python frames of the samples taken inside the round's steps.
 
-Usage: python benchmarks/slow_rounds.py [--rounds 4] [--pyspy-rounds 6] [--out OUT.json]
+Usage: python benchmarks/slow_rounds.py [--rounds 4] [--pyspy-rounds 6] [--native] [--out OUT.json]
 """
 import argparse
 import collections
@@ -98,7 +102,7 @@ def device_steps(trace_path: Path) -> list:
 
 
 def profiled_phase(models, all_steps, rounds: int) -> list:
-    """Phase 1: interleaved rounds under the profiler, with each step's device span and busy time."""
+    """Phase 2: interleaved rounds under the profiler, with each step's device span and busy time."""
     from torch.profiler import ProfilerActivity, profile
     order = []
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -167,8 +171,9 @@ def allow_tracing_by_children():
 
 def summarise_stacks(raw: Path, marker: str = 'run_round') -> dict:
     """Per thread kind (the main thread inside ``marker``; any other busy thread, such as autograd's device thread):
-    the sample count, the libraries of the innermost frames, and the most frequent innermost native frames and innermost Python frames. py-spy leaves idle
-    threads out, so the main thread's sleep between recordings does not count."""
+    the sample count, the libraries of the innermost frames, and the most frequent innermost frames (native ones
+    with ``--native``) and innermost Python frames. py-spy leaves idle threads out, so the main thread's sleep
+    between recordings does not count."""
     kinds = {kind: {'samples': 0, 'native': collections.Counter(), 'python': collections.Counter(),
                     'library': collections.Counter()} for kind in ('main', 'other')}
     for line in raw.read_text().splitlines():
@@ -190,8 +195,8 @@ def summarise_stacks(raw: Path, marker: str = 'run_round') -> dict:
                    'python_leaves': dict(v['python'].most_common(15))} for kind, v in kinds.items()}
 
 
-def sampled_phase(models, all_steps, rounds: int, rate: int) -> dict:
-    """Phase 2: interleaved rounds, unprofiled, each sampled by its own py-spy recording."""
+def sampled_phase(models, all_steps, rounds: int, rate: int, native: bool) -> dict:
+    """Phase 1: interleaved rounds, unprofiled, each sampled by its own py-spy recording."""
     pyspy = shutil.which('py-spy')
     if pyspy is None:
         return {'error': 'py-spy not found'}
@@ -204,9 +209,9 @@ def sampled_phase(models, all_steps, rounds: int, rate: int) -> dict:
                     models[name].train(mode == 'train_bf16')
                     raw = Path(tmp) / f'{round_index}_{name}_{mode}.txt'
                     recorder = subprocess.Popen(
-                        [pyspy, 'record', '--pid', str(os.getpid()), '--native', '--threads', '--rate', str(rate),
-                         '--format', 'raw', '--output', str(raw)], stdout=subprocess.PIPE,
-                        stderr=subprocess.STDOUT, text=True)
+                        [pyspy, 'record', '--pid', str(os.getpid()), '--native' if native else '--nonblocking',
+                         '--threads', '--rate', str(rate), '--format', 'raw', '--output', str(raw)],
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                     time.sleep(1.5)
                     row = run_round(all_steps[name][mode], iters * 2, mark=False)
                     recorder.send_signal(signal.SIGINT)
@@ -235,6 +240,8 @@ def main():
     parser.add_argument('--rounds', type=int, default=4)
     parser.add_argument('--pyspy-rounds', type=int, default=6)
     parser.add_argument('--rate', type=int, default=200, help='py-spy samples per second')
+    parser.add_argument('--native', action='store_true',
+                        help='py-spy with native frames (stops the process for every sample)')
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     bs.import_kernels()
@@ -256,13 +263,13 @@ def main():
             for _ in range(3):
                 step()
     torch.cuda.synchronize()
+    result['sampled'] = sampled_phase(models, all_steps, args.pyspy_rounds, args.rate, args.native)
     rows = profiled_phase(models, all_steps, args.rounds)
     result['profiled_rounds'] = [{k: v for k, v in r.items() if k != 'kernel_ms_per_step'} for r in rows]
     result['profiled_top_kernels'] = {f"{r['round']}/{r['model']}/{r['mode']}": dict(
         list(r['kernel_ms_per_step'].items())[:25]) for r in rows}
     result['changed_kernels'] = changed_kernels(rows)
     print(json.dumps(result['changed_kernels'], indent=1), flush=True)
-    result['sampled'] = sampled_phase(models, all_steps, args.pyspy_rounds, args.rate)
     bs.write_result(result, args.out, 'slow_rounds')
 
 

@@ -31,8 +31,8 @@ def test_forward_and_backward_match_the_reference(shape, dtype, tol):
     assert _rel_err(y, y_ref) < tol and _rel_err(y_cf, y_cf_ref) < tol
     assert torch.equal(y, y_cf)
     gen = torch.Generator().manual_seed(1)
-    dy, dy_cf = torch.randn(shape, generator=gen, dtype=torch.float64), torch.randn(shape, generator=gen,
-                                                                                   dtype=torch.float64)
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    dy_cf = torch.randn(shape, generator=gen, dtype=torch.float64)
     # The scan's gradient comes in float32 whatever the activations' dtype.
     grad, = torch.autograd.grad((y, y_cf), x, (dy.to(dtype), dy_cf.float()))
     grad_ref, = torch.autograd.grad((y_ref, y_cf_ref), x64, (dy, dy_cf))

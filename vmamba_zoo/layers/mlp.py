@@ -1,5 +1,5 @@
 """Pointwise projections and MLPs for channel-last and channel-first maps."""
-from typing import Optional, Tuple, Type
+from typing import Optional, Type
 
 import torch
 import torch.nn as nn

@@ -172,8 +172,8 @@ def _scan_core_backward(saved, dy, scan: RasterMultiScan, d_state: int, needs_dx
 
     Returns:
         dx (channel-last strides, like x), or with ``split_dx`` its two parts unsummed: the projections' (x's dtype
-        and strides) and the scan's (float32, NCHW-contiguous); and the gradients of x_proj_weight, dt_projs_weight, dt_projs_bias,
-        A_logs and Ds (None where not needed).
+        and strides) and the scan's (float32, NCHW-contiguous); and the gradients of x_proj_weight, dt_projs_weight,
+        dt_projs_bias, A_logs and Ds (None where not needed).
     """
     x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt = saved
     batch, d_inner, height, width = x.shape
