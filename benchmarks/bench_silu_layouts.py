@@ -18,9 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scan as bs  # noqa: E402
-
-STAGES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
-BATCH = 128
+from bench_layer_norm import BATCH, STAGES  # noqa: E402  (VMamba-T's stages at batch 128)
 
 
 def main():
