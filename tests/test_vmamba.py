@@ -774,6 +774,19 @@ def test_vmamba_training_with_fused_branches_equals_composite_path(monkeypatch):
             torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_stacked_is_a_view_only_of_adjacent_tensors():
+    """``_stacked`` (the SS2D node's stack of dB and dC) equals ``torch.stack`` and views the memory when the second
+    tensor directly follows the first, as the scan's eager backward lays them out."""
+    from vmamba_zoo.layers.ss2d import _stacked
+    flat = torch.arange(48.)
+    first, second = flat[:24].view(2, 3, 4), flat[24:].view(2, 3, 4)
+    stacked = _stacked(first, second)
+    assert torch.equal(stacked, torch.stack((first, second))) and stacked.data_ptr() == first.data_ptr()
+    for other in (torch.randn(2, 3, 4), flat[24:].view(2, 4, 3).transpose(1, 2)):  # elsewhere; not contiguous
+        stacked = _stacked(first, other)
+        assert torch.equal(stacked, torch.stack((first, other))) and stacked.data_ptr() != first.data_ptr()
+
+
 def _autograd_nodes(output: torch.Tensor) -> list:
     """The backward nodes reachable from ``output``, without the leaves' AccumulateGrad."""
     nodes, stack = [], [output.grad_fn]
