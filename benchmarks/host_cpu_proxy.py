@@ -10,10 +10,10 @@ machine's host speed varies from run to run. This measures the host side on any 
   host work up to the launch is counted, not Triton's interpreter. Best of 7 repeats of 10 steps;
 * the operators of a training step that launch a kernel, counted on the CPU path (``kernels_per_step``): the Triton
   launches, and the ATen operators that compute (not views, allocations or dtype-conversion wrappers, whose
-  ``copy_`` counts), a multi-tensor ``_foreach`` operator as one. An estimate of the CUDA step's kernels: cuDNN and
-  cuBLAS may launch several per call, and the CPU path differs in places (a float32 weight gradient is a GEMM and a
-  cast on CPU, one GEMM on CUDA). On 2026-11-30 it counted 1,070 for VMamba-T and 757 for ConvNeXt-T, whose CUDA
-  steps launched about 1,100 (estimated from 1,162 before the two-layout SiLU) and 944;
+  ``copy_`` counts), a multi-tensor ``_foreach`` operator as one. An estimate of the CUDA step's kernels, which
+  differ: cuDNN and cuBLAS may launch several per call, and some CPU paths take more operators (a float32 weight
+  gradient is a GEMM and a cast on CPU, one GEMM on CUDA; a bias gradient a cast and a sum, one GEMV on CUDA;
+  ``addmm`` first copies its bias);
 * with ``--ab``, the same with ``SS2D.fused_scan_node`` (which the whole-branch node needs too) and
   ``Mlp.fused_node`` on and off, alternating.
 
