@@ -544,7 +544,6 @@ def test_checkpoint_filter_legacy_names_and_conv_shaped_weights():
     assert not result.missing_keys and not result.unexpected_keys
 
 
-
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
 @pytest.mark.parametrize('d_state', [1, 2])
 def test_ss2d_scan_node_equals_composite_path(monkeypatch, dtype, d_state):
@@ -893,4 +892,3 @@ def test_ss2d_direct_inference_scan_equals_multi_scan_2d(monkeypatch, channel_fi
             outputs.append(block(x))
         assert bool(calls) == direct
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
-
