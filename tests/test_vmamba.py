@@ -93,6 +93,31 @@ def test_grouped_projection_gradients():
     torch.testing.assert_close(grouped_projection(weight, x), torch.bmm(weight, x))
 
 
+def test_grouped_weight_gradient_reads_a_column_slice_in_place():
+    """The weight gradient of ``bmm(weight, x)`` where x is a column slice of (P, K, J) rows, as SS2D's ``dt_in`` is
+    of ``x_proj``'s output: one GEMM over the rows in place (no copy of x), the same values as for other layouts,
+    and no read past the storage for a slice at the rows' end."""
+    from vmamba_zoo.layers.ss2d import _grouped_weight_grad, _rows_holding
+    gen = torch.Generator().manual_seed(0)
+    positions, groups, rank, width, out_features = 23, 4, 3, 7, 5
+    # Rows with room after them in their storage, and rows at its end.
+    padded = torch.randn(positions * groups * width + 2, generator=gen, dtype=torch.float64)
+    x_dbl = padded[:-2].view(positions, groups, width)
+    at_end = padded[2:].view(positions, groups, width)
+    grad = torch.randn(groups, out_features, positions, generator=gen, dtype=torch.float64)
+    for rows_of, start, end, in_place in ((x_dbl, 0, rank, True), (x_dbl, 2, 5, True), (at_end, 2, 5, False),
+                                          (at_end, rank, width, False)):
+        x = rows_of[:, :, start:end].permute(1, 2, 0)
+        rows = _rows_holding(x)
+        assert (rows is not None) == in_place and (rows is None or rows.data_ptr() == x.data_ptr())
+        expected = torch.einsum('kop,kip->koi', grad, x)
+        torch.testing.assert_close(_grouped_weight_grad(grad, x), expected, rtol=1e-12, atol=1e-12)
+    x = x_dbl[:, :, :rank].permute(1, 2, 0).detach().requires_grad_()
+    weight = torch.randn(groups, out_features, rank, generator=gen, dtype=torch.float64, requires_grad=True)
+    from vmamba_zoo.layers import grouped_projection
+    assert torch.autograd.gradcheck(grouped_projection, (weight, x))
+
+
 @pytest.mark.parametrize('shape', [(2, 3, 5, 8), (2, 7, 8), (4, 8), 'nchw_viewed_channel_last'])
 def test_channel_last_layer_norm_is_layer_norm(monkeypatch, shape):
     """Contiguous input of any rank, and an NCHW map viewed as (B, H, W, C) (the out-norm's input, read in place)."""

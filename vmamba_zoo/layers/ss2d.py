@@ -106,10 +106,31 @@ def grouped_projection(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> torch.Tensor:
     """The (K, O, I) weight gradient of ``bmm(weight, x)``, grad (K, O, P) and x (K, I, P), as one GEMM (``mm``) over
-    all groups whose diagonal blocks are the groups' gradients (see ``_GroupedProjection``)."""
-    groups, out_features, in_features = grad.shape[0], grad.shape[1], x.shape[1]
-    every_pair = mm(grad.reshape(groups * out_features, -1), x.reshape(groups * in_features, -1).t())
-    return every_pair.view(groups, out_features, groups, in_features).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    all groups whose diagonal blocks are the groups' gradients (see ``_GroupedProjection``). Where x is a column
+    slice of wider rows (``_rows_holding``) the GEMM reads the rows in place, and the blocks' extra columns are
+    dropped."""
+    groups, out_features, in_features, positions = grad.shape[0], grad.shape[1], x.shape[1], x.shape[2]
+    operand, width = _rows_holding(x), in_features
+    if operand is None:
+        operand = x.reshape(groups * in_features, -1).t()  # a copy unless x is (K * I, P)-contiguous
+    else:
+        width = operand.shape[1] // groups
+    every_pair = mm(grad.reshape(groups * out_features, -1), operand)
+    blocks = every_pair.view(groups, out_features, groups, width).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+    return blocks[..., :in_features]
+
+
+def _rows_holding(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """For x (K, I, P) laid out as the first I of J columns of each group in (P, K, J) rows (``dt_in``, a slice of
+    ``x_proj``'s output): those rows as a (P, K * J) view, whose extra columns the caller drops, so that a GEMM reads
+    them in place instead of x's (K * I, P) copy. None for other layouts."""
+    groups, in_features, positions = x.shape
+    row_width = x.stride(0)
+    if x.stride(1) != 1 or row_width < in_features or x.stride(2) != groups * row_width:
+        return None
+    if x.storage_offset() + positions * groups * row_width > x.untyped_storage().nbytes() // x.element_size():
+        return None
+    return x.as_strided((positions, groups * row_width), (groups * row_width, 1))
 
 
 def _derive_ssm_weights(A_logs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
