@@ -109,7 +109,7 @@ def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> to
     all groups whose diagonal blocks are the groups' gradients (see ``_GroupedProjection``). Where x is a column
     slice of wider rows (``_rows_holding``) the GEMM reads the rows in place, and the blocks' extra columns are
     dropped."""
-    groups, out_features, in_features, positions = grad.shape[0], grad.shape[1], x.shape[1], x.shape[2]
+    groups, out_features, in_features = grad.shape[0], grad.shape[1], x.shape[1]
     operand, width = _rows_holding(x), in_features
     if operand is None:
         operand = x.reshape(groups * in_features, -1).t()  # a copy unless x is (K * I, P)-contiguous
