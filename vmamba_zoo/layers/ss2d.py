@@ -123,7 +123,10 @@ def _grouped_weight_grad(grad: torch.Tensor, x: torch.Tensor, mm=torch.mm) -> to
 def _rows_holding(x: torch.Tensor) -> Optional[torch.Tensor]:
     """For x (K, I, P) laid out as the first I of J columns of each group in (P, K, J) rows (``dt_in``, a slice of
     ``x_proj``'s output): those rows as a (P, K * J) view, whose extra columns the caller drops, so that a GEMM reads
-    them in place instead of x's (K * I, P) copy. None for other layouts."""
+    them in place instead of x's (K * I, P) copy. None for other layouts, and while compiling (which does not trace
+    storage queries) or tracing."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
     groups, in_features, positions = x.shape
     row_width = x.stride(0)
     if x.stride(1) != 1 or row_width < in_features or x.stride(2) != groups * row_width:
