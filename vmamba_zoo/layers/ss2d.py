@@ -331,9 +331,11 @@ class _SS2DBranch(torch.autograd.Function):
     Op by op the branch records 17-28 autograd nodes per block (views, permutes, the norms' and the conv's, and
     under autocast the weight casts) and issues its ops from Python module calls; an eager VMamba-T training step on
     the H200 took 63-71 ms for 48.6 ms of kernels (2026-11-30 run 3), bound by the host. The node runs the same
-    kernels in the same dtypes as the composite path, which the tests compare it with; on CUDA the Linear weights'
-    gradients are written in float32 by their GEMMs (``mm_float32``) and the bias gradients summed in float32
-    (``bias_grad_float32``).
+    kernels in the same dtypes as the composite path, which the tests compare it with, except: SiLU and its gradient
+    run as the two-layout kernel (``silu_dual_layout_forward``/``_backward``, which also makes the scan's NCHW input
+    and sums the scan's float32 gradient without first rounding it to the activation dtype); on CUDA the Linear
+    weights' gradients are written in float32 by their GEMMs (``mm_float32``) and the bias gradients summed in
+    float32 (``bias_grad_float32``).
     """
 
     @staticmethod
