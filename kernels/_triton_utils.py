@@ -17,8 +17,8 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for', 'cdiv', 'next_power_of_2',
-           'plain_eager', 'CachedLaunch']
+__all__ = ['HAS_TRITON', 'triton', 'tl', 'triton_interpreting', 'use_triton_for', 'backend_runs_triton', 'cdiv',
+           'next_power_of_2', 'plain_eager', 'CachedLaunch']
 
 
 def triton_interpreting() -> bool:
@@ -33,6 +33,15 @@ def use_triton_for(*tensors) -> bool:
     ``backend='triton'`` because it is orders of magnitude slower than the vectorised PyTorch path.
     """
     return HAS_TRITON and all(t.is_cuda for t in tensors if t is not None)
+
+
+def backend_runs_triton(backend: str, *tensors) -> bool:
+    """Whether an op's ``backend`` argument selects its Triton kernels: 'triton' always (also in the interpreter),
+    'auto' for CUDA tensors outside tracing, scripting and compiling (where the PyTorch path is what the tracer
+    records and inductor fuses)."""
+    return backend == 'triton' or (
+        backend == 'auto' and use_triton_for(*tensors) and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 
 
 # Host-side integer helpers. ``triton.cdiv`` and ``triton.next_power_of_2`` are ``@triton.jit`` functions in recent

@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, tl, triton, use_triton_for
+from ._triton_utils import HAS_TRITON, CachedLaunch, backend_runs_triton, cdiv, next_power_of_2, tl, triton
 
 __all__ = ['layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward']
 
@@ -344,9 +344,7 @@ def layer_norm_2d(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optiona
     _check(x, weight, bias, eps, out_dtype, backend, memory_format, channel_dim)
     rows = channel_dim == -1
     channels = x.shape[channel_dim]
-    use_triton = backend == 'triton' or (
-        backend == 'auto' and use_triton_for(x) and channels <= MAX_CHANNELS
-        and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+    use_triton = backend_runs_triton(backend, x) and (backend == 'triton' or channels <= MAX_CHANNELS)
     if rows:
         x, memory_format = x.contiguous(), torch.contiguous_format
         if not use_triton:

@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, tl, triton, use_triton_for
+from ._triton_utils import HAS_TRITON, CachedLaunch, backend_runs_triton, cdiv, next_power_of_2, tl, triton
 
 __all__ = ['silu_dual_layout', 'silu_dual_layout_ref', 'silu_dual_layout_forward', 'silu_dual_layout_backward']
 
@@ -128,10 +128,6 @@ def silu_dual_layout_backward(x: torch.Tensor, dy: Optional[torch.Tensor],
     return dx
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last)
-
-
 class _SiLUDualLayout(torch.autograd.Function):
 
     @staticmethod
@@ -172,16 +168,12 @@ def silu_dual_layout(x: torch.Tensor, backend: str = 'auto') -> Tuple[torch.Tens
         NCHW-contiguous. Gradients of both flow to x.
     """
     _check(x, backend)
-    use_triton = backend == 'triton' or (
-        backend == 'auto' and use_triton_for(x) and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling())
-    if not use_triton:
+    if not backend_runs_triton(backend, x):
         y = F.silu(x)
         return y.contiguous(memory_format=torch.channels_last), y.contiguous()
     if not HAS_TRITON:
         raise RuntimeError("silu_dual_layout: backend='triton' needs triton installed")
-    if not _is_channels_last(x):
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # no copy when it is already
     if torch.is_grad_enabled() and x.requires_grad:
         return _SiLUDualLayout.apply(x)
     return silu_dual_layout_forward(x)
