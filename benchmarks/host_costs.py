@@ -12,11 +12,14 @@ on the GPU (2026-11-30 sessions), so the host decides the step time. This measur
    training and inference, for each model: the median of 5 rounds of 20 steps, and the main thread's CPU time.
 3. **Sampled stacks** (``--pyspy``): py-spy samples VMamba-T's training steps without stopping the process; per
    thread kind (the main thread, others such as the autograd engine's), the innermost Python frames by samples.
+   With ``--blocks``, also per block: host µs of a training forward and of forward + backward of VMamba-T's
+   first block (SS2D branch and MLP) and ConvNeXt-T's, and py-spy's innermost frames over a loop of VMamba-T block
+   steps, which resolves our nodes' lines with many more samples than whole model steps.
 4. **Profiled step**, last (the profiler's callbacks slow the host for the rest of the process): one training step
    of each model under ``torch.profiler`` (CPU and CUDA activity); the host operators and CUDA runtime/driver calls
    by self CPU time and count, which gives the launch calls' own cost.
 
-Usage: python benchmarks/host_costs.py [--batch 8] [--pyspy] [--out OUT.json] [MODEL ...]
+Usage: python benchmarks/host_costs.py [--batch 8] [--pyspy] [--blocks] [--out OUT.json] [MODEL ...]
 """
 import argparse
 import os
@@ -135,7 +138,7 @@ def step_costs(steps_of: dict, rounds: int = 5, iters: int = 20) -> dict:
     return out
 
 
-def sampled_stacks(step, seconds: float, rate: int = 250) -> dict:
+def sampled_stacks(step, seconds: float, rate: int = 250, steps_per_round: int = 1) -> dict:
     """py-spy (``--nonblocking``) over ``seconds`` of steps: samples per innermost Python frame, per thread kind."""
     import slow_rounds
     pyspy = shutil.which('py-spy')
@@ -151,20 +154,44 @@ def sampled_stacks(step, seconds: float, rate: int = 250) -> dict:
         end = time.perf_counter() + seconds
         steps = 0
         while time.perf_counter() < end:
-            run_round(step)
-            steps += 1
+            run_round(step, steps_per_round)
+            steps += steps_per_round
         recorder.send_signal(signal.SIGINT)
         log = recorder.communicate(timeout=60)[0]
         if not raw.exists():
             return {'error': log[-2000:]}
-        summary = slow_rounds.summarise_stacks(raw, marker='run_round')
+        summary = slow_rounds.summarise_stacks(raw, marker='run_round', top=60)
         summary['steps'] = steps
         return summary
 
 
-def run_round(step):
-    """One step; named so that the stack summary can tell the main thread's samples inside steps."""
-    step()
+def block_costs(batch: int, pyspy: bool) -> dict:
+    """Host µs per training forward and per forward + backward of one block at stage 1, at ``batch``."""
+    import timm
+    out = {}
+    for name in ('vmamba_tiny_s1l8', 'convnext_tiny'):
+        model = timm.create_model(name, drop_path_rate=0.0).cuda().train()
+        block = model.stages[0].blocks[0]
+        shape = (batch, 56, 56, 96) if name.startswith('vmamba') else (batch, 96, 56, 56)
+        x = torch.randn(shape, device='cuda', requires_grad=True)
+
+        def forward():
+            with torch.autocast('cuda', torch.bfloat16):
+                return block(x)
+
+        def step():
+            forward().float().sum().backward()
+        out[name] = dict(forward_us=per_call_us(forward, calls=100), step_us=per_call_us(step, calls=100))
+        if pyspy and name.startswith('vmamba'):
+            out[name]['pyspy'] = sampled_stacks(step, seconds=6.0, steps_per_round=20)
+        print(name, {k: v for k, v in out[name].items() if k != 'pyspy'}, flush=True)
+    return out
+
+
+def run_round(step, steps: int = 1):
+    """``steps`` steps; named so that the stack summary can tell the main thread's samples inside steps."""
+    for _ in range(steps):
+        step()
     torch.cuda.synchronize()
 
 
@@ -191,6 +218,7 @@ def main():
     parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'convnext_tiny'])
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--pyspy', action='store_true', help="sample the first model's training steps with py-spy")
+    parser.add_argument('--blocks', action='store_true', help='also time (and with --pyspy sample) single blocks')
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     bs.import_kernels()
@@ -202,6 +230,8 @@ def main():
     result['op_costs_us'] = op_costs()
     for name, us in result['op_costs_us'].items():
         print(f'{us:8.2f} us  {name}', flush=True)
+    if args.blocks:
+        result['blocks'] = block_costs(args.batch, args.pyspy)
     images = torch.randn(args.batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (args.batch,), device='cuda')
     steps_of = {}

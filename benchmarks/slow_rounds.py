@@ -169,7 +169,7 @@ def allow_tracing_by_children():
         pass
 
 
-def summarise_stacks(raw: Path, marker: str = 'run_round') -> dict:
+def summarise_stacks(raw: Path, marker: str = 'run_round', top: int = 15) -> dict:
     """Per thread kind (the main thread inside ``marker``; any other busy thread, such as autograd's device thread):
     the sample count, the libraries of the innermost frames, and the most frequent innermost frames (native ones
     with ``--native``) and innermost Python frames. py-spy leaves idle threads out, so the main thread's sleep
@@ -191,8 +191,8 @@ def summarise_stacks(raw: Path, marker: str = 'run_round') -> dict:
         if python:
             kind['python'][python[-1][:120]] += count
     return {kind: {'samples': v['samples'], 'leaf_libraries': dict(v['library'].most_common(8)),
-                   'native_leaves': dict(v['native'].most_common(15)),
-                   'python_leaves': dict(v['python'].most_common(15))} for kind, v in kinds.items()}
+                   'native_leaves': dict(v['native'].most_common(top)),
+                   'python_leaves': dict(v['python'].most_common(top))} for kind, v in kinds.items()}
 
 
 def sampled_phase(models, all_steps, rounds: int, rate: int, native: bool) -> dict:

@@ -47,8 +47,9 @@ def backend_runs_triton(backend: str, *tensors) -> bool:
 # Host-side integer helpers. ``triton.cdiv`` and ``triton.next_power_of_2`` are ``@triton.jit`` functions in recent
 # Triton releases, whose Python call costs microseconds per launch; these are plain Python.
 def cdiv(a: int, b: int) -> int:
-    """Ceiling of a / b for positive integers."""
-    return -(-a // b)
+    """Ceiling of a / b for positive integers (also for the interpreter's integer arguments, whose floor division
+    of a negative number truncates)."""
+    return (a + b - 1) // b
 
 
 def next_power_of_2(n: int) -> int:
