@@ -30,14 +30,12 @@ def set_variant(variant: str):
     """Switch the zoo's host-time shortcuts for a model variant: '' all on, 'scan_node' (SS2D's core and the MLP as
     nodes, without the pre-norms and SS2D's other layers), 'composite' (op by op), 'tensor_args' (all on, but the
     cached Triton launches hand the launcher tensors instead of addresses), 'fresh_casts' (all on, but inference
-    casts the weights on every call), 'cublas_linears' (all on, but the MLPs' linears run on cuBLAS with PyTorch's
-    GELU instead of ``linear_act``)."""
+    casts the weights on every call)."""
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
     from vmamba_zoo.layers.eager import kept_casts
     SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
-    SS2D.fused_branch_node = variant in ('', 'tensor_args', 'fresh_casts', 'cublas_linears')
-    Mlp.triton_linears = variant != 'cublas_linears'
+    SS2D.fused_branch_node = variant in ('', 'tensor_args', 'fresh_casts')
     CachedLaunch.addresses = variant != 'tensor_args'
     kept_casts.enabled = variant != 'fresh_casts'
 

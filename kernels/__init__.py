@@ -1,13 +1,10 @@
-"""vmamba_zoo.kernels: the shared selective-scan core, and the channel-first LayerNorm, two-layout SiLU and
-linear-with-activation the SS2D networks run.
+"""vmamba_zoo.kernels: the shared selective-scan core, and the channel-first LayerNorm and two-layout SiLU the SS2D
+networks run.
 
 Installed as ``vmamba_zoo.kernels`` from the top-level ``kernels/`` folder. Imports without Triton or a GPU.
 """
-from ._triton_utils import HAS_TRITON, plain_eager, use_triton_for
+from ._triton_utils import HAS_TRITON, plain_eager
 from .layer_norm import layer_norm_2d, layer_norm_2d_ref, layer_norm_backward, layer_norm_forward
-from .fused_linear import (
-    ACTIVATIONS, bias_grad_float32, linear_act, linear_act_forward, linear_act_ref, linear_input_grad, mm_float32,
-)
 from .multi_scan import RasterMultiScan, multi_scan_2d
 from .scan_patterns import (
     ScanPattern, cached_outside_inference_mode, atrous_pattern, bidirectional_pattern, cross_merge, cross_pattern,
@@ -23,8 +20,7 @@ from .silu_layouts import (
 )
 
 __all__ = [
-    'HAS_TRITON', 'plain_eager', 'use_triton_for', 'ACTIVATIONS', 'bias_grad_float32', 'linear_act',
-    'linear_act_forward', 'linear_act_ref', 'linear_input_grad', 'mm_float32', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward',
+    'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward',
     'multi_scan_2d', 'RasterMultiScan',
     'ScanPattern',
     'cached_outside_inference_mode', 'atrous_pattern',

@@ -6,10 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
-from vmamba_zoo.kernels import (
-    bias_grad_float32, layer_norm_backward, layer_norm_forward, linear_act_forward, linear_input_grad, mm_float32,
-    plain_eager, use_triton_for,
-)
+from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
 
 from .eager import kept_casts, node_dtype, without_hooks
 from .norm import ChannelLastLayerNorm
@@ -59,8 +56,7 @@ class _LinearGeluLinear(torch.autograd.Function):
                 approximate: str, dtype: torch.dtype):
         out, saved = _mlp_forward(x, norm_weight, norm_bias, norm_eps, weight1, bias1, weight2, bias2, approximate,
                                   dtype, keep=True)
-        ctx.on_triton = saved[5]
-        ctx.save_for_backward(*saved[:5], *saved[6:])
+        ctx.save_for_backward(*saved)
         ctx.approximate, ctx.input_dtype = approximate, x.dtype
         ctx.has_bias = bias1 is not None, bias2 is not None, norm_bias is not None
         return out
@@ -73,29 +69,24 @@ class _LinearGeluLinear(torch.autograd.Function):
         grad2d = grad.reshape(-1, grad.shape[-1]).to(act.dtype)
         dweight2 = mm_float32(grad2d.t(), act) if needs[6] else None
         dbias2 = bias_grad_float32(grad2d) if ctx.has_bias[1] and needs[7] else None
-        if ctx.on_triton:
-            dhidden = linear_input_grad(grad2d, w2, hidden, _ACT_NAMES[ctx.approximate])
-        else:
-            dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)
+        dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)
         dweight1 = mm_float32(dhidden.t(), x2d) if needs[4] else None
         dbias1 = bias_grad_float32(dhidden) if ctx.has_bias[0] and needs[5] else None
         dx = dnorm_weight = dnorm_bias = None
-        if len(saved) > 5 or needs[0]:
-            dx2d = linear_input_grad(dhidden, w1) if ctx.on_triton else dhidden.mm(w1)
         if len(saved) > 5:
             x, norm_weight, stats = saved[5:]
-            dx, dnorm_weight, dnorm_bias = layer_norm_backward(x.view(-1, x.shape[-1]), norm_weight, stats, dx2d,
-                                                               -1, ctx.has_bias[2])
+            dx, dnorm_weight, dnorm_bias = layer_norm_backward(x.view(-1, x.shape[-1]), norm_weight, stats,
+                                                               dhidden.mm(w1), -1, ctx.has_bias[2])
             dx = dx.view(x.shape)
         elif needs[0]:
-            dx = dx2d.view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype)
+            dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype)
         return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None
 
 
 def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
                  approximate: str, dtype: torch.dtype, keep: bool = False):
     """``_LinearGeluLinear``'s forward without autograd (``norm_eps`` None: no norm); returns the output and, with
-    ``keep``, the tensors its backward needs (the last says whether the Triton linears ran)."""
+    ``keep``, the tensors its backward needs."""
     shape = x.shape
     stats = None
     if norm_eps is not None:
@@ -103,34 +94,57 @@ def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, 
                                         store_stats=keep)
     else:
         x2d = x.reshape(-1, shape[-1]).to(dtype)
-    on_triton = _triton_linears(x2d)
-    if on_triton:
-        # The weights are read in their dtype and rounded in the kernel, and GELU runs in fc1's epilogue.
-        w1, w2 = weight1, weight2
-        act, hidden = linear_act_forward(x2d, w1, bias1, _ACT_NAMES[approximate], store_pre=keep)
-        out = linear_act_forward(act, w2, bias2)[0]
-    else:
-        w1, w2 = weight1.to(dtype), weight2.to(dtype)
-        hidden = _affine(x2d, w1, bias1, dtype)
-        act = F.gelu(hidden, approximate=approximate)
-        out = _affine(act, w2, bias2, dtype)
-    out = out.view(*shape[:-1], w2.shape[0])
+    w1, w2 = weight1.to(dtype), weight2.to(dtype)
+    hidden = _affine(x2d, w1, bias1, dtype)
+    act = F.gelu(hidden, approximate=approximate)
+    out = _affine(act, w2, bias2, dtype).view(*shape[:-1], w2.shape[0])
     if not keep:
         return out, None
-    return out, (x2d, hidden, act, w1, w2, on_triton) + ((x, norm_weight, stats) if norm_eps is not None else ())
-
-
-_ACT_NAMES = {'none': 'gelu', 'tanh': 'gelu_tanh'}  # F.gelu's ``approximate`` -> linear_act's activation
-
-
-def _triton_linears(x2d: torch.Tensor) -> bool:
-    """Whether the MLP's linears run as ``linear_act`` kernels (GELU in fc1's epilogue, its derivative in fc2's
-    input gradient, no weight casts): 16-bit CUDA activations with Triton."""
-    return Mlp.triton_linears and x2d.dtype in (torch.float16, torch.bfloat16) and use_triton_for(x2d)
+    return out, (x2d, hidden, act, w1, w2) + ((x, norm_weight, stats) if norm_eps is not None else ())
 
 
 def _affine(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype):
     return torch.addmm(bias.to(dtype), x2d, weight.t()) if bias is not None else x2d.mm(weight.t())
+
+
+# cuBLAS GEMMs of 16-bit operands can write float32 (``torch.mm(..., out_dtype=...)``, CUDA only).
+_MM_WRITES_FLOAT32 = hasattr(torch.ops.aten.mm, 'dtype')
+
+
+def mm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in float32, as a parameter's gradient: one GEMM writing float32 where cuBLAS can, instead of a
+    16-bit GEMM and a cast (one kernel less, and no 16-bit rounding of the gradient)."""
+    if _MM_WRITES_FLOAT32 and a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b).float()
+
+
+def bias_grad_float32(grad2d: torch.Tensor) -> torch.Tensor:
+    """The column sums of a (rows, features) gradient in float32: a bias's gradient.
+
+    On CUDA a 16-bit gradient is summed by one GEMV with a ones vector writing float32 (``mm_float32``), which reads
+    the gradient once at full bandwidth; PyTorch's reduction over the rows of a 16-bit matrix took 1.8 ms of a
+    VMamba-T training step on the H200 (2026-11-30 profile, ``benchmarks/profile_step.py``).
+    """
+    if _MM_WRITES_FLOAT32 and grad2d.is_cuda and grad2d.dtype in (torch.float16, torch.bfloat16):
+        return torch.mm(grad2d.t(), _ones_column(grad2d.shape[0], grad2d.dtype, grad2d.device),
+                        out_dtype=torch.float32).view(-1)
+    return grad2d.sum(0, dtype=torch.float32)
+
+
+_ONES_COLUMNS = {}
+
+
+def _ones_column(rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A (rows, 1) column of ones, kept per shape, dtype and device (never written): one fill kernel less per bias
+    gradient, of which a VMamba-T training step has 28 (its MLPs' biases)."""
+    key = (rows, dtype, device)
+    ones = _ONES_COLUMNS.get(key)
+    if ones is None:
+        if len(_ONES_COLUMNS) >= 64:  # many batch sizes: start over rather than grow
+            _ONES_COLUMNS.clear()
+        ones = _ONES_COLUMNS[key] = torch.ones(rows, 1, device=device, dtype=dtype)
+    return ones
 
 
 def _gelu_approximation(act: nn.Module) -> Optional[str]:
@@ -158,10 +172,6 @@ class Mlp(nn.Module):
     # in) as one autograd node (``_LinearGeluLinear``), and inference the same ops without module calls; False keeps
     # the composite path (the same kernels, 13 nodes).
     fused_node = True
-    # That node and the inference path run fc1 + GELU and fc2 as ``linear_act`` Triton kernels on 16-bit CUDA
-    # activations (the weights read in their dtype, GELU in fc1's epilogue and its derivative in fc2's input
-    # gradient); False runs cuBLAS GEMMs on cast weights and PyTorch's GELU.
-    triton_linears = True
 
     def __init__(
             self,

@@ -38,12 +38,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmamba_zoo.kernels import (
-    RasterMultiScan, bias_grad_float32, get_pattern, layer_norm_backward, layer_norm_forward, mm_float32,
-    multi_scan_2d, silu_dual_layout_backward, silu_dual_layout_forward,
+    RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, silu_dual_layout_backward,
+    silu_dual_layout_forward,
 )
 
 from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
-from .mlp import _affine, get_linear_layer
+from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
 __all__ = ['SS2D', 'dt_bias_init', 'A_log_init', 'SpatialSoftmax', 'grouped_projection']
