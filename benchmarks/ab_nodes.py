@@ -6,8 +6,10 @@ variants are timed in turns, several rounds over (``--rounds``), and compared by
 variant and round: ms per bf16 inference step and per bf16 training step (SGD) between CUDA events; the host's time
 to issue a step (``perf_counter`` around the call, no synchronisation) and the CPU time the main thread spent per
 step (``time.thread_time``: near the issue time when the host computes, below it when it waits), with the thread's
-involuntary context switches; and how many device allocations and frees the caching allocator made during the timed
-steps (each ``cudaFree`` synchronises the device). Finally one inference
+involuntary context switches, and the process's minor page faults per step; and how many device allocations and
+frees the caching allocator made during the timed steps (each ``cudaFree`` synchronises the device). Before each
+round, two fixed host workloads tell a slow machine from a slow process: ms of a pure-Python loop, and host µs per
+launch of a one-element CUDA add. Finally one inference
 and one training step of each variant run under ``torch.cuda.set_sync_debug_mode('warn')``, whose warnings name
 the operators that synchronise the host with the GPU.
 
@@ -43,6 +45,7 @@ def timed(step, iters: int, warm: int = 3) -> dict:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     issue = 0.0
     usage_before, thread_before = resource.getrusage(resource.RUSAGE_THREAD), time.thread_time()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start.record()
     for _ in range(iters):
         begin = time.perf_counter()
@@ -51,12 +54,31 @@ def timed(step, iters: int, warm: int = 3) -> dict:
     end.record()
     thread_ms = (time.thread_time() - thread_before) * 1e3 / iters
     usage_after = resource.getrusage(resource.RUSAGE_THREAD)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
     torch.cuda.synchronize()
     after = torch.cuda.memory_stats()
     return {'step_ms': start.elapsed_time(end) / iters, 'issue_ms': issue * 1e3 / iters, 'thread_cpu_ms': thread_ms,
             'involuntary_switches': usage_after.ru_nivcsw - usage_before.ru_nivcsw,
+            'minor_faults_per_step': faults / iters,
             'device_allocs': after.get('num_device_alloc', 0) - before.get('num_device_alloc', 0),
             'device_frees': after.get('num_device_free', 0) - before.get('num_device_free', 0)}
+
+
+def host_probe() -> dict:
+    """Fixed host workloads: ms of a pure-Python loop and host µs per launch of a one-element CUDA add."""
+    start = time.perf_counter()
+    total = 0
+    for value in range(300_000):
+        total += value & 7
+    python_ms = (time.perf_counter() - start) * 1e3
+    tiny = torch.zeros(1, device='cuda')
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(2000):
+        tiny.add_(1)
+    launch_us = (time.perf_counter() - start) / 2000 * 1e6
+    torch.cuda.synchronize()
+    return {'python_loop_ms': round(python_ms, 3), 'tiny_add_launch_us': round(launch_us, 3)}
 
 
 def synchronising_ops(step) -> list:
@@ -116,7 +138,7 @@ def main():
             bl.set_variant(variant)
             infer, _, train = steps[name]
             models[name].eval()
-            row = {'round': round_index, 'model': spec, 'infer_bf16': timed(infer, 20)}
+            row = {'round': round_index, 'model': spec, 'host_probe': host_probe(), 'infer_bf16': timed(infer, 20)}
             models[name].train()
             row['train_bf16'] = timed(train, 10)
             result['rounds'].append(row)
@@ -125,7 +147,8 @@ def main():
                   f"train {row['train_bf16']['step_ms']:.2f} ms (issue {row['train_bf16']['issue_ms']:.2f}, thread "
                   f"CPU {row['train_bf16']['thread_cpu_ms']:.2f}, involuntary switches "
                   f"{row['train_bf16']['involuntary_switches']}, device allocs/frees "
-                  f"{row['train_bf16']['device_allocs']}/{row['train_bf16']['device_frees']})", flush=True)
+                  f"{row['train_bf16']['device_allocs']}/{row['train_bf16']['device_frees']}, minor faults/step "
+                  f"{row['train_bf16']['minor_faults_per_step']:.0f}), probe {row['host_probe']}", flush=True)
     for spec in args.models:
         rows = [r for r in result['rounds'] if r['model'] == spec]
         result['summary'][spec] = summary = {}
