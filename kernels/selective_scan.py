@@ -885,9 +885,13 @@ if HAS_TRITON:
         return ((max(8, min(32, 512 // lanes)), 8 if lanes <= 8 else 4),)
 
     def _row_walk_bwd_programs(lanes):
-        """The backward's candidates, (elements, warps), autotuned: the 2026-11-29 sweep's fastest at 56x56 and
-        28x28 were close to each other."""
-        return (64, 1), (128, 1), (256, 2)
+        """The backward's program, (elements, warps), by lanes per row: 128 elements on one warp for rows of 32
+        lanes and more, 64 on one warp below. In VMamba-T's training step on the H200 (2026-11-30,
+        ``benchmarks/autotune_picks.py``) these beat the other two former candidates at every stage by 6 % or
+        more: 2.24 vs 2.49 / 2.55 ms at 56x56, 1.15 vs 1.22 / 1.71 at 28x28, 0.57 vs 0.67 / 0.82 at 14x14 and
+        0.28 vs 0.37 / 0.40 at 7x7. Fixed, because autotuning the three compiled and timed them for 10-12 s per
+        stage, 44 s of the model's 70 s first training step on a fresh machine."""
+        return ((128, 1),) if lanes >= 32 else ((64, 1),)
 
     def _row_walk_bwd_channel_last_programs(lanes):
         """The backward's candidates on a channel-last map, (channels, warps), from the 2026-11-30 sweep."""
@@ -902,7 +906,7 @@ if HAS_TRITON:
         H200 sweeps (2026-11-29 and 11-30, ``benchmarks/results/README.md``): the walks are bound by instruction
         issue and latency, so many small resident programs win. The forward is fastest with one warp of 32 to 64
         elements per program on maps down to 14x14 and 128 on two warps at 7x7; the backward, which keeps more
-        values per element, with 64 to 128 on one warp or 256 on two. Each list has one clear winner per stage.
+        values per element, with 64 to 128 on one warp. Each list has one clear winner per stage.
         Pipelining the row loads (NUM_STAGES=3) won in none of the fastest configurations, and Triton's autotuner
         picked a 2x slower configuration out of a wider set of close ones.
 

@@ -517,6 +517,18 @@ def test_row_walk_forward_runs_one_fixed_program_per_stage(monkeypatch, layout):
             [expected[lanes] + (1,)], (dim, lanes)
 
 
+def test_row_walk_backward_runs_one_fixed_program_per_stage(monkeypatch):
+    """The backward's pruner keeps exactly one program at every VMamba-T stage on NCHW maps: 128 elements on one
+    warp for rows of 32 lanes and more, 64 below (no autotuning, whose compiles cost 10-12 s per stage)."""
+    monkeypatch.setattr(ss, 'triton_interpreting', lambda: False)
+    configs = ss._raster_rows_configs()
+    prune = ss._row_walk_pruner(ss._row_walk_bwd_programs, ss._row_walk_bwd_channel_last_programs)
+    for dim, lanes, block_d in ((96, 64, 2), (192, 32, 4), (384, 16, 4), (768, 8, 8)):
+        kept = prune(configs, dict(D=dim, NP=1, LANES=lanes, stride_u_d=lanes * lanes))
+        assert [(c.kwargs['BLOCK_D'], c.num_warps, c.kwargs['NUM_STAGES']) for c in kept] == [(block_d, 1, 1)], \
+            (dim, lanes)
+
+
 class _WatchingMode(TorchDispatchMode):
     """A dispatch mode that only passes operators on, as a FLOP counter watching the scan would."""
 
