@@ -392,8 +392,12 @@ def test_forward_features_head_and_intermediates(name):
     torch.testing.assert_close(normed[0], expected)
     early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
     torch.testing.assert_close(early[1], intermediates[1])
-    with pytest.raises(ValueError, match='NCHW'):
-        model.forward_intermediates(x, output_fmt='NHWC')
+    channel_last = model.forward_intermediates(x, output_fmt='NHWC', intermediates_only=True)
+    for nhwc, nchw in zip(channel_last, intermediates):
+        assert nhwc.is_contiguous()
+        torch.testing.assert_close(nhwc, nchw.permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="'NCHW' or 'NHWC'"):
+        model.forward_intermediates(x, output_fmt='NLC')
 
 
 def test_reset_classifier_and_unpooled_model():

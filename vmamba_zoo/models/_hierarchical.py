@@ -1,4 +1,4 @@
-"""The timm model contract shared by the channel-last, four-stage families EfficientVMamba and MSVMamba.
+"""The timm model contract shared by the four-stage families: VMamba (either layout), EfficientVMamba and MSVMamba.
 
 ``forward_intermediates``, ``features_only`` support, grad checkpointing, ``group_matcher`` and classifier reset for
 models made of ``stem`` -> ``stages`` -> ``norm`` -> ``head`` on (B, H, W, C) maps.
@@ -7,17 +7,19 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import ClassifierHead, trunc_normal_
 from timm.models._features import feature_take_indices
 
-from ..layers import PatchEmbed, check_image_input
+from ..layers import PatchEmbed
 
 __all__ = ['StagedModelMixin', 'HierarchicalNHWCModel']
 
 
 class StagedModelMixin:
-    """timm's classifier and stage methods for models made of ``stem`` -> ``stages`` (each with a
-    ``grad_checkpointing`` flag and ``downsample``/``blocks``) -> ``norm`` -> ``head`` (a timm ``ClassifierHead``).
+    """timm's forward, feature, classifier and stage methods for models made of ``stem`` -> ``stages`` (each with a
+    ``grad_checkpointing`` flag and ``downsample``/``blocks``) -> ``norm`` -> ``head`` (a timm ``ClassifierHead``),
+    whose maps are laid out as ``output_fmt`` ('NHWC' or 'NCHW') and which set ``num_features`` and
+    ``feature_info``.
 
     Shared by VMamba (either layout) and the channel-last families.
     """
@@ -45,6 +47,79 @@ class StagedModelMixin:
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
+
+    def _as_format(self, x: torch.Tensor, fmt: str) -> torch.Tensor:
+        """A stage map in ``fmt`` ('NCHW' or 'NHWC'), contiguous; the model's maps are in ``self.output_fmt``."""
+        if fmt == self.output_fmt:
+            return x.contiguous()
+        return (x.permute(0, 3, 1, 2) if fmt == 'NCHW' else x.permute(0, 2, 3, 1)).contiguous()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning the stage outputs (strides 4, 8, 16, 32).
+
+        Args:
+            x: Input images (B, C, H, W).
+            indices: Take the last n stages if int, all if None, or the listed stage indices.
+            norm: Apply the final norm to the last stage's output.
+            stop_early: Stop after the last requested stage.
+            output_fmt: 'NCHW' or 'NHWC' for the intermediates, whatever the model's layout.
+            intermediates_only: Return only the intermediates.
+
+        Returns:
+            The intermediates, or (final features, intermediates).
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        intermediates = []
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self._as_format(self.norm(x) if norm and i == last else x, output_fmt))
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages (and norm/head) not needed for ``indices``; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            # A new head: the kept stages may end narrower than the classifier's input.
+            self.head = ClassifierHead(self.num_features, 0, pool_type='', input_fmt=self.output_fmt)
+            self.num_classes = 0
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> the normalised final map, in the model's layout (``output_fmt``). The stem checks
+        the images."""
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -92,68 +167,3 @@ class HierarchicalNHWCModel(StagedModelMixin, nn.Module):
     def no_weight_decay(self) -> set:
         return {n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', False)}
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward returning the stage outputs (strides 4, 8, 16, 32).
-
-        Args:
-            x: Input images (B, C, H, W).
-            indices: Take the last n stages if int, all if None, or the listed stage indices.
-            norm: Apply the final norm to the last stage's output.
-            stop_early: Stop after the last requested stage.
-            output_fmt: 'NCHW' or 'NHWC' for the intermediates.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            The intermediates, or (final features, intermediates).
-        """
-        if output_fmt not in ('NCHW', 'NHWC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        check_image_input(x, self.in_chans, self.patch_size)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        x = self.stem(x)
-        last = len(self.stages) - 1
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                inter = self.norm(x) if norm and i == last else x
-                intermediates.append(inter.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else inter)
-        if intermediates_only:
-            return intermediates
-        if i == last:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the stages (and norm/head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '')
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalised final map (B, H / 32, W / 32, C), channel-last."""
-        check_image_input(x, self.in_chans, self.patch_size)
-        return self.norm(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -22,7 +22,7 @@ Official ``forward_type`` strings map to named arguments: ``v0`` -> ``ssm_scan_f
 ``downsample_type`` 'merge'/'conv2'/'conv3'.
 """
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,6 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, get_act_layer, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from vmamba_zoo.layers import (
@@ -287,81 +286,6 @@ class VMamba(StagedModelMixin, nn.Module):
     def no_weight_decay(self) -> set:
         # The official optimizer decays every >= 2-D parameter, A_logs included; 1-D ones are excluded by timm anyway.
         return set()
-
-    def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
-        return (x if self.channel_first else x.permute(0, 3, 1, 2)).contiguous()
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns the stage outputs.
-
-        Args:
-            x: (B, C, H, W) images.
-            indices: Take the last n stages if int, all if None, or the listed stage indices.
-            norm: Apply the final norm to the last stage's intermediate.
-            stop_early: Stop after the last requested stage.
-            output_fmt: Only 'NCHW'.
-            intermediates_only: Return only the intermediates.
-
-        Returns:
-            The NCHW intermediates, or (final features, intermediates).
-        """
-        if output_fmt != 'NCHW':
-            raise ValueError(f"forward_intermediates: output_fmt must be 'NCHW', got '{output_fmt}'")
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_idx = len(self.stages) - 1
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
-                intermediates.append(self._to_nchw(x_inter))
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and norm/head) not needed for ``indices``; returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.head = ClassifierHead(self.num_features, 0, pool_type='', input_fmt=self.output_fmt)
-            self.num_classes = 0
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalised final map, (B, C', H/32, W/32) or NHWC for channel-last models."""
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _official_to_timm_key(key: str, overlap_stem: bool) -> Optional[str]:
