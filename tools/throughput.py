@@ -5,6 +5,9 @@
     python tools/throughput.py --model zoo --compare convnext_tiny deit_small_patch16_224 \\
         --runs inference:bfloat16 train:bfloat16 --batch-size 128 --output-dir benchmarks/results --tag h200
 
+    # the same with each step captured in a CUDA graph: the kernels without the host's time to issue them
+    python tools/throughput.py --model vmamba_tiny_s1l8 --compare convnext_tiny --runs train:bfloat16 --cuda-graph
+
     # a quick CPU check (small defaults: batch 2, 64x64, 1 warm-up + 2 timed steps)
     python tools/throughput.py --model resnet18 --device cpu
 
@@ -71,6 +74,9 @@ def parse_args(argv=None):
     group.add_argument('--channels-last', action='store_true', help='channels_last model and input')
     group.add_argument('--compile', action='store_true', help='torch.compile the model (off by default)')
     group.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'max-autotune'")
+    group.add_argument('--cuda-graph', action='store_true',
+                       help='capture each step in a CUDA graph and time its replays: the kernels without the '
+                            "host's issue time (CUDA only)")
     group.add_argument('--tf32', action=argparse.BooleanOptionalAction, default=True,
                        help='allow TF32 for float32 matmuls/convolutions (default: on)')
     group.add_argument('--opt', default='sgd', choices=['sgd', 'adamw'], help='optimizer of the training step')
@@ -227,13 +233,15 @@ def main(argv=None):
     img_size = tuple(args.img_size) if args.img_size else None
     train_warm = args.num_warm_iter if args.train_num_warm_iter is None else args.train_num_warm_iter
     train_iters = args.num_bench_iter if args.train_num_bench_iter is None else args.train_num_bench_iter
-    configs = [bench.BenchConfig(
-        mode=mode, amp_dtype=dtype, tf32=args.tf32, channels_last=args.channels_last, compile=args.compile,
-        compile_mode=args.compile_mode, img_size=img_size,
-        num_warm_iter=train_warm if mode == 'train' else args.num_warm_iter, min_warm_s=args.min_warm_s,
-        num_bench_iter=train_iters if mode == 'train' else args.num_bench_iter,
-        opt=args.opt, lr=args.lr, drop_path=args.drop_path, device=args.device, profile_steps=args.profile_steps)
-        for mode, dtype in runs]
+    try:
+        configs = [bench.BenchConfig(
+            mode=mode, amp_dtype=dtype, tf32=args.tf32, channels_last=args.channels_last, compile=args.compile,
+            compile_mode=args.compile_mode, cuda_graph=args.cuda_graph, img_size=img_size,
+            num_warm_iter=train_warm if mode == 'train' else args.num_warm_iter, min_warm_s=args.min_warm_s,
+            num_bench_iter=train_iters if mode == 'train' else args.num_bench_iter, opt=args.opt, lr=args.lr,
+            drop_path=args.drop_path, device=args.device, profile_steps=args.profile_steps) for mode, dtype in runs]
+    except ValueError as error:  # settings that exclude each other: a usage error, not a traceback
+        raise SystemExit(f'throughput.py: error: {error}') from None
     torch.backends.cudnn.benchmark = True
 
     settings = dict(vars(args), runs=[f'{mode}:{dtype}' for mode, dtype in runs])

@@ -36,7 +36,7 @@ __all__ = [
 MODES = ('inference', 'train')
 AMP_DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 CSV_FIELDS = (
-    'model', 'source', 'role', 'mode', 'amp_dtype', 'tf32', 'channels_last', 'compile', 'img_size',
+    'model', 'source', 'role', 'mode', 'amp_dtype', 'tf32', 'channels_last', 'compile', 'cuda_graph', 'img_size',
     'requested_batch_size', 'batch_size', 'samples_per_sec', 'step_time_ms', 'step_time_ms_median',
     'step_time_ms_std', 'peak_memory_mib', 'param_count_m', 'gflops', 'gflops_source', 'first_step_s',
     'warm_steps', 'oom_retries', 'error',
@@ -55,6 +55,11 @@ class BenchConfig:
         channels_last: model and input in channels_last memory format.
         compile: wrap the model in ``torch.compile``.
         compile_mode: ``torch.compile`` mode (None = default).
+        cuda_graph: capture the whole step (training: forward, loss, backward and optimizer step) in one CUDA graph
+            after three eager warm-up steps on a side stream, and time its replays. This takes the host's time to
+            issue the kernels out of the measurement: what any model's kernels reach when the host is not the limit.
+            CUDA only; not with ``compile`` (whose 'reduce-overhead' mode does the same), nor for float16 training
+            (its gradient scaler synchronises with the host).
         img_size: (H, W), or None for each model's default input size.
         num_warm_iter: untimed steps before timing (the first also compiles and autotunes).
         min_warm_s: keep warming up (past ``num_warm_iter``) until this many seconds of warm-up have passed. On the
@@ -75,6 +80,7 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     compile_mode: Optional[str] = None
+    cuda_graph: bool = False
     img_size: Optional[Tuple[int, int]] = None
     num_warm_iter: int = 10
     num_bench_iter: int = 40
@@ -92,6 +98,15 @@ class BenchConfig:
             raise ValueError(f'amp_dtype must be one of {tuple(AMP_DTYPES)}, got {self.amp_dtype!r}')
         if self.num_bench_iter < 1 or self.num_warm_iter < 0 or self.profile_steps < 0 or self.min_warm_s < 0:
             raise ValueError('num_bench_iter must be >= 1, num_warm_iter, min_warm_s and profile_steps >= 0')
+        if self.cuda_graph:
+            if not str(self.device).startswith('cuda'):
+                raise ValueError(f"cuda_graph needs a CUDA device, got device '{self.device}'")
+            if self.compile:
+                raise ValueError("cuda_graph and compile exclude each other (torch.compile's 'reduce-overhead' mode "
+                                 'captures CUDA graphs itself)')
+            if self.mode == 'train' and self.amp_dtype == 'float16':
+                raise ValueError('cuda_graph does not capture float16 training: its gradient scaler synchronises '
+                                 'with the host')
 
 
 @dataclasses.dataclass
@@ -361,6 +376,24 @@ def profile_steps(step: Callable[[], None], steps: int, device: torch.device) ->
                 top=[[name, round(ms, 4), round(ms / total, 4) if total else 0.0] for name, ms in top])
 
 
+def _graph_replay(warm_step: Callable[[], None], captured: Callable[[], None], before_capture: Callable[[], None],
+                  device: torch.device, warmup: int = 3) -> Callable[[], None]:
+    """Run ``warm_step`` ``warmup`` times on a side stream (autotuning, cuDNN benchmarks and lazily made state such
+    as optimizer buffers happen there), call ``before_capture``, capture ``captured`` in a CUDA graph, and return
+    the graph's ``replay``."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            warm_step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured()
+    return graph.replay
+
+
 def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
              progress: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Time one model at one batch size (raises on out-of-memory; ``run_with_oom_fallback`` retries)."""
@@ -389,14 +422,16 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
     inputs = torch.randn(batch_size, in_chans, *img_size, device=device).contiguous(memory_format=memory_format)
     targets = torch.randint(0, num_classes, (batch_size,), device=device)
     runner = torch.compile(model, mode=config.compile_mode) if config.compile else model
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    # Under graph capture autocast must not keep its weight casts between calls (they would be made once, outside
+    # the graph's memory, and never refreshed after an optimizer step).
+    autocast = torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not config.cuda_graph) \
+        if amp_dtype is not None else contextlib.nullcontext()
     if train:
         optimizer = _make_optimizer(model, config.opt, config.lr, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         loss_fn = nn.CrossEntropyLoss()
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
+        def forward_backward():
             with autocast:
                 output = runner(inputs)
                 output = output[0] if isinstance(output, (tuple, list)) else output
@@ -404,10 +439,29 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            forward_backward()
+
+        # Captured with the gradients unset: the graph's backward then writes them instead of adding to them.
+        captured, before_capture = forward_backward, lambda: optimizer.zero_grad(set_to_none=True)
     else:
         def step():
             with torch.inference_mode(), autocast:
                 runner(inputs)
+
+        def captured():
+            with torch.no_grad(), autocast:  # inference-mode tensors are not meant to outlive a capture
+                runner(inputs)
+        before_capture = lambda: None  # noqa: E731
+    if config.cuda_graph:
+        eager_step, replay = step, []
+
+        def step():  # the first call warms up and captures (timed as the first step)
+            if not replay:
+                replay.append(_graph_replay(eager_step, captured, before_capture, device))
+            replay[0]()
 
     with _tf32(config.tf32):
         start = time.perf_counter()
@@ -460,6 +514,7 @@ def benchmark_model(spec: ModelSpec, config: BenchConfig, batch_size: int, min_b
     """
     row = dict(model=spec.name, source=spec.source, role=spec.role, mode=config.mode, amp_dtype=config.amp_dtype,
                tf32=config.tf32, channels_last=config.channels_last, compile=config.compile,
+               cuda_graph=config.cuda_graph,
                num_warm_iter=config.num_warm_iter, min_warm_s=config.min_warm_s,
                num_bench_iter=config.num_bench_iter, opt=config.opt if
                config.mode == 'train' else None, drop_path=config.drop_path if config.mode == 'train' else None)
