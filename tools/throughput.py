@@ -63,7 +63,7 @@ def parse_args(argv=None):
                        help="input size (default: each model's own on GPU, 64x64 on CPU)")
     group.add_argument('--num-warm-iter', type=int, default=None, help='warm-up steps (default: 10 GPU, 1 CPU)')
     group.add_argument('--min-warm-s', type=float, default=None,
-                       help='warm up for at least this many seconds too (default: 1 GPU, 0 CPU)')
+                       help='warm up for at least this many seconds after the first step too (default: 1 GPU, 0 CPU)')
     group.add_argument('--num-bench-iter', type=int, default=None, help='timed steps (default: 40 GPU, 2 CPU)')
     group.add_argument('--train-num-warm-iter', type=int, default=None,
                        help='warm-up steps of training runs (default: --num-warm-iter)')

@@ -62,7 +62,8 @@ class BenchConfig:
             (its gradient scaler synchronises with the host).
         img_size: (H, W), or None for each model's default input size.
         num_warm_iter: untimed steps before timing (the first also compiles and autotunes).
-        min_warm_s: keep warming up (past ``num_warm_iter``) until this many seconds of warm-up have passed. On the
+        min_warm_s: keep warming up (past ``num_warm_iter``) until this many seconds of warm-up have passed after
+            the first step (which compiles and autotunes, and does not count). On the
             H200 (2026-11-30) VMamba-T's bf16 inference, measured first in its process, took 5,572 img/s after 3
             warm-up steps and 7,821 after 10, and 8,124 when measured after another model. The cause was not
             isolated; a time floor makes the warm-up independent of how long one step takes.
@@ -468,6 +469,9 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         step()  # first step: compilation, autotuning, cudnn benchmark
         _synchronize(device)
         first_step_s = time.perf_counter() - start
+        # The minimum warm-up time counts from after the first step: a first step that compiles for a minute
+        # must not stand in for warming up.
+        start = time.perf_counter()
         warm_steps = max(1, config.num_warm_iter)
         for _ in range(warm_steps - 1):
             step()
