@@ -7,7 +7,7 @@ bias and softplus; pointers and integers specialised as at run time). It disasse
 cuobjdump, finds each loop (a backward branch) and prints its instruction count and most common opcodes, with the
 registers and spills ptxas reports.
 
-Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--json OUT.json]
+Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--kernel fwd|bwd] [--layout nchw|nhwc] [--json OUT.json]
 """
 import argparse
 import collections
@@ -27,14 +27,16 @@ CROSS_KINDS = 0 | 1 << 2 | 2 << 4 | 3 << 6
 FLAGS = dict(KINDS=CROSS_KINDS, NUM_ROUTES=4, U_SHARED=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
              ACCUMULATE=True, STORE_STATES=False, HAS_FORWARD_ROUTES=True, HAS_DSTATES=False, HAS_DLAST=False, NP=1,
              NUM_STAGES=1)
-# (kernel, lanes, channels per program, warps, (D, H, W), layout) at VMamba-T's 56x56 and 28x28 stages: the forward's
-# fixed programs (kernels/selective_scan.py, from the 2026-11-30 H200 sweep) and the backward's fastest swept ones,
-# on contiguous (NCHW) maps and on channel-last (NHWC) maps, where a program spans several channels for its loads to
-# be coalesced.
+# (kernel, lanes, channels per program, warps, (D, H, W), layout) at VMamba-T's stages: the forward's and the
+# backward's fixed programs (kernels/selective_scan.py, from the 2026-11-30 H200 sweeps and in-model timings) on
+# contiguous (NCHW) maps, and channel-last (NHWC) maps at 56x56 and 28x28, where a program spans several channels
+# for its loads to be coalesced.
 CASES = (('_raster_rows_fwd_kernel', 64, 1, 1, (96, 56, 56), 'nchw'),
          ('_raster_rows_fwd_kernel', 32, 1, 1, (192, 28, 28), 'nchw'),
-         ('_raster_rows_bwd_kernel', 64, 1, 1, (96, 56, 56), 'nchw'),
+         ('_raster_rows_bwd_kernel', 64, 2, 1, (96, 56, 56), 'nchw'),
          ('_raster_rows_bwd_kernel', 32, 4, 1, (192, 28, 28), 'nchw'),
+         ('_raster_rows_bwd_kernel', 16, 4, 1, (384, 14, 14), 'nchw'),
+         ('_raster_rows_bwd_kernel', 8, 8, 1, (768, 7, 7), 'nchw'),
          ('_raster_rows_fwd_kernel', 64, 8, 4, (96, 56, 56), 'nhwc'),
          ('_raster_rows_fwd_kernel', 32, 16, 4, (192, 28, 28), 'nhwc'),
          ('_raster_rows_bwd_kernel', 64, 8, 2, (96, 56, 56), 'nhwc'),
@@ -108,6 +110,8 @@ def loop_counts(sass):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--json', default='')
+    parser.add_argument('--kernel', choices=['fwd', 'bwd'], default=None, help='only the forward or the backward')
+    parser.add_argument('--layout', choices=['nchw', 'nhwc'], default=None, help='only this layout')
     args = parser.parse_args()
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')
@@ -115,6 +119,8 @@ def main():
     from vmamba_zoo.kernels import selective_scan as ss
     results = []
     for name, lanes, block_d, warps, shape, layout in CASES:
+        if (args.kernel and f'_{args.kernel}_' not in name) or (args.layout and layout != args.layout):
+            continue
         sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout)
         total, loops = loop_counts(sass)
         registers = re.search(r'Used (\d+) registers', ptxas)

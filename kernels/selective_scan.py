@@ -1248,9 +1248,9 @@ if HAS_TRITON:
                             stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d,
                             stride_y_p, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                             SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
-                            HAS_DLAST: tl.constexpr, KIND: tl.constexpr):
-        """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and its decay (that of
-        each step's successor; 1 on padding, 0 past the route's end)."""
+                            HAS_DLAST: tl.constexpr, KIND: tl.constexpr, SUCCESSOR: tl.constexpr = True):
+        """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and, with
+        ``SUCCESSOR``, its decay (``_successor_decay``; without, g stands in for it)."""
         flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, route, dt_raw, dt, B_row = _row_inputs(
             r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k, stride_u_d,
             stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES,
@@ -1273,12 +1273,25 @@ if HAS_TRITON:
             dlast = tl.load(dlast_ptr + (route * D + dd) * N + nn, mask=(dd < D) & (nn < N), other=0.0)
             g += tl.where(route_end, dlast, 0.0)
         g = tl.where(mask & (nn < N), g, 0.0)
+        if SUCCESSOR:
+            decay_next = _successor_decay(r, k, delta_ptr, A, bias, b, dd, lanes, D, P, H, W, stride_dt_b,
+                                          stride_dt_k, stride_dt_d, stride_dt_p, HAS_BIAS, SOFTPLUS, KIND)
+        else:
+            decay_next = g
+        return flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next
+
+    @triton.jit
+    def _successor_decay(r, k, delta_ptr, A, bias, b, dd, lanes, D, P, H, W, stride_dt_b, stride_dt_k, stride_dt_d,
+                         stride_dt_p, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """The decay of the step after each step of row r on route k (KIND), which the adjoint of that step is
+        multiplied by: read at the successor's position, 1 on padding, 0 past the route's end."""
+        flat = r * W + lanes
+        mask = (dd < D) & (lanes < W) & (flat < P)
         successor, has_successor = _raster_successor(r + 0 * lanes, lanes, flat, H, W, P, KIND)
         unused_raw, dt_next = _step_size((delta_ptr + b * stride_dt_b + k * stride_dt_k) + dd * stride_dt_d
                                          + successor * stride_dt_p, bias,
                                          mask & has_successor, HAS_BIAS, SOFTPLUS)
-        decay_next = tl.where(mask, tl.where(has_successor, _exp(dt_next * A), 0.0), 1.0)
-        return flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next
+        return tl.where(mask, tl.where(has_successor, _exp(dt_next * A), 0.0), 1.0)
 
     @triton.jit
     def _row_gradients(dh, h, dy, u, dt, dt_raw, A, B_row, bc_offsets, on_map, mask, nn, N, dB_ptr, dC_ptr,
@@ -1326,9 +1339,21 @@ if HAS_TRITON:
         scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * H * (BLOCK_D * NP * LANES) \
             + ((tl.arange(0, BLOCK_D)[:, None, None] * NP + nn) * LANES + lanes)
         adjoint = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
+        # A column route's successor of a step is the step of the same lane in the row handled just before (walk 2)
+        # or just after (walk 1), whose decay is computed there anyway; only the route's last row of each column
+        # steps into another column, and its successors' decays are read from memory, once.
+        successor_decay = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
         if KIND % 2 == 1:
+            if KIND == 1:
+                last_row = H - 1
+            else:
+                last_row = 0
+            last_successor_decay = _successor_decay(last_row, k, delta_ptr, A, bias, b, dd, lanes, D, P, H, W,
+                                                    stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, HAS_BIAS,
+                                                    SOFTPLUS, KIND)
             # Walk 1, along the route: states into the scratch rows, and each column's adjoint map
-            # dh_first = total_drive + total_decay * dh_entering, accumulated in route order.
+            # dh_first = total_drive + total_decay * dh_entering, accumulated in route order: step i's drive is
+            # scaled by the decays of steps 1..i.
             h = tl.load(entering_rows + lanes, mask=(dd < D) & (nn < N) & (lanes < W), other=0.0)
             total_decay = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
             total_drive = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
@@ -1337,19 +1362,21 @@ if HAS_TRITON:
                     r = i
                 else:
                     r = H - 1 - i
-                flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
+                flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, unused = \
                     _row_adjoint_inputs(r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr,
                                         b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p,
                                         stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b,
                                         stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
-                                        ACCUMULATE, HAS_DSTATES,
-                                        HAS_DLAST, KIND)
-                h = _exp(dt * A) * h + (dt * u) * B_row
+                                        ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND, False)
+                decay = _exp(dt * A)
+                h = decay * h + (dt * u) * B_row
                 tl.store(scratch + r * (BLOCK_D * NP * LANES), h)
+                total_decay *= tl.where(mask & (i > 0), decay, 1.0)
                 total_drive += total_decay * g
-                total_decay *= decay_next
+            total_decay *= last_successor_decay
             # The adjoint enters a column from the next column on the route (to the right, or to the left).
             adjoint = _column_entering(total_decay, total_drive, 4 - KIND)
+            successor_decay = last_successor_decay
         tl.debug_barrier()  # the scratch rows are read back by other threads of the program
         for i in range(0, H):  # against the route
             if KIND == 0 or KIND == 1:
@@ -1358,14 +1385,15 @@ if HAS_TRITON:
                 r = i
             flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
                 _row_adjoint_inputs(
-                r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr, b, dd, nn, lanes, D, P,
-                H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d,
-                stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
-                ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
+                    r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr, b, dd, nn, lanes, D,
+                    P, H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d,
+                    stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
+                    SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND, KIND % 2 == 0)
             if KIND % 2 == 1:
                 h = tl.load(scratch + r * (BLOCK_D * NP * LANES))
-                dh = g + decay_next * adjoint
+                dh = g + successor_decay * adjoint
                 adjoint = dh
+                successor_decay = tl.where(mask, _exp(dt * A), 1.0)  # the next row handled is this one's predecessor
             else:
                 entering = tl.load(entering_rows + r, mask=(dd < D) & (nn < N), other=0.0)
                 decay_cum, drive_cum = tl.associative_scan((_exp(dt * A), (dt * u) * B_row), 2,
