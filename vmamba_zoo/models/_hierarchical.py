@@ -12,7 +12,15 @@ from timm.models._features import feature_take_indices
 
 from ..layers import PatchEmbed
 
-__all__ = ['StagedModelMixin', 'HierarchicalNHWCModel']
+__all__ = ['StagedModelMixin', 'HierarchicalNHWCModel', 'stage_widths']
+
+
+def stage_widths(family: str, depths: Sequence[int], dims: Union[int, Sequence[int]]) -> List[int]:
+    """Channels of each stage: ``dims`` as given, or one int doubled at every stage; one per entry of ``depths``."""
+    widths = [dims * 2 ** i for i in range(len(depths))] if isinstance(dims, int) else [int(d) for d in dims]
+    if len(widths) != len(depths):
+        raise ValueError(f'{family}: dims {widths} and depths {tuple(depths)} must have the same length')
+    return widths
 
 
 class StagedModelMixin:
@@ -139,9 +147,7 @@ class HierarchicalNHWCModel(StagedModelMixin, nn.Module):
         ``dims`` given as one int doubles at every stage; drop path rises linearly over all blocks.
         """
         num_stages = len(depths)
-        dims = [dims * 2 ** i for i in range(num_stages)] if isinstance(dims, int) else list(dims)
-        if len(dims) != num_stages:
-            raise ValueError(f'{family}: {len(depths)} depths but {len(dims)} dims')
+        dims = stage_widths(family, depths, dims)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.patch_size = patch_size

@@ -35,7 +35,7 @@ from timm.models._manipulate import checkpoint_seq
 from vmamba_zoo.layers import (
     SS2D, GatedMlp, Mlp, OverlapPatchEmbed, create_downsample, create_patch_embed, get_norm_layer,
 )
-from ._hierarchical import StagedModelMixin
+from ._hierarchical import StagedModelMixin, stage_widths
 
 __all__ = ['VMamba', 'VSSBlock', 'VMambaStage', 'checkpoint_filter_fn']
 
@@ -228,11 +228,7 @@ class VMamba(StagedModelMixin, nn.Module):
     ):
         super().__init__()
         num_stages = len(depths)
-        if isinstance(dims, int):
-            dims = [dims * 2 ** i for i in range(num_stages)]
-        dims = [int(d) for d in dims]
-        if len(dims) != num_stages:
-            raise ValueError(f'VMamba: dims {dims} and depths {tuple(depths)} must have the same length')
+        dims = stage_widths('VMamba', depths, dims)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
