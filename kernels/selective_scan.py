@@ -1248,9 +1248,9 @@ if HAS_TRITON:
                             stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d,
                             stride_y_p, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_BIAS: tl.constexpr,
                             SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
-                            HAS_DLAST: tl.constexpr, KIND: tl.constexpr, SUCCESSOR: tl.constexpr = True):
-        """Row r of route k for the backward: the forward's inputs, dy, the adjoint's drive g and, with
-        ``SUCCESSOR``, its decay (``_successor_decay``; without, g stands in for it)."""
+                            HAS_DLAST: tl.constexpr, KIND: tl.constexpr):
+        """Row r of route k for the backward: the forward's inputs, dy and the adjoint's drive g (its decay is
+        ``_successor_decay``'s)."""
         flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, route, dt_raw, dt, B_row = _row_inputs(
             r, k, u_ptr, delta_ptr, B_ptr, A, bias, b, dd, nn, lanes, D, P, W, N, stride_u_b, stride_u_k, stride_u_d,
             stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, NUM_ROUTES,
@@ -1273,12 +1273,7 @@ if HAS_TRITON:
             dlast = tl.load(dlast_ptr + (route * D + dd) * N + nn, mask=(dd < D) & (nn < N), other=0.0)
             g += tl.where(route_end, dlast, 0.0)
         g = tl.where(mask & (nn < N), g, 0.0)
-        if SUCCESSOR:
-            decay_next = _successor_decay(r, k, delta_ptr, A, bias, b, dd, lanes, D, P, H, W, stride_dt_b,
-                                          stride_dt_k, stride_dt_d, stride_dt_p, HAS_BIAS, SOFTPLUS, KIND)
-        else:
-            decay_next = g
-        return flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next
+        return flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g
 
     @triton.jit
     def _successor_decay(r, k, delta_ptr, A, bias, b, dd, lanes, D, P, H, W, stride_dt_b, stride_dt_k, stride_dt_d,
@@ -1339,11 +1334,10 @@ if HAS_TRITON:
         scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * H * (BLOCK_D * NP * LANES) \
             + ((tl.arange(0, BLOCK_D)[:, None, None] * NP + nn) * LANES + lanes)
         adjoint = tl.zeros([BLOCK_D, NP, LANES], tl.float32)
-        # A column route's successor of a step is the step of the same lane in the row handled just before (walk 2)
-        # or just after (walk 1), whose decay is computed there anyway; only the route's last row of each column
-        # steps into another column, and its successors' decays are read from memory, once.
-        successor_decay = tl.full([BLOCK_D, NP, LANES], 1.0, tl.float32)
         if KIND % 2 == 1:
+            # A column route's successor of a step is the step of the same lane in the row handled just before
+            # (walk 2) or just after (walk 1), whose decay is computed there anyway; only the route's last row of each
+            # column steps into another column, and its successors' decays are read from memory, once.
             if KIND == 1:
                 last_row = H - 1
             else:
@@ -1362,12 +1356,12 @@ if HAS_TRITON:
                     r = i
                 else:
                     r = H - 1 - i
-                flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, unused = \
+                flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g = \
                     _row_adjoint_inputs(r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr,
                                         b, dd, nn, lanes, D, P, H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p,
                                         stride_dt_b, stride_dt_k, stride_dt_d, stride_dt_p, stride_y_b,
                                         stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS, SOFTPLUS,
-                                        ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND, False)
+                                        ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
                 decay = _exp(dt * A)
                 h = decay * h + (dt * u) * B_row
                 tl.store(scratch + r * (BLOCK_D * NP * LANES), h)
@@ -1383,12 +1377,12 @@ if HAS_TRITON:
                 r = H - 1 - i
             else:
                 r = i
-            flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g, decay_next = \
+            flat, on_map, mask, offsets, dt_offsets, bc_offsets, u, dt_raw, dt, B_row, dy, g = \
                 _row_adjoint_inputs(
                     r, k, u_ptr, delta_ptr, B_ptr, C_ptr, A, bias, dy_ptr, dstates_ptr, dlast_ptr, b, dd, nn, lanes, D,
                     P, H, W, N, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k, stride_dt_d,
                     stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p, NUM_ROUTES, U_SHARED, HAS_BIAS,
-                    SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND, KIND % 2 == 0)
+                    SOFTPLUS, ACCUMULATE, HAS_DSTATES, HAS_DLAST, KIND)
             if KIND % 2 == 1:
                 h = tl.load(scratch + r * (BLOCK_D * NP * LANES))
                 dh = g + successor_decay * adjoint
@@ -1396,6 +1390,8 @@ if HAS_TRITON:
                 successor_decay = tl.where(mask, _exp(dt * A), 1.0)  # the next row handled is this one's predecessor
             else:
                 entering = tl.load(entering_rows + r, mask=(dd < D) & (nn < N), other=0.0)
+                decay_next = _successor_decay(r, k, delta_ptr, A, bias, b, dd, lanes, D, P, H, W, stride_dt_b,
+                                              stride_dt_k, stride_dt_d, stride_dt_p, HAS_BIAS, SOFTPLUS, KIND)
                 decay_cum, drive_cum = tl.associative_scan((_exp(dt * A), (dt * u) * B_row), 2,
                                                            _linear_recurrence_combine, reverse=KIND == 2)
                 h = drive_cum + decay_cum * entering

@@ -1,7 +1,7 @@
 """The timm model contract shared by the four-stage families: VMamba (either layout), EfficientVMamba and MSVMamba.
 
 ``forward_intermediates``, ``features_only`` support, grad checkpointing, ``group_matcher`` and classifier reset for
-models made of ``stem`` -> ``stages`` -> ``norm`` -> ``head`` on (B, H, W, C) maps.
+models made of ``stem`` -> ``stages`` -> ``norm`` -> ``head`` on channel-last (B, H, W, C) or channel-first maps.
 """
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -172,4 +172,3 @@ class HierarchicalNHWCModel(StagedModelMixin, nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return {n for n, p in self.named_parameters() if getattr(p, '_no_weight_decay', False)}
-
