@@ -1538,7 +1538,9 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
                                            **flags, HP=tile_h, WP=tile_w)
         return y, last_state, u.new_empty(0, dtype=torch.float32), states
     entering_shape = _row_walk_entering_shape(u, delta, A, plan)
-    entering = torch.empty(entering_shape, device=u.device, dtype=torch.float32)
+    # Row routes fill H of the max(H, W) lines and column routes W: on a non-square map the rest is zeroed, so that
+    # the op's outputs are defined everywhere (torch.compile's checks compare them whole).
+    entering = (torch.empty if height == width else torch.zeros)(entering_shape, device=u.device, dtype=torch.float32)
     _LAUNCH['_raster_rows_fwd_kernel'](
         grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
         *_row_walk_strides(u, delta, y, accumulate), **flags,
@@ -1754,7 +1756,17 @@ def _scan_routes_fwd_op(
     with torch.no_grad():
         y, last_state, states = _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
                                                    accumulate, return_states)
-    return y, last_state, y.new_empty(0), states if states is not None else y.new_empty(0)
+    # The blocked scan's last state and states are views of its work tensors; the op's outputs are dense tensors
+    # of their own, as its fake describes them.
+    return (_owned_dense(y), _owned_dense(last_state), y.new_empty(0),
+            _owned_dense(states) if states is not None else y.new_empty(0))
+
+
+def _owned_dense(t: torch.Tensor) -> torch.Tensor:
+    """t itself when it is a contiguous tensor owning its storage from offset 0, else a contiguous copy."""
+    if t._base is None and t.is_contiguous() and t.storage_offset() == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 @_scan_routes_fwd_op.register_fake
@@ -1826,14 +1838,16 @@ def _scan_routes_bwd_op(
     plan = _raster_plan(u.shape[2], u.shape[3], route_kinds, map_hw, A.shape[-1]) if backend == 'triton' else None
     grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast,
                              delta_softplus, return_states, scatter_atomic, backend, plan)
-    return [g if g is not None else u.new_empty(0) for g in grads]
+    # Dense gradients whatever layout a path produced, so that the fake below describes them exactly (inductor
+    # asserts the strides of custom-op outputs).
+    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_routes_bwd_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus, return_states,
       scatter_atomic, backend, route_kinds=None, map_hw=None):
     grad_dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    return [torch.empty_like(t, dtype=grad_dtype) if t is not None else u.new_empty(0)
+    return [u.new_empty(t.shape, dtype=grad_dtype) if t is not None else u.new_empty(0)
             for t in (u, delta, A, B, C, D, delta_bias)]
 
 

@@ -582,6 +582,38 @@ def test_raster_eager_paths_match_the_custom_op(monkeypatch, kernel, accumulate,
         torch.testing.assert_close(y_only, with_op[0].view(y_only.shape))
 
 
+OPCHECK_CASES = [  # kernel switches, map, route kinds (None: the chunked kernels), channel-last input, return_states
+    ('torch', {}, (3, 5), [0, 1, 2, 3], False, False),
+    ('torch_states', {}, (3, 5), [0, 1, 2, 3], False, True),
+    ('row_walk', RASTER_KERNELS['row_walk'], (3, 5), [0, 1, 2, 3], True, True),
+    ('whole_map', RASTER_KERNELS['whole_map'], (3, 5), [0, 1, 2, 3], False, False),
+    ('chunked', {}, (3, 5), None, False, True),
+]
+
+
+@pytest.mark.parametrize('case', OPCHECK_CASES, ids=[case[0] for case in OPCHECK_CASES])
+def test_scan_custom_ops_pass_opcheck(monkeypatch, case):
+    """torch.compile (inductor) runs the scan through its custom ops: their fakes must give every output's exact
+    shape, strides and storage offset, and the outputs must be defined everywhere (AOT tracing compares them whole).
+    A wrong fake fails only inside a compiled model, at run time (inductor asserts the strides it planned for)."""
+    name, switches, (height, width), route_kinds, channel_last, return_states = case
+    for switch, value in switches.items():
+        monkeypatch.setattr(ss, switch, value)
+    pattern = K.cross_pattern(height, width)
+    x, delta, A, B, C, D, bias = [t.detach() for t in routed_inputs(pattern, 3, 2, torch.float32, batch=2)]
+    u = x.reshape(2, 1, 3, height * width)
+    if channel_last:
+        u = _channel_last(x, 1).reshape(2, 1, 3, height * width)
+        assert u.stride(2) == 1
+    args = [t.requires_grad_(True) for t in (u, delta.flatten(3), A.view(4, 3, 2), B.flatten(3), C.flatten(3),
+                                              D.view(4, 3), bias.view(4, 3))]
+    backend = 'torch' if name.startswith('torch') else 'triton'
+    args += [pattern.routes_on('cpu').to(torch.int32), True, True, return_states, backend, route_kinds,
+             [height, width] if route_kinds else None]
+    torch.library.opcheck(ss._scan_routes_fwd_op, args, test_utils=(
+        'test_schema', 'test_autograd_registration', 'test_faketensor', 'test_aot_dispatch_dynamic'))
+
+
 @pytest.mark.parametrize('kwargs,message', [
     (dict(route_kinds=[0, 1], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
     (dict(route_kinds=[0, 1, 2, 5], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
