@@ -1,0 +1,84 @@
+"""torch.compile (inductor) on a zoo model on the GPU: whether it compiles in one graph, how long that takes, and how
+far its bf16 logits and gradients are from eager mode.
+
+Compiled, the scan runs through its custom ops (``vmamba_zoo::scan_routes_fwd`` / ``_bwd``) and the LayerNorm and
+SiLU through PyTorch ops that inductor fuses; eager mode runs the zoo's Triton kernels and fused autograd nodes. Both
+should agree to bf16 rounding.
+
+Usage: python benchmarks/compile_check.py [--batch 16] [--mode MODE] [--out OUT.json] [MODEL ...]
+"""
+import argparse
+import json
+import time
+
+import torch
+import timm
+
+import vmamba_zoo  # noqa: F401  (registers the models)
+
+
+def _logits_and_grads(runner, model, x):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        logits = runner(x)
+    logits.float().square().mean().backward()
+    torch.cuda.synchronize()
+    return logits.detach().float(), {name: p.grad.detach().float().clone() for name, p in model.named_parameters()
+                                     if p.grad is not None}
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def check(name: str, batch: int, mode) -> dict:
+    torch.manual_seed(0)
+    model = timm.create_model(name, drop_path_rate=0.0).cuda().train()
+    x = torch.randn(batch, 3, 224, 224, device='cuda')
+    eager_logits, eager_grads = _logits_and_grads(model, model, x)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(model, mode=mode)
+    start = time.perf_counter()
+    logits, grads = _logits_and_grads(compiled, model, x)
+    first_step_s = time.perf_counter() - start
+    start = time.perf_counter()
+    logits, grads = _logits_and_grads(compiled, model, x)
+    second_step_s = time.perf_counter() - start
+    breaks = dict(torch._dynamo.utils.counters['graph_break'])
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        start = time.perf_counter()
+        compiled.eval()(x)
+        torch.cuda.synchronize()
+        first_inference_s = time.perf_counter() - start
+        model.eval()
+        inference_rel = _rel(compiled(x).float(), model(x).float())
+    worst = max(grads, key=lambda key: _rel(grads[key], eager_grads[key]))
+    return dict(model=name, batch=batch, mode=mode, first_training_step_s=round(first_step_s, 2),
+                second_training_step_s=round(second_step_s, 3), first_inference_step_s=round(first_inference_s, 2),
+                graph_breaks=breaks, logits_rel_diff=_rel(logits, eager_logits),
+                inference_logits_rel_diff=inference_rel,
+                worst_grad=worst, worst_grad_rel_diff=_rel(grads[worst], eager_grads[worst]),
+                grads_compared=len(grads))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8'])
+    parser.add_argument('--batch', type=int, default=16)
+    parser.add_argument('--mode', default=None, help="torch.compile mode (default: inductor's default)")
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args()
+    results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime('%Y-%m-%d'),
+                   checks=[])
+    for name in args.models:
+        row = check(name, args.batch, args.mode)
+        print(json.dumps(row), flush=True)
+        results['checks'].append(row)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
