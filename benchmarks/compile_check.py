@@ -5,7 +5,10 @@ Compiled, the scan runs through its custom ops (``vmamba_zoo::scan_routes_fwd`` 
 SiLU through PyTorch ops that inductor fuses; eager mode runs the zoo's Triton kernels and fused autograd nodes. Both
 should agree to bf16 rounding.
 
-Usage: python benchmarks/compile_check.py [--batch 16] [--mode MODE] [--out OUT.json] [MODEL ...]
+With ``--profile`` it also lists the CUDA kernels with the most time in one compiled bf16 inference step and one
+training step (profiler totals, ms per step).
+
+Usage: python benchmarks/compile_check.py [--batch 16] [--mode MODE] [--profile] [--out OUT.json] [MODEL ...]
 """
 import argparse
 import json
@@ -31,7 +34,23 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check(name: str, batch: int, mode) -> dict:
+def _top_kernels(step, top: int = 12):
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    totals = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] = totals.get(event.name, 0.0) + event.device_time_total / 1e3
+    ranked = sorted(totals.items(), key=lambda item: -item[1])
+    return dict(total_ms=round(sum(totals.values()), 3),
+                top=[(round(ms, 3), kernel[:100]) for kernel, ms in ranked[:top]])
+
+
+def check(name: str, batch: int, mode, profile_kernels: bool = False) -> dict:
     torch.manual_seed(0)
     model = timm.create_model(name, drop_path_rate=0.0).cuda().train()
     x = torch.randn(batch, 3, 224, 224, device='cuda')
@@ -54,7 +73,18 @@ def check(name: str, batch: int, mode) -> dict:
         model.eval()
         inference_rel = _rel(compiled(x).float(), model(x).float())
     worst = max(grads, key=lambda key: _rel(grads[key], eager_grads[key]))
-    return dict(model=name, batch=batch, mode=mode, first_training_step_s=round(first_step_s, 2),
+    profiles = {}
+    if profile_kernels:
+        def inference():
+            with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+                compiled.eval()(x)
+
+        def training():
+            compiled.train()
+            _logits_and_grads(compiled, model, x)
+
+        profiles = dict(inference_kernels=_top_kernels(inference), training_kernels=_top_kernels(training))
+    return dict(**profiles, model=name, batch=batch, mode=mode, first_training_step_s=round(first_step_s, 2),
                 second_training_step_s=round(second_step_s, 3), first_inference_step_s=round(first_inference_s, 2),
                 graph_breaks=breaks, logits_rel_diff=_rel(logits, eager_logits),
                 inference_logits_rel_diff=inference_rel,
@@ -67,12 +97,13 @@ def main():
     parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8'])
     parser.add_argument('--batch', type=int, default=16)
     parser.add_argument('--mode', default=None, help="torch.compile mode (default: inductor's default)")
+    parser.add_argument('--profile', action='store_true', help='list the top CUDA kernels of compiled steps')
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime('%Y-%m-%d'),
                    checks=[])
     for name in args.models:
-        row = check(name, args.batch, args.mode)
+        row = check(name, args.batch, args.mode, args.profile)
         print(json.dumps(row), flush=True)
         results['checks'].append(row)
     if args.out:

@@ -13,6 +13,7 @@ import timm
 from timm.models._manipulate import group_parameters
 
 import vmamba_zoo  # noqa: F401  (registers the models)
+from vmamba_zoo.layers.eager import derived_until_changed
 from vmamba_zoo.layers import (
     SS2D, ConvDownsample, LayerNorm2d, Linear2d, Mlp, OverlapPatchEmbed, PatchEmbed, PatchMerging2d,
 )
@@ -488,6 +489,33 @@ def test_torch_compile_fullgraph():
     torch._dynamo.reset()
     compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_fullgraph_training_step():
+    """A compiled training step is one graph with the eager step's logits and gradients. A graph break inside the
+    blocks made dynamo recompile per stage with dynamic shapes, which inductor then failed on (H200, torch 2.11)."""
+    model = _tiny('vmamba_tiny_s1l8', drop_path_rate=0.).train()  # no random drops: the two steps must agree
+    x = torch.randn(2, 3, 32, 32)
+    model(x).square().mean().backward()
+    eager_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    compiled(x).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-4, atol=1e-12, msg=name)
+
+
+def test_kept_derivations_leave_the_module_alone_while_compiling(monkeypatch):
+    """While compiling, ``derived_until_changed`` derives without reading or writing the module's ``__dict__``: torch
+    2.11's dynamo cannot trace ``__dict__.pop`` and broke the graph there in every block."""
+    module = nn.Linear(2, 2)
+    module.__dict__['_kept'] = 'a result kept by an eager call'
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            assert derived_until_changed(module, '_kept', [module.weight], None, lambda: 'derived') == 'derived'
+        assert module.__dict__['_kept'] == 'a result kept by an eager call'
 
 
 # ---------------------------------------------------------------------------------------------------------------------

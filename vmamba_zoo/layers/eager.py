@@ -36,11 +36,14 @@ def derived_until_changed(module: torch.nn.Module, slot: str, params: Sequence[t
         tag: Anything else the result depends on (a dtype), compared by equality.
         derive: Computes the result from the parameters.
     """
+    # Tracers and compilers see a plain derivation: dynamo cannot trace the module's __dict__ (a graph break in
+    # every block of a compiled training step on the H200, whose recompiles then failed in inductor).
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        return derive()
     if torch.is_grad_enabled():
         module.__dict__.pop(slot, None)
         return derive()
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling() \
-            or any(p.is_inference() for p in params):
+    if any(p.is_inference() for p in params):
         return derive()
     key = (tag,) + tuple((p.device, p.data_ptr(), p._version) for p in params)
     cached = module.__dict__.get(slot)
