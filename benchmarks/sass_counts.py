@@ -1,13 +1,16 @@
 """SASS instruction counts of the row-walk scan kernels, per walk loop, compiled for sm_90 without a GPU.
 
-The row-walk kernels are bound by instruction issue (``benchmarks/results/README.md``), so the instructions one row
-costs are a GPU-free proxy for their speed. This compiles ``_raster_rows_fwd_kernel`` and ``_raster_rows_bwd_kernel``
+The instructions one row costs were taken as a GPU-free proxy for the row-walk kernels' speed. That held for the
+forward (``benchmarks/results/README.md``), but an 8-12 % cut in the backward's left its time unchanged on the H200
+(2026-11-30), so for the backward they are a count, not a prediction. ``--maxnreg`` shows what capping the registers
+(more resident warps per SM) costs in spills. This compiles ``_raster_rows_fwd_kernel`` and ``_raster_rows_bwd_kernel``
 for sm_90 with Triton's bundled ptxas at the tiles VMamba-T's stages use (cross pattern, bf16 activations, D, delta
 bias and softplus; pointers and integers specialised as at run time). It disassembles them with Triton's bundled
 cuobjdump, finds each loop (a backward branch) and prints its instruction count and most common opcodes, with the
 registers and spills ptxas reports.
 
-Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--kernel fwd|bwd] [--layout nchw|nhwc] [--json OUT.json]
+Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--kernel fwd|bwd] [--layout nchw|nhwc] [--maxnreg N]
+    [--json OUT.json]
 """
 import argparse
 import collections
@@ -65,10 +68,10 @@ def _runtime_ints(dim, height, width, layout):
                 stride_y_d=1, stride_y_p=dim)
 
 
-def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw'):
+def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxnreg=None):
     """(SASS text, ptxas -v output) of one kernel configuration, specialised as Triton does at run time: every
     pointer 16-byte aligned, every integer argument equal to 1 a constant, every one that is a multiple of 16 marked
-    so."""
+    so. ``maxnreg`` caps the registers per thread (Triton's ``maxnreg`` option, ptxas's ``-maxrregcount``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -82,15 +85,17 @@ def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw'):
              if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0)}
     source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
                        attrs=attrs)
-    kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
+    options = {'num_warps': warps} if maxnreg is None else {'num_warps': warps, 'maxnreg': maxnreg}
+    kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32), options=options)
     tools = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin'
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / 'kernel.cubin'
         cubin.write_bytes(kernel.asm['cubin'])
         sass = subprocess.run([str(tools / 'cuobjdump'), '-sass', str(cubin)], capture_output=True, text=True,
                               check=True).stdout
-    ptxas = subprocess.run([str(tools / 'ptxas'), '-arch=sm_90a', '-v', '-o', os.devnull, '-'], input=kernel.asm['ptx'],
-                           capture_output=True, text=True).stderr
+    cap = [] if maxnreg is None else [f'-maxrregcount={maxnreg}']
+    ptxas = subprocess.run([str(tools / 'ptxas'), '-arch=sm_90a', '-v', *cap, '-o', os.devnull, '-'],
+                           input=kernel.asm['ptx'], capture_output=True, text=True).stderr
     return sass, ptxas
 
 
@@ -112,6 +117,8 @@ def main():
     parser.add_argument('--json', default='')
     parser.add_argument('--kernel', choices=['fwd', 'bwd'], default=None, help='only the forward or the backward')
     parser.add_argument('--layout', choices=['nchw', 'nhwc'], default=None, help='only this layout')
+    parser.add_argument('--maxnreg', type=int, default=None,
+                        help='cap the registers per thread (more resident warps per SM, possibly spills)')
     args = parser.parse_args()
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')
@@ -121,11 +128,13 @@ def main():
     for name, lanes, block_d, warps, shape, layout in CASES:
         if (args.kernel and f'_{args.kernel}_' not in name) or (args.layout and layout != args.layout):
             continue
-        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout)
+        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout, args.maxnreg)
         total, loops = loop_counts(sass)
         registers = re.search(r'Used (\d+) registers', ptxas)
         spills = re.search(r'(\d+) bytes spill stores', ptxas)
         row = dict(kernel=name, layout=layout, lanes=lanes, channels=block_d, warps=warps, stage=list(shape),
+                   maxnreg=args.maxnreg, local_memory_ops=sum(1 for line in sass.splitlines()
+                                                              if re.search(r'\b(LDL|STL)\b', line)),
                    total=total,
                    registers=int(registers.group(1)) if registers else None,
                    spill_bytes=int(spills.group(1)) if spills else None,
@@ -134,7 +143,8 @@ def main():
         print(f"{name} {layout} lanes={lanes} channels={block_d} warps={warps}: {row['per_row']} instructions per row "
               f"in "
               f"{len(loops)} loops ({', '.join(str(loop['instructions']) for loop in loops)}), "
-              f"{row['registers']} registers, {row['spill_bytes']} bytes spilled", flush=True)
+              f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, "
+              f"{row['local_memory_ops']} local-memory instructions", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
