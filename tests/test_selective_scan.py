@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -228,6 +229,32 @@ def test_chunked_path_matches_reference_on_any_shape(batch, groups, per_group, l
     out = K.selective_scan_fn(*inputs, delta_softplus=softplus, backend='torch')
     ref = K.selective_scan_ref(*inputs, delta_softplus=softplus)
     assert_close(out, ref, torch.float64, 'out')
+
+
+@pytest.mark.parametrize('length', [1, 15, 16, 17, 255, 256, 257, 300])
+def test_block_composition_matches_the_recurrence(length):
+    """The CPU path's two-level composition (groups of 16, then the groups' totals, padded with identity steps) gives
+    every state of h_t = decay_t h_{t-1} + drive_t, as the step-by-step loop does."""
+    gen = torch.Generator().manual_seed(length)
+    decay = torch.rand(2, 3, length, 2, generator=gen, dtype=torch.float64)
+    drive = torch.randn(2, 3, length, 2, generator=gen, dtype=torch.float64)
+    composed_decay, states = ss._compose_block(decay, drive)
+    state, expected = torch.zeros(2, 3, 2, dtype=torch.float64), []
+    for step in range(length):
+        state = decay[..., step, :] * state + drive[..., step, :]
+        expected.append(state)
+    torch.testing.assert_close(states, torch.stack(expected, dim=-2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(composed_decay, decay.cumprod(dim=-2), rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_softplus_keeps_the_absolute_error_of_f_softplus():
+    x = torch.linspace(-40, 40, 100_001)
+    exact = F.softplus(x.double())
+    fast_error = (ss._softplus_torch(x).double() - exact).abs().max().item()
+    torch_error = (F.softplus(x).double() - exact).abs().max().item()
+    assert fast_error <= 2 * torch_error + 1e-7, (fast_error, torch_error)
+    assert torch.equal(ss._softplus_torch(x.double()), exact)  # float64 stays F.softplus
+    assert ss._softplus_torch(x.half()).dtype == torch.float16
 
 
 @settings(max_examples=4, deadline=None)
