@@ -1849,7 +1849,10 @@ def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy,
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
             return _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
                                entering=chunk_states, eager=eager)
-        # The chunked backward recomputes its chunk states (one extra read of u, delta and B).
+        # The chunked backward recomputes its chunk states (one extra read of u, delta and B). It needs the route
+        # table, which scan_routes leaves out of the op when the row walk's backward is to run.
+        if routes is None and any(kind != 0 for kind in _unpack_kinds(plan[4], delta.shape[1])):
+            raise RuntimeError('scan_routes: ROW_WALK_BACKWARD was switched off between the forward and the backward')
         u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None
@@ -2140,7 +2143,10 @@ def scan_routes(
             y, last_state, _, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
                                                    accumulate, return_states, distinct_outputs=False)
     else:
-        y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
+        # The raster kernels walk the routes from route_kinds alone. Left out of the op, the route table is dead
+        # code in a compiled graph, which would otherwise rebuild it (arange, flip, stack) on every call.
+        op_routes = None if plan is not None and (ROW_WALK_BACKWARD or _whole_map(plan, backward=True)) else routes
+        y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, op_routes, delta_softplus,
                                                        accumulate, return_states, backend, route_kinds, map_hw)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())
     return outputs if len(outputs) > 1 else y

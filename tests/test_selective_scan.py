@@ -641,6 +641,37 @@ def test_scan_custom_ops_pass_opcheck(monkeypatch, case):
         'test_schema', 'test_autograd_registration', 'test_faketensor', 'test_aot_dispatch_dynamic'))
 
 
+def test_compiled_raster_scan_builds_no_route_table(monkeypatch):
+    """Compiled, the raster kernels get no route table (they walk the routes from route_kinds), so the graph does
+    not rebuild one with arange/flip kernels on every call; values and gradients equal the eager call's."""
+    import collections
+    from torch._functorch.aot_autograd import aot_module_simplified
+    for name, value in RASTER_KERNELS['row_walk'].items():
+        monkeypatch.setattr(ss, name, value)
+    graphs = []
+
+    def counting_backend(module, example_inputs):
+        def forward_compiler(graph_module, inputs):
+            graphs.append(collections.Counter(str(node.target) for node in graph_module.graph.nodes
+                                              if node.op == 'call_function'))
+            return graph_module.forward
+        return aot_module_simplified(module, example_inputs, fw_compiler=forward_compiler)
+
+    def scan(x, delta, A, B, C, D, bias):
+        return K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern='cross',
+                               backend='triton')
+
+    pattern = K.cross_pattern(3, 5)
+    inputs = routed_inputs(pattern, 3, 1, torch.float32)
+    torch._dynamo.reset()
+    compiled = torch.compile(scan, backend=counting_backend, fullgraph=True)(*inputs)
+    eager = scan(*inputs)
+    torch.testing.assert_close(compiled, eager)
+    assert not [op for op in graphs[0] if 'arange' in op or 'flip' in op], graphs[0]
+    for got, expected in zip(torch.autograd.grad(compiled.sum(), inputs), torch.autograd.grad(eager.sum(), inputs)):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize('kwargs,message', [
     (dict(route_kinds=[0, 1], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
     (dict(route_kinds=[0, 1, 2, 5], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
