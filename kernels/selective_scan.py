@@ -192,9 +192,9 @@ def _softplus_torch(x: torch.Tensor) -> torch.Tensor:
 
 
 def _scan_routes_torch(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
-    """Blocked scan: inside a block of steps, a Hillis-Steele inclusive scan composes the maps h -> a h + b in
-    log2(block) vectorised steps (every decay factor stays <= 1, as in the recurrence); blocks run in order with the
-    state carried between them. Returns (y, last_state, states) like the op.
+    """Blocked scan: inside a block of steps, ``_compose_block`` composes the maps h -> a h + b in vectorised
+    steps (every decay factor stays <= 1, as in the recurrence); blocks run in order with the state carried between
+    them. Returns (y, last_state, states) like the op.
     """
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, _, dim, positions = u.shape
@@ -682,6 +682,14 @@ def _raster_tile(height: int, width: int, route_kinds) -> Optional[Tuple[int, in
 
 def _whole_map(plan, backward: bool = False) -> bool:
     return plan[2] * plan[3] <= (WHOLE_MAP_BWD_MAX_TILE if backward else WHOLE_MAP_FWD_MAX_TILE)
+
+
+def _backward_reads_routes(plan) -> bool:
+    """Whether the backward of a raster forward run with ``plan`` falls back to the chunked kernels, the only ones
+    that read the route table (the raster kernels walk the routes from their kinds): a map too large for the
+    whole-map backward, without the row walk's backward (switched off, or no entering states kept because the
+    forward ran on the whole map). ``_scan_routes_bwd`` takes the same branches."""
+    return not _whole_map(plan, backward=True) and not (ROW_WALK_BACKWARD and not _whole_map(plan))
 
 
 if HAS_TRITON:
@@ -1852,7 +1860,8 @@ def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy,
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B). It needs the route
         # table, which scan_routes leaves out of the op when the row walk's backward is to run.
         if routes is None and any(kind != 0 for kind in _unpack_kinds(plan[4], delta.shape[1])):
-            raise RuntimeError('scan_routes: ROW_WALK_BACKWARD was switched off between the forward and the backward')
+            raise RuntimeError('scan_routes: the backward needs the route table, which the forward left out (the raster '
+                               'switches changed between the forward and the backward)')
         u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None
@@ -1882,7 +1891,7 @@ def _scan_routes_bwd_op(
                              delta_softplus, return_states, scatter_atomic, backend, plan)
     # Dense gradients whatever layout a path produced, so that the fake below describes them exactly (inductor
     # asserts the strides of custom-op outputs).
-    return [g.contiguous() if g is not None else u.new_empty(0) for g in grads]
+    return [_owned_dense(g) if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_routes_bwd_op.register_fake
@@ -2145,7 +2154,7 @@ def scan_routes(
     else:
         # The raster kernels walk the routes from route_kinds alone. Left out of the op, the route table is dead
         # code in a compiled graph, which would otherwise rebuild it (arange, flip, stack) on every call.
-        op_routes = None if plan is not None and (ROW_WALK_BACKWARD or _whole_map(plan, backward=True)) else routes
+        op_routes = None if plan is not None and not _backward_reads_routes(plan) else routes
         y, last_state, _, states = _scan_routes_fwd_op(u, delta, A, B, C, D, delta_bias, op_routes, delta_softplus,
                                                        accumulate, return_states, backend, route_kinds, map_hw)
     outputs = (y,) + ((states,) if return_states else ()) + ((last_state,) if return_last_state else ())

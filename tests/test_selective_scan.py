@@ -672,6 +672,22 @@ def test_compiled_raster_scan_builds_no_route_table(monkeypatch):
         torch.testing.assert_close(got, expected)
 
 
+def test_raster_op_keeps_the_route_table_for_a_chunked_backward(monkeypatch):
+    """A forward on the whole-map kernel keeps no entering states, so a backward too large for the whole-map
+    backward runs the chunked kernels, which read the route table: the op must still receive it."""
+    monkeypatch.setattr(ss, 'WHOLE_MAP_FWD_MAX_TILE', 1 << 20)
+    monkeypatch.setattr(ss, 'WHOLE_MAP_BWD_MAX_TILE', 0)
+    monkeypatch.setattr(ss, 'ROW_WALK_BACKWARD', True)
+    pattern = K.cross_pattern(5, 7)
+    inputs = routed_inputs(pattern, 3, 1, torch.float32, batch=2)
+    with _WatchingMode():  # the op path, as under torch.compile
+        grads = torch.autograd.grad(_run_raster(pattern, inputs, 'triton')[0].sum(), inputs)
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    ref_grads = torch.autograd.grad(_run_raster(pattern, ref_inputs, 'torch')[0].sum(), ref_inputs)
+    for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
+        assert_close(g, r, torch.float32, name)
+
+
 @pytest.mark.parametrize('kwargs,message', [
     (dict(route_kinds=[0, 1], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
     (dict(route_kinds=[0, 1, 2, 5], map_hw=(2, 3)), 'route_kinds must hold K=4 codes'),
