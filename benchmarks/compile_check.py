@@ -6,9 +6,9 @@ SiLU through PyTorch ops that inductor fuses; eager mode runs the zoo's Triton k
 should agree to bf16 rounding.
 
 With ``--profile`` it also lists the CUDA kernels with the most time in one compiled bf16 inference step and one
-training step (profiler totals, ms per step). With ``--pyspy`` py-spy samples 8 s of compiled bf16 inference steps
-(``host_costs.sampled_stacks``): where the host spends a compiled step, which took 23.1 ms at batch 128 on the H200
-while its kernels took 15.4 ms (2026-11-30).
+training step, with the host's busiest operators (``bench_layout.kernel_breakdown``, ms per step). With ``--pyspy``
+py-spy samples 8 s of compiled bf16 inference steps (``host_costs.sampled_stacks``): where the host spends a compiled
+step, which took 23.1 ms at batch 128 on the H200 while its kernels took 15.4 ms (2026-11-30).
 
 Usage: python benchmarks/compile_check.py [--batch 16] [--mode MODE] [--profile] [--pyspy] [--out OUT.json] [MODEL ...]
 """
@@ -24,6 +24,7 @@ import timm
 import vmamba_zoo  # noqa: F401  (registers the models)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_layout as bl  # noqa: E402
 
 
 def _logits_and_grads(runner, model, x):
@@ -38,22 +39,6 @@ def _logits_and_grads(runner, model, x):
 
 def _rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
-def _top_kernels(step, top: int = 12):
-    from torch.profiler import ProfilerActivity, profile
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    totals = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[event.name] = totals.get(event.name, 0.0) + event.device_time_total / 1e3
-    ranked = sorted(totals.items(), key=lambda item: -item[1])
-    return dict(total_ms=round(sum(totals.values()), 3),
-                top=[(round(ms, 3), kernel[:100]) for kernel, ms in ranked[:top]])
 
 
 def check(name: str, batch: int, mode, profile_kernels: bool = False, pyspy: bool = False) -> dict:
@@ -71,33 +56,30 @@ def check(name: str, batch: int, mode, profile_kernels: bool = False, pyspy: boo
     logits, grads = _logits_and_grads(compiled, model, x)
     second_step_s = time.perf_counter() - start
     breaks = dict(torch._dynamo.utils.counters['graph_break'])
+
+    def inference():
+        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+            return compiled.eval()(x)
+
+    start = time.perf_counter()
+    inference()
+    torch.cuda.synchronize()
+    first_inference_s = time.perf_counter() - start
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
-        start = time.perf_counter()
-        compiled.eval()(x)
-        torch.cuda.synchronize()
-        first_inference_s = time.perf_counter() - start
-        model.eval()
-        inference_rel = _rel(compiled(x).float(), model(x).float())
+        inference_rel = _rel(inference().float(), model.eval()(x).float())
     worst = max(grads, key=lambda key: _rel(grads[key], eager_grads[key]))
     profiles = {}
     if profile_kernels:
-        def inference():
-            with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
-                compiled.eval()(x)
-
         def training():
             compiled.train()
             _logits_and_grads(compiled, model, x)
 
-        profiles = dict(inference_kernels=_top_kernels(inference), training_kernels=_top_kernels(training))
+        # CUDA kernels and the host's busiest operators per step (bench_layout.kernel_breakdown).
+        profiles = dict(inference_kernels=bl.kernel_breakdown(inference),
+                        training_kernels=bl.kernel_breakdown(training))
     if pyspy:
         from host_costs import sampled_stacks
-
-        def inference_step():
-            with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
-                compiled.eval()(x)
-
-        profiles['pyspy_inference'] = sampled_stacks(inference_step, seconds=8.0)
+        profiles['pyspy_inference'] = sampled_stacks(inference, seconds=8.0)
     return dict(**profiles, model=name, batch=batch, mode=mode, first_training_step_s=round(first_step_s, 2),
                 second_training_step_s=round(second_step_s, 3), first_inference_step_s=round(first_inference_s, 2),
                 graph_breaks=breaks, logits_rel_diff=_rel(logits, eager_logits),
