@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any, Callable, List
 
 import torch
 
@@ -25,13 +26,13 @@ if __package__ in (None, ''):
 import vmamba_zoo  # noqa: E402,F401
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, warmup: int, runs: int):
-    """Wall times (s) of ``runs`` forwards after ``warmup`` untimed ones."""
+def time_calls(call: Callable[[], Any], warmup: int, runs: int) -> List[float]:
+    """Wall times (s) of ``runs`` calls after ``warmup`` untimed ones, under ``torch.inference_mode``."""
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
             start = time.perf_counter()
-            model(x)
+            call()
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return times
@@ -47,13 +48,7 @@ def time_scan_stages(warmup: int, runs: int):
         u, delta = torch.randn(1, 1, dim, positions), 0.5 * torch.randn(1, 4, dim, positions)
         A, B, C = -torch.rand(4, dim, 1) - 0.5, torch.randn(1, 4, 1, positions), torch.randn(1, 4, 1, positions)
         args = (u, delta, A, B, C, torch.randn(4, dim), 0.1 * torch.randn(4, dim), routes, True, True, False)
-        times = []
-        with torch.inference_mode():
-            for i in range(warmup + runs):
-                start = time.perf_counter()
-                ss._scan_routes_torch(*args)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+        times = time_calls(lambda: ss._scan_routes_torch(*args), warmup, runs)
         rows.append((dim, side, statistics.median(times) * 1e3, min(times) * 1e3))
     return rows
 
@@ -80,7 +75,7 @@ def main():
                   flush=True)
     for name in args.model or ['vmamba_tiny_s1l8', 'convnext_tiny']:
         model = timm.create_model(name).eval()
-        times = time_forward(model, x, args.warmup, args.runs)
+        times = time_calls(lambda: model(x), args.warmup, args.runs)
         print(f'{name}: median {statistics.median(times) * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms '
               f'over {len(times)} runs', flush=True)
 
