@@ -663,6 +663,9 @@ WHOLE_MAP_BWD_MAX_TILE = 0
 # Above WHOLE_MAP_BWD_MAX_TILE the row-walk backward runs; against the chunked backward, forward+backward took 4.96 vs
 # 11.35 ms at 56x56 and 2.90 vs 4.85 ms at 28x28 (H200, 2026-11-29, bench_raster.py). False keeps the chunked one.
 ROW_WALK_BACKWARD = True
+# Registers per thread of the row-walk backward's programs (None: the compiler's choice); _row_walk_bwd_programs says
+# why 80.
+ROW_WALK_BWD_MAX_REGISTERS = 80
 RASTER_MAX_WIDTH = 1024  # lanes of the row-walk kernel
 
 
@@ -932,23 +935,43 @@ if HAS_TRITON:
         return ((max(8, min(32, 512 // lanes)), 8 if lanes <= 8 else 4),)
 
     def _row_walk_bwd_programs(lanes):
-        """The backward's program, (elements, warps), by lanes per row: 128 elements on one warp for rows of 32
-        lanes and more, 64 on one warp below. In VMamba-T's training step on the H200 (2026-11-30,
-        ``benchmarks/autotune_picks.py``) these beat the other two former candidates at every stage by 6 % or
-        more: 2.24 vs 2.49 / 2.55 ms at 56x56, 1.15 vs 1.22 / 1.71 at 28x28, 0.57 vs 0.67 / 0.82 at 14x14 and
-        0.28 vs 0.37 / 0.40 at 7x7. Fixed, because autotuning the three compiled and timed them for 10-12 s per
-        stage, 44 s of the model's 70 s first training step on a fresh machine."""
-        return ((128, 1),) if lanes >= 32 else ((64, 1),)
+        """The backward's program, (elements, warps, register cap), by lanes per row: 128 elements on one warp for
+        rows of 32 lanes and more, 64 on one warp below, at most 80 registers per thread.
+
+        In VMamba-T's training step on the H200 (2026-11-30, ``benchmarks/autotune_picks.py``) these programs beat
+        the other two former candidates at every stage by 6 % or more: 2.24 vs 2.49 / 2.55 ms at 56x56, 1.15 vs
+        1.22 / 1.71 at 28x28, 0.57 vs 0.67 / 0.82 at 14x14 and 0.28 vs 0.37 / 0.40 at 7x7. Fixed, because autotuning
+        the three compiled and timed them for 10-12 s per stage, 44 s of the model's 70 s first training step on a
+        fresh machine.
+
+        The cap (``ROW_WALK_BWD_MAX_REGISTERS``, read when a shape is first pruned): the compiler gives the programs 96 / 105 / 80 / 80 registers at the four stages, so at most 21 / 19
+        / 25 / 25 of them reside on an SM, and their serial chains' latency is what bounds them. Capped at 80 (which
+        spills 56 / 40 / 0 / 0 bytes) they took 2.149 / 1.083 / 0.531 / 0.248 ms against 2.345 / 1.159 / 0.537 /
+        0.250 ms, 11.21 against 11.81 ms per training step; capped at 64 (spilling 360 / 260 / 28 / 24 bytes),
+        2.74 / 1.29 / 0.52 / 0.25 ms (H200, 2026-11-30, ``benchmarks/bench_maxnreg.py``)."""
+        cap = ROW_WALK_BWD_MAX_REGISTERS
+        return ((128, 1, cap),) if lanes >= 32 else ((64, 1, cap),)
 
     def _row_walk_bwd_channel_last_programs(lanes):
         """The backward's candidates on a channel-last map, (channels, warps), from the 2026-11-30 sweep."""
         return (4, 1), (4, 2), (8, 2)
 
+    def _with_cap(program):
+        """A program list's entry as (size, warps, register cap): entries without a cap leave it to the compiler."""
+        return tuple(program) + (None,) * (3 - len(program))
+
+    def _capped(config, cap):
+        """``config`` with at most ``cap`` registers per thread (Triton's ``maxnreg``); itself when cap is None."""
+        if cap is None:
+            return config
+        return triton.Config(dict(config.kwargs), num_warps=config.num_warps, num_stages=config.num_stages,
+                             maxnreg=cap)
+
     def _row_walk_pruner(programs, channel_last_programs):
         """Pruning to the (elements per program, warps) pairs in ``programs``, or on a channel-last input to the
         (channels per program, warps) pairs in ``channel_last_programs``, without software pipelining. Both are
         functions of the lanes per row (the map's width rounded up to a power of two) that give the pairs; one pair
-        means no autotuning at all.
+        means no autotuning at all. A pair may carry a third entry, a cap on the program's registers per thread.
 
         H200 sweeps (2026-11-29 and 11-30, ``benchmarks/results/README.md``): the walks are bound by instruction
         issue and latency, so many small resident programs win. The forward is fastest with one warp of 32 to 64
@@ -968,10 +991,13 @@ if HAS_TRITON:
             widest = next_power_of_2(named_args['D'])
             lanes = named_args['LANES']
             if named_args['stride_u_d'] == 1 and named_args['D'] > 1:
-                wanted = {(min(widest, channels), warps) for channels, warps in channel_last_programs(lanes)}
+                wanted = {(min(widest, channels), warps): cap
+                          for channels, warps, cap in map(_with_cap, channel_last_programs(lanes))}
             else:
-                wanted = {(max(1, min(widest, elements // row)), warps) for elements, warps in programs(lanes)}
-            return [c for c in configs if (c.kwargs['BLOCK_D'], c.num_warps) in wanted
+                wanted = {(max(1, min(widest, elements // row)), warps): cap
+                          for elements, warps, cap in map(_with_cap, programs(lanes))}
+            return [_capped(c, wanted[c.kwargs['BLOCK_D'], c.num_warps]) for c in configs
+                    if (c.kwargs['BLOCK_D'], c.num_warps) in wanted
                     and c.kwargs['NUM_STAGES'] == 1] or configs[:1]
         return prune
 

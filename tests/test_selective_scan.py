@@ -544,16 +544,23 @@ def test_row_walk_forward_runs_one_fixed_program_per_stage(monkeypatch, layout):
             [expected[lanes] + (1,)], (dim, lanes)
 
 
-def test_row_walk_backward_runs_one_fixed_program_per_stage(monkeypatch):
+@pytest.mark.parametrize('cap', [80, None])
+def test_row_walk_backward_runs_one_fixed_program_per_stage(monkeypatch, cap):
     """The backward's pruner keeps exactly one program at every VMamba-T stage on NCHW maps: 128 elements on one
-    warp for rows of 32 lanes and more, 64 below (no autotuning, whose compiles cost 10-12 s per stage)."""
+    warp for rows of 32 lanes and more, 64 below (no autotuning, whose compiles cost 10-12 s per stage), with its
+    registers capped at ``ROW_WALK_BWD_MAX_REGISTERS`` (None: uncapped). The channel-last programs stay uncapped, and
+    the configuration list itself is left as it was."""
     monkeypatch.setattr(ss, 'triton_interpreting', lambda: False)
+    monkeypatch.setattr(ss, 'ROW_WALK_BWD_MAX_REGISTERS', cap)
     configs = ss._raster_rows_configs()
     prune = ss._row_walk_pruner(ss._row_walk_bwd_programs, ss._row_walk_bwd_channel_last_programs)
     for dim, lanes, block_d in ((96, 64, 2), (192, 32, 4), (384, 16, 4), (768, 8, 8)):
         kept = prune(configs, dict(D=dim, NP=1, LANES=lanes, stride_u_d=lanes * lanes))
-        assert [(c.kwargs['BLOCK_D'], c.num_warps, c.kwargs['NUM_STAGES']) for c in kept] == [(block_d, 1, 1)], \
-            (dim, lanes)
+        assert [(c.kwargs['BLOCK_D'], c.num_warps, c.kwargs['NUM_STAGES'], c.maxnreg) for c in kept] == \
+            [(block_d, 1, 1, cap)], (dim, lanes)
+    kept = prune(configs, dict(D=192, NP=1, LANES=32, stride_u_d=1))
+    assert len(kept) == 3 and all(c.maxnreg is None for c in kept)
+    assert all(c.maxnreg is None for c in configs)
 
 
 class _WatchingMode(TorchDispatchMode):
