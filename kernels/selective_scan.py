@@ -944,11 +944,12 @@ if HAS_TRITON:
         the three compiled and timed them for 10-12 s per stage, 44 s of the model's 70 s first training step on a
         fresh machine.
 
-        The cap (``ROW_WALK_BWD_MAX_REGISTERS``, read when a shape is first pruned): the compiler gives the programs 96 / 105 / 80 / 80 registers at the four stages, so at most 21 / 19
-        / 25 / 25 of them reside on an SM, and their serial chains' latency is what bounds them. Capped at 80 (which
-        spills 56 / 40 / 0 / 0 bytes) they took 2.149 / 1.083 / 0.531 / 0.248 ms against 2.345 / 1.159 / 0.537 /
-        0.250 ms, 11.21 against 11.81 ms per training step; capped at 64 (spilling 360 / 260 / 28 / 24 bytes),
-        2.74 / 1.29 / 0.52 / 0.25 ms (H200, 2026-11-30, ``benchmarks/bench_maxnreg.py``)."""
+        The cap (``ROW_WALK_BWD_MAX_REGISTERS``, read when a shape is first pruned): the compiler gives the programs
+        96 / 105 / 80 / 80 registers at the four stages, so at most 21 / 19 / 25 / 25 of them reside on an SM, and
+        their serial chains' latency is what bounds them. Capped at 80 (which spills 56 / 40 / 0 / 0 bytes) they
+        took 2.149 / 1.083 / 0.531 / 0.248 ms against 2.345 / 1.159 / 0.537 / 0.250 ms, 11.21 against 11.81 ms per
+        training step; capped at 64 (spilling 360 / 260 / 28 / 24 bytes), 2.74 / 1.29 / 0.52 / 0.25 ms (H200,
+        2026-11-30, ``benchmarks/bench_maxnreg.py``)."""
         cap = ROW_WALK_BWD_MAX_REGISTERS
         return ((128, 1, cap),) if lanes >= 32 else ((64, 1, cap),)
 
@@ -1886,8 +1887,8 @@ def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy,
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B). It needs the route
         # table, which scan_routes leaves out of the op when the row walk's backward is to run.
         if routes is None and any(kind != 0 for kind in _unpack_kinds(plan[4], delta.shape[1])):
-            raise RuntimeError('scan_routes: the backward needs the route table, which the forward left out (the raster '
-                               'switches changed between the forward and the backward)')
+            raise RuntimeError('scan_routes: the backward needs the route table, which the forward left out (the '
+                               'raster switches changed between the forward and the backward)')
         u, delta = u.contiguous(), delta.contiguous()
         chunk_states = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)[0]
         plan = None

@@ -119,6 +119,25 @@ def test_grouped_weight_gradient_reads_a_column_slice_in_place():
     assert torch.autograd.gradcheck(grouped_projection, (weight, x))
 
 
+def test_block_diagonal_dt_proj_is_the_routes_dt_proj():
+    """The fused paths' dt_proj, one GEMM of the block-diagonal weight with ``x_proj``'s whole output rows, equals
+    the routes' own dt_proj (a batched GEMM over the rows' first R columns): the B and C columns meet zeros only."""
+    from vmamba_zoo.layers.ss2d import _block_diagonal_dt_proj
+    gen = torch.Generator().manual_seed(0)
+    groups, d_inner, rank, d_state, positions = 4, 5, 3, 2, 11
+    width = rank + 2 * d_state
+    weight = torch.randn(groups, d_inner, rank, generator=gen, dtype=torch.float64)
+    rows = torch.randn(positions, groups, width, generator=gen, dtype=torch.float64)
+    blocks = _block_diagonal_dt_proj(weight, width, torch.float64)
+    assert blocks.shape == (groups * d_inner, groups * width) and blocks.is_contiguous()
+    expected = torch.bmm(weight, rows[..., :rank].permute(1, 2, 0)).reshape(groups * d_inner, positions)
+    torch.testing.assert_close(blocks @ rows.reshape(positions, -1).t(), expected, rtol=1e-12, atol=1e-12)
+    mask = torch.block_diag(*[torch.ones(d_inner, width, dtype=torch.bool)] * groups)
+    mask.view(groups, d_inner, groups, width)[..., rank:] = False
+    assert not blocks[~mask].any()
+    assert _block_diagonal_dt_proj(weight.float(), width, torch.bfloat16).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize('shape', [(2, 3, 5, 8), (2, 7, 8), (4, 8), 'nchw_viewed_channel_last'])
 def test_channel_last_layer_norm_is_layer_norm(monkeypatch, shape):
     """Contiguous input of any rank, and an NCHW map viewed as (B, H, W, C) (the out-norm's input, read in place)."""

@@ -137,11 +137,30 @@ def _rows_holding(x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 def _derive_ssm_weights(A_logs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
-                        dtype: torch.dtype):
-    """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights (K, D, R)
-    in ``dtype``."""
-    return (-A_logs.float().exp(), x_proj_weight.reshape(-1, x_proj_weight.shape[-1]).to(dtype),
-            dt_projs_weight.to(dtype))
+                        dtype: torch.dtype, block_diagonal: bool = False):
+    """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights in
+    ``dtype``: (K, D, R), or with ``block_diagonal`` the (K * D, K * (R + 2N)) matrix that maps a position's whole
+    ``x_proj`` output to its K routes' deltas (``_block_diagonal_dt_proj``)."""
+    w_dt = _block_diagonal_dt_proj(dt_projs_weight, x_proj_weight.shape[1], dtype) if block_diagonal else \
+        dt_projs_weight.to(dtype)
+    return -A_logs.float().exp(), x_proj_weight.reshape(-1, x_proj_weight.shape[-1]).to(dtype), w_dt
+
+
+def _block_diagonal_dt_proj(dt_projs_weight: torch.Tensor, row_width: int, dtype: torch.dtype) -> torch.Tensor:
+    """The K routes' dt_proj weights (K, D, R) as one (K * D, K * J) matrix in ``dtype``, J = R + 2N the width of a
+    route's ``x_proj`` output: block k holds route k's weights in its first R columns and zeros elsewhere.
+
+    With it the routes' dt_proj is one GEMM over ``x_proj``'s output rows as they lie, instead of a batched GEMM over
+    their strided R-column slices. Those slices start every J elements (28, 52 or 100 bytes at VMamba-T's stages 1-3)
+    and the weights' rows are R elements long (12 bytes at stage 0), so cuBLAS ran that batched GEMM on its kernels
+    for 4-byte aligned operands: 1.0 ms of a 14.0 ms bf16 inference step of VMamba-T on the H200 at batch 128
+    (2026-11-30 profiles), for outputs whose writing takes about 0.35 ms at full bandwidth. The GEMM does K * J / R
+    times the multiply-adds (4.2-5.3x at VMamba-T's stages), which stay below the time its output takes to write.
+    """
+    k_group, d_inner, rank = dt_projs_weight.shape
+    blocks = dt_projs_weight.new_zeros(k_group, d_inner, k_group, row_width, dtype=dtype)
+    blocks.diagonal(dim1=0, dim2=2)[:, :rank].copy_(dt_projs_weight.permute(1, 2, 0))
+    return blocks.view(k_group * d_inner, k_group * row_width)
 
 
 def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, rank: int,
@@ -152,8 +171,7 @@ def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs
     each channel's positions adjacent, as the fused scan reads them; B and C are laid out by one copy.
 
     Returns:
-        ``delta`` (B, K, D, H, W) before bias/softplus, ``B`` and ``C`` (B, K, N, H, W) contiguous, and the
-        dt_proj input (K, R, B * H * W).
+        ``delta`` (B, K, D, H, W) before bias/softplus, and ``B`` and ``C`` (B, K, N, H, W) contiguous.
     """
     batch, d_inner, height, width = x.shape
     k_group = dt_projs_weight.shape[0]
@@ -162,9 +180,14 @@ def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs
     dt_in, bc = x_dbl.view(-1, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
     dt_in = dt_in.permute(1, 2, 0)
     dts = grouped_projection(dt_projs_weight, dt_in).view(k_group, d_inner, batch, height, width)
-    # (2, B, K, N, H, W): B and C each contiguous, from one copy (and one stack in the backward).
-    Bs, Cs = bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2).contiguous().unbind(0)
-    return dts.permute(2, 0, 1, 3, 4), Bs, Cs, dt_in
+    return (dts.permute(2, 0, 1, 3, 4),) + _routes_b_and_c(bc, batch, height, width)
+
+
+def _routes_b_and_c(bc: torch.Tensor, batch: int, height: int, width: int):
+    """B and C (B, K, N, H, W), each contiguous, from the (B * H * W, K, 2N) columns of ``x_proj``'s output that hold
+    them: one copy (and one stack in the backward)."""
+    k_group, d_state = bc.shape[1], bc.shape[2] // 2
+    return bc.view(batch, height, width, k_group, 2, d_state).permute(4, 0, 3, 5, 1, 2).contiguous().unbind(0)
 
 
 def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, scan: RasterMultiScan,
@@ -172,15 +195,25 @@ def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
     """SS2D's core on a channel-last (B, D, H, W) map without autograd: ``x_proj``, ``dt_proj``, the B/C layout,
     ``A = -exp(A_logs)`` and the fused multi-scan.
 
-    ``derived`` may hand in ``_derive_ssm_weights``'s result (kept between inference calls), and ``u`` x's
-    NCHW-contiguous copy, which the scan reads (made here when None).
+    ``derived`` may hand in ``_derive_ssm_weights``'s result with ``block_diagonal`` (kept between inference calls),
+    and ``u`` x's NCHW-contiguous copy, which the scan reads (made here when None). The projections are those of
+    ``_project_channel_last`` with dt_proj as one GEMM (``_block_diagonal_dt_proj``): the tracers and FLOP counters
+    that count dt_proj's own multiply-adds take the composite path, not this one.
 
     Returns:
         The float32 (B, D, H, W) sum of the routes (NCHW-contiguous) and the tensors ``_scan_core_backward`` takes.
     """
-    d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
-    A, w_x, w_dt = derived or _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype)
-    dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
+    batch, d_inner, height, width = x.shape
+    k_group = dt_projs_weight.shape[0]
+    A, w_x, w_dt = derived or _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype,
+                                                  block_diagonal=True)
+    x_dbl = F.linear(x.permute(0, 2, 3, 1), w_x).view(-1, w_x.shape[0])
+    # dt_proj of every route as one GEMM over the rows in place (_block_diagonal_dt_proj): (K * D, B * H * W), each
+    # channel's positions adjacent, as the scan reads them.
+    dts = torch.mm(w_dt, x_dbl.t()).view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
+    rows = x_dbl.view(-1, k_group, rank + 2 * d_state)
+    Bs, Cs = _routes_b_and_c(rows[..., rank:], batch, height, width)
+    dt_in = rows[..., :rank].permute(1, 2, 0)
     if u is None:
         u = x.contiguous()
     D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
@@ -214,12 +247,13 @@ def _scan_core_backward(saved, dy, scan: RasterMultiScan, d_state: int, needs_dx
     du, ddelta, dA, dB, dC, dD, dbias = scan.backward(
         u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True, entering, dy)
     ddts = ddelta.permute(1, 2, 0, 3).reshape(k_group, d_inner, -1)  # a view: ddelta has dts's layout
-    d_dt_in = torch.bmm(w_dt.transpose(1, 2), ddts)
+    # The gradient of x_proj's output rows: dt_proj's through its block-diagonal matrix, which leaves zeros in the B
+    # and C columns; B's and C's are written there, cast and transposed in one copy.
+    d_x_dbl = torch.mm(ddts.view(k_group * d_inner, -1).t(), w_dt)
     d_bc = _stacked(dB, dC).view(2, batch, k_group, d_state, height, width)
-    # (B, H, W, K, 2, N) as x_dbl holds B and C: the cast and the transposition in one copy.
-    d_bc = d_bc.permute(1, 4, 5, 2, 0, 3).to(x.dtype, memory_format=torch.contiguous_format)
-    d_x_dbl = torch.cat((d_dt_in.permute(2, 0, 1), d_bc.reshape(-1, k_group, 2 * d_state)), -1)
-    d_x_dbl = d_x_dbl.view(-1, w_x.shape[0])
+    rank = d_x_dbl.shape[1] // k_group - 2 * d_state
+    d_x_dbl.view(batch, height, width, k_group, -1)[..., rank:].view(batch, height, width, k_group, 2, d_state) \
+        .copy_(d_bc.permute(1, 4, 5, 2, 0, 3))
     x_rows = x.permute(0, 2, 3, 1).reshape(-1, d_inner)
     dx = None
     if needs_dx:
@@ -569,16 +603,16 @@ class SS2D(nn.Module):
             raise ValueError(f"initialize must be 'mamba', 'random' or 'zero', got '{initialize}'")
         self.Ds.fill_(1.0)
 
-    def _ssm_weights(self, dtype: torch.dtype):
+    def _ssm_weights(self, dtype: torch.dtype, block_diagonal: bool = False):
         """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights (K, D, R)
-        in ``dtype``.
+        in ``dtype``, or with ``block_diagonal`` as one (K * D, K * (R + 2N)) matrix (``_derive_ssm_weights``).
 
         Without gradients they are kept until a parameter changes (``derived_until_changed``): four kernels less per
         block and inference step.
         """
         params = (self.A_logs, self.x_proj_weight, self.dt_projs_weight)
-        return derived_until_changed(self, '_ssm_weights_cache', params, dtype,
-                                     lambda: _derive_ssm_weights(*params, dtype))
+        return derived_until_changed(self, '_ssm_weights_cache', params, (dtype, block_diagonal),
+                                     lambda: _derive_ssm_weights(*params, dtype, block_diagonal))
 
     def project_routes(self, x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor):
         """Per-route delta, B and C of a (B, D, H, W) map, in spatial layout.
@@ -597,7 +631,7 @@ class SS2D(nn.Module):
         batch, _, height, width = x.shape
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
         if x.stride(1) == 1 and d_inner > 1:
-            return _project_channel_last(x, x_proj_weight, dt_projs_weight, rank, d_state)[:3]
+            return _project_channel_last(x, x_proj_weight, dt_projs_weight, rank, d_state)
         x_dbl = F.conv2d(x, x_proj_weight.view(-1, d_inner, 1, 1))
         x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
         dts, Bs, Cs = torch.split(x_dbl, [rank, d_state, d_state], dim=2)
@@ -702,7 +736,7 @@ class SS2D(nn.Module):
                 # weights' casts kept between calls.
                 casts = kept_casts(self, '_branch_casts', params[2:6] + params[13:], spec.dtype)
                 params = params[:2] + casts[:4] + params[6:13] + casts[4:]
-                return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype))[0]
+                return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype, block_diagonal=True))[0]
             x = norm(x)
         x = self.in_proj(x)
         z = None
