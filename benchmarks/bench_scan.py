@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Last, so that an installed package or a PYTHONPATH copy (another commit's code, for an A/B run) comes first.
+sys.path.append(str(ROOT))
 
 STAGES = ((96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7))
 BATCH, ROUTES = 128, 4
