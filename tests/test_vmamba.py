@@ -138,6 +138,39 @@ def test_block_diagonal_dt_proj_is_the_routes_dt_proj():
     assert _block_diagonal_dt_proj(weight.float(), width, torch.bfloat16).dtype == torch.bfloat16
 
 
+def test_ss2d_composite_path_with_one_dt_proj_gemm_is_the_same_layer(monkeypatch):
+    """The composite (autograd op by op) path, which ``torch.compile`` traces, runs dt_proj on CUDA as one GEMM
+    with the block-diagonal weight: output and every gradient equal those of the routes' batched GEMM (within
+    float32 rounding), and a FLOP counter (a dispatch mode) still sees the batched GEMM."""
+    from vmamba_zoo.layers import ss2d as ss2d_module
+    torch.manual_seed(0)
+    layer = SS2D(8, d_state=2, ssm_ratio=1.0, dt_rank=3, use_z_gate=False)
+    x = torch.randn(2, 3, 5, 8)
+    results = {}
+    built = []
+    real_build = ss2d_module._block_diagonal_dt_proj
+    monkeypatch.setattr(ss2d_module, '_block_diagonal_dt_proj', lambda *args: built.append(1) or real_build(*args))
+    for one_gemm in (True, False):
+        monkeypatch.setattr(ss2d_module, '_dt_proj_as_one_gemm', lambda t, _one=one_gemm: _one)
+        layer.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        out = layer(x_in)
+        out.square().sum().backward()
+        results[one_gemm] = out, x_in.grad, {k: p.grad for k, p in layer.named_parameters()}
+    assert len(built) == 1, 'the one-GEMM run builds the block-diagonal weight, the other does not'
+    (out, dx, grads), (out_ref, dx_ref, grads_ref) = results[True], results[False]
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    monkeypatch.undo()
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        assert not ss2d_module._dt_proj_as_one_gemm(x)
+        layer(x)
+    assert torch.ops.aten.bmm in counter.get_flop_counts()['Global']
+
+
 @pytest.mark.parametrize('shape', [(2, 3, 5, 8), (2, 7, 8), (4, 8), 'nchw_viewed_channel_last'])
 def test_channel_last_layer_norm_is_layer_norm(monkeypatch, shape):
     """Contiguous input of any rank, and an NCHW map viewed as (B, H, W, C) (the out-norm's input, read in place)."""

@@ -38,8 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmamba_zoo.kernels import (
-    RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, silu_dual_layout_backward,
-    silu_dual_layout_forward,
+    RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, plain_eager,
+    silu_dual_layout_backward, silu_dual_layout_forward,
 )
 
 from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
@@ -163,24 +163,39 @@ def _block_diagonal_dt_proj(dt_projs_weight: torch.Tensor, row_width: int, dtype
     return blocks.view(k_group * d_inner, k_group * row_width)
 
 
+def _dt_proj_as_one_gemm(x: torch.Tensor) -> bool:
+    """Whether SS2D runs dt_proj on x as one GEMM with the block-diagonal weight (``_block_diagonal_dt_proj``): on
+    CUDA, in eager mode and while compiling. Tracers and FLOP counters (dispatch modes) see the routes' own batched
+    GEMM, whose multiply-adds are the model's, and a CPU, where the GEMM's extra multiply-adds cost time, runs it
+    too."""
+    return x.is_cuda and (plain_eager() or torch.compiler.is_compiling())
+
+
 def _project_channel_last(x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, rank: int,
                           d_state: int):
     """``x_proj`` and ``dt_proj`` of a channel-last (B, D, H, W) map as GEMMs over its positions.
 
-    ``x_proj`` is one GEMM and ``dt_proj`` one batched GEMM per route, whose output, (K, D, B * H * W) in memory, has
-    each channel's positions adjacent, as the fused scan reads them; B and C are laid out by one copy.
+    ``x_proj`` is one GEMM. ``dt_proj`` is one batched GEMM per route for (K, D, R) weights, or one GEMM over
+    ``x_proj``'s output rows in place for the block-diagonal (K * D, K * (R + 2N)) weight. Its output, (K, D,
+    B * H * W) in memory, has each channel's positions adjacent, as the fused scan reads them; B and C are laid out by
+    one copy.
 
     Returns:
-        ``delta`` (B, K, D, H, W) before bias/softplus, and ``B`` and ``C`` (B, K, N, H, W) contiguous.
+        ``delta`` (B, K, D, H, W) before bias/softplus, ``B`` and ``C`` (B, K, N, H, W) contiguous, and dt_proj's
+        input (K, R, B * H * W), a view of ``x_proj``'s output.
     """
     batch, d_inner, height, width = x.shape
-    k_group = dt_projs_weight.shape[0]
+    k_group = x_proj_weight.shape[0] // (rank + 2 * d_state)
     x_dbl = F.linear(x.permute(0, 2, 3, 1), x_proj_weight)
     # One split, whose backward is one concatenation (two slices would each scatter into a zeroed copy).
     dt_in, bc = x_dbl.view(-1, k_group, rank + 2 * d_state).split([rank, 2 * d_state], -1)
     dt_in = dt_in.permute(1, 2, 0)
-    dts = grouped_projection(dt_projs_weight, dt_in).view(k_group, d_inner, batch, height, width)
-    return (dts.permute(2, 0, 1, 3, 4),) + _routes_b_and_c(bc, batch, height, width)
+    if dt_projs_weight.dim() == 2:
+        dts = torch.mm(dt_projs_weight, x_dbl.view(-1, x_proj_weight.shape[0]).t())
+    else:
+        dts = grouped_projection(dt_projs_weight, dt_in)
+    dts = dts.view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
+    return (dts,) + _routes_b_and_c(bc, batch, height, width) + (dt_in,)
 
 
 def _routes_b_and_c(bc: torch.Tensor, batch: int, height: int, width: int):
@@ -196,24 +211,16 @@ def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
     ``A = -exp(A_logs)`` and the fused multi-scan.
 
     ``derived`` may hand in ``_derive_ssm_weights``'s result with ``block_diagonal`` (kept between inference calls),
-    and ``u`` x's NCHW-contiguous copy, which the scan reads (made here when None). The projections are those of
-    ``_project_channel_last`` with dt_proj as one GEMM (``_block_diagonal_dt_proj``): the tracers and FLOP counters
-    that count dt_proj's own multiply-adds take the composite path, not this one.
+    and ``u`` x's NCHW-contiguous copy, which the scan reads (made here when None). dt_proj runs as one GEMM
+    (``_block_diagonal_dt_proj``): this serves eager calls on CUDA only (``_dt_proj_as_one_gemm``).
 
     Returns:
         The float32 (B, D, H, W) sum of the routes (NCHW-contiguous) and the tensors ``_scan_core_backward`` takes.
     """
-    batch, d_inner, height, width = x.shape
-    k_group = dt_projs_weight.shape[0]
+    d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
     A, w_x, w_dt = derived or _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype,
                                                   block_diagonal=True)
-    x_dbl = F.linear(x.permute(0, 2, 3, 1), w_x).view(-1, w_x.shape[0])
-    # dt_proj of every route as one GEMM over the rows in place (_block_diagonal_dt_proj): (K * D, B * H * W), each
-    # channel's positions adjacent, as the scan reads them.
-    dts = torch.mm(w_dt, x_dbl.t()).view(k_group, d_inner, batch, height, width).permute(2, 0, 1, 3, 4)
-    rows = x_dbl.view(-1, k_group, rank + 2 * d_state)
-    Bs, Cs = _routes_b_and_c(rows[..., rank:], batch, height, width)
-    dt_in = rows[..., :rank].permute(1, 2, 0)
+    dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
     if u is None:
         u = x.contiguous()
     D, delta_bias = Ds.float().view(k_group, d_inner), dt_projs_bias.float()
@@ -623,7 +630,8 @@ class SS2D(nn.Module):
         Args:
             x: (B, D, H, W) map.
             x_proj_weight: (K * (R + 2N), D) stacked ``x_proj`` weight in x's dtype.
-            dt_projs_weight: (K, D, R) ``dt_proj`` weights in x's dtype.
+            dt_projs_weight: (K, D, R) ``dt_proj`` weights in x's dtype, or for a channel-last map their
+                (K * D, K * (R + 2N)) block-diagonal matrix (``_ssm_weights(..., block_diagonal=True)``).
 
         Returns:
             ``delta`` (B, K, D, H, W) before bias/softplus, ``B`` and ``C`` (B, K, N, H, W).
@@ -631,7 +639,7 @@ class SS2D(nn.Module):
         batch, _, height, width = x.shape
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
         if x.stride(1) == 1 and d_inner > 1:
-            return _project_channel_last(x, x_proj_weight, dt_projs_weight, rank, d_state)
+            return _project_channel_last(x, x_proj_weight, dt_projs_weight, rank, d_state)[:3]
         x_dbl = F.conv2d(x, x_proj_weight.view(-1, d_inner, 1, 1))
         x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
         dts, Bs, Cs = torch.split(x_dbl, [rank, d_state, d_state], dim=2)
@@ -697,7 +705,8 @@ class SS2D(nn.Module):
             y = _SS2DScanCore.apply(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
                                     self.Ds, scan, self.dt_rank, self.d_state)
         else:
-            A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype)
+            block_diagonal = x.stride(1) == 1 and self.d_inner > 1 and _dt_proj_as_one_gemm(x)
+            A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype, block_diagonal)
             dts, Bs, Cs = self.project_routes(x, x_proj_weight, dt_projs_weight)
             xs = x.contiguous() if x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions else x
             if self.scan_fp32:
