@@ -153,9 +153,10 @@ def _block_diagonal_dt_proj(dt_projs_weight: torch.Tensor, row_width: int, dtype
     With it the routes' dt_proj is one GEMM over ``x_proj``'s output rows as they lie, instead of a batched GEMM over
     their strided R-column slices. Those slices start every J elements (28, 52 or 100 bytes at VMamba-T's stages 1-3)
     and the weights' rows are R elements long (12 bytes at stage 0), so cuBLAS ran that batched GEMM on its kernels
-    for 4-byte aligned operands: 1.0 ms of a 14.0 ms bf16 inference step of VMamba-T on the H200 at batch 128
-    (2026-11-30 profiles), for outputs whose writing takes about 0.35 ms at full bandwidth. The GEMM does K * J / R
-    times the multiply-adds (4.2-5.3x at VMamba-T's stages), which stay below the time its output takes to write.
+    for 4-byte aligned operands. The GEMM does K * J / R times the multiply-adds (4.2-5.3x at VMamba-T's stages),
+    which stay below the time its output takes to write. VMamba-T on the H200 at batch 128 (2026-11-30,
+    ``benchmarks/profile_step.py``): dt_proj took 0.59 ms per bf16 inference step at stages 0-2 against 1.74 ms, and
+    the step's kernels 12.73 against 13.95 ms (training: 40.83 against 42.44 ms).
     """
     k_group, d_inner, rank = dt_projs_weight.shape
     blocks = dt_projs_weight.new_zeros(k_group, d_inner, k_group, row_width, dtype=dtype)
@@ -164,10 +165,10 @@ def _block_diagonal_dt_proj(dt_projs_weight: torch.Tensor, row_width: int, dtype
 
 
 def _dt_proj_as_one_gemm(x: torch.Tensor) -> bool:
-    """Whether SS2D runs dt_proj on x as one GEMM with the block-diagonal weight (``_block_diagonal_dt_proj``): on
-    CUDA, in eager mode and while compiling. Tracers and FLOP counters (dispatch modes) see the routes' own batched
-    GEMM, whose multiply-adds are the model's, and a CPU, where the GEMM's extra multiply-adds cost time, runs it
-    too."""
+    """Whether SS2D's composite path runs dt_proj on x as one GEMM with the block-diagonal weight
+    (``_block_diagonal_dt_proj``): on CUDA, in eager mode and while compiling. Tracers and FLOP counters (dispatch
+    modes) see the routes' own batched GEMM, whose multiply-adds are the model's. A CPU runs the batched GEMM too: it
+    would pay for the extra multiply-adds."""
     return x.is_cuda and (plain_eager() or torch.compiler.is_compiling())
 
 
@@ -212,7 +213,8 @@ def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
 
     ``derived`` may hand in ``_derive_ssm_weights``'s result with ``block_diagonal`` (kept between inference calls),
     and ``u`` x's NCHW-contiguous copy, which the scan reads (made here when None). dt_proj runs as one GEMM
-    (``_block_diagonal_dt_proj``): this serves eager calls on CUDA only (``_dt_proj_as_one_gemm``).
+    (``_block_diagonal_dt_proj``): the fused nodes that call this serve eager calls on the Triton kernels, never a
+    tracer or FLOP counter.
 
     Returns:
         The float32 (B, D, H, W) sum of the routes (NCHW-contiguous) and the tensors ``_scan_core_backward`` takes.
