@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_layout as bl  # noqa: E402
 
 
-def _logits_and_grads(runner, model, x, autocast: bool = True):
+def logits_and_grads(runner, model, x, autocast: bool = True):
+    """Logits and every parameter's gradient (float32) of the mean squared logit, under bf16 autocast or in
+    float32; ``runner`` is the model or its compiled form."""
     model.zero_grad(set_to_none=True)
     with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
         logits = runner(x)
@@ -37,26 +39,28 @@ def _logits_and_grads(runner, model, x, autocast: bool = True):
                                      if p.grad is not None}
 
 
-def _rel(a, b):
+def relative_distance(a, b):
+    """|a - b| / |b| (Frobenius norms)."""
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
 def check(name: str, batch: int, mode, profile_kernels: bool = False, pyspy: bool = False) -> dict:
+    rel = relative_distance
     torch.manual_seed(0)
     model = timm.create_model(name, drop_path_rate=0.0).cuda().train()
     x = torch.randn(batch, 3, 224, 224, device='cuda')
-    eager_logits, eager_grads = _logits_and_grads(model, model, x)
+    eager_logits, eager_grads = logits_and_grads(model, model, x)
     # Eager float32 as the yardstick: compiled, bf16 rounds in other places (inductor keeps fused intermediates in
     # float32), so compiled-vs-eager differences are judged against eager bf16's own distance from float32.
-    fp32_logits, fp32_grads = _logits_and_grads(model, model, x, autocast=False)
+    fp32_logits, fp32_grads = logits_and_grads(model, model, x, autocast=False)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = torch.compile(model, mode=mode)
     start = time.perf_counter()
-    logits, grads = _logits_and_grads(compiled, model, x)
+    logits, grads = logits_and_grads(compiled, model, x)
     first_step_s = time.perf_counter() - start
     start = time.perf_counter()
-    logits, grads = _logits_and_grads(compiled, model, x)
+    logits, grads = logits_and_grads(compiled, model, x)
     second_step_s = time.perf_counter() - start
     breaks = dict(torch._dynamo.utils.counters['graph_break'])
 
@@ -69,17 +73,17 @@ def check(name: str, batch: int, mode, profile_kernels: bool = False, pyspy: boo
     torch.cuda.synchronize()
     first_inference_s = time.perf_counter() - start
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
-        inference_rel = _rel(inference().float(), model.eval()(x).float())
-    worst = max(grads, key=lambda key: _rel(grads[key], eager_grads[key]))
+        inference_rel = rel(inference().float(), model.eval()(x).float())
+    worst = max(grads, key=lambda key: rel(grads[key], eager_grads[key]))
     # Per parameter: compiled bf16's distance from float32 over eager bf16's (1: as close as eager).
-    ratio = {key: _rel(grads[key], fp32_grads[key]) / max(_rel(eager_grads[key], fp32_grads[key]), 1e-12)
+    ratio = {key: rel(grads[key], fp32_grads[key]) / max(rel(eager_grads[key], fp32_grads[key]), 1e-12)
              for key in grads}
     worst_ratio = max(ratio, key=ratio.get)
     profiles = {}
     if profile_kernels:
         def training():
             compiled.train()
-            _logits_and_grads(compiled, model, x)
+            logits_and_grads(compiled, model, x)
 
         # CUDA kernels and the host's busiest operators per step (bench_layout.kernel_breakdown).
         profiles = dict(inference_kernels=bl.kernel_breakdown(inference),
@@ -89,15 +93,15 @@ def check(name: str, batch: int, mode, profile_kernels: bool = False, pyspy: boo
         profiles['pyspy_inference'] = sampled_stacks(inference, seconds=8.0)
     return dict(**profiles, model=name, batch=batch, mode=mode, first_training_step_s=round(first_step_s, 2),
                 second_training_step_s=round(second_step_s, 3), first_inference_step_s=round(first_inference_s, 2),
-                graph_breaks=breaks, logits_rel_diff=_rel(logits, eager_logits),
+                graph_breaks=breaks, logits_rel_diff=rel(logits, eager_logits),
                 inference_logits_rel_diff=inference_rel,
-                worst_grad=worst, worst_grad_rel_diff=_rel(grads[worst], eager_grads[worst]),
-                worst_grad_eager_vs_fp32=_rel(eager_grads[worst], fp32_grads[worst]),
-                worst_grad_compiled_vs_fp32=_rel(grads[worst], fp32_grads[worst]),
-                logits_eager_vs_fp32=_rel(eager_logits, fp32_logits), logits_compiled_vs_fp32=_rel(logits, fp32_logits),
+                worst_grad=worst, worst_grad_rel_diff=rel(grads[worst], eager_grads[worst]),
+                worst_grad_eager_vs_fp32=rel(eager_grads[worst], fp32_grads[worst]),
+                worst_grad_compiled_vs_fp32=rel(grads[worst], fp32_grads[worst]),
+                logits_eager_vs_fp32=rel(eager_logits, fp32_logits), logits_compiled_vs_fp32=rel(logits, fp32_logits),
                 largest_error_ratio=dict(param=worst_ratio, ratio=ratio[worst_ratio],
-                                         compiled_vs_fp32=_rel(grads[worst_ratio], fp32_grads[worst_ratio]),
-                                         eager_vs_fp32=_rel(eager_grads[worst_ratio], fp32_grads[worst_ratio])),
+                                         compiled_vs_fp32=rel(grads[worst_ratio], fp32_grads[worst_ratio]),
+                                         eager_vs_fp32=rel(eager_grads[worst_ratio], fp32_grads[worst_ratio])),
                 median_error_ratio=sorted(ratio.values())[len(ratio) // 2],
                 grads_compared=len(grads))
 

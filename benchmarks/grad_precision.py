@@ -23,21 +23,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_layout as bl  # noqa: E402
 import bench_scan as bs  # noqa: E402
+from compile_check import logits_and_grads, relative_distance  # noqa: E402
 
 
 def gradients(runner, model, images, autocast: bool) -> dict:
     """Every parameter's gradient (float32) of the mean squared logit, under bf16 autocast or in float32."""
-    model.zero_grad(set_to_none=True)
-    with torch.autocast('cuda', dtype=torch.bfloat16, enabled=autocast):
-        logits = runner(images)
-    logits.float().square().mean().backward()
-    torch.cuda.synchronize()
-    return {name: p.grad.detach().float().clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits_and_grads(runner, model, images, autocast)[1]
 
 
 def distances(grads: dict, reference: dict) -> dict:
-    return {name: ((grads[name] - reference[name]).norm() / reference[name].norm().clamp_min(1e-30)).item()
-            for name in reference}
+    return {name: relative_distance(grads[name], reference[name]) for name in reference}
 
 
 def summary(errors: dict, baseline: dict, top: int = 6) -> dict:
