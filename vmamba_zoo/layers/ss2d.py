@@ -640,7 +640,7 @@ class SS2D(nn.Module):
         """
         batch, _, height, width = x.shape
         k_group, d_inner, rank, d_state = self.k_group, self.d_inner, self.dt_rank, self.d_state
-        if x.stride(1) == 1 and d_inner > 1:
+        if self._channel_last(x):
             return _project_channel_last(x, x_proj_weight, dt_projs_weight, rank, d_state)[:3]
         x_dbl = F.conv2d(x, x_proj_weight.view(-1, d_inner, 1, 1))
         x_dbl = x_dbl.view(batch, k_group, rank + 2 * d_state, height, width)
@@ -649,10 +649,16 @@ class SS2D(nn.Module):
                        dt_projs_weight.reshape(k_group * d_inner, rank, 1, 1), groups=k_group)
         return dts.view(batch, k_group, d_inner, height, width), Bs.contiguous(), Cs.contiguous()
 
+    def _channel_last(self, x: torch.Tensor) -> bool:
+        """Whether a (B, D, H, W) map holds its channels adjacent in memory (one channel does not count): the maps
+        ``project_routes`` projects with GEMMs over their positions, the only ones the scan node and the one-GEMM
+        dt_proj serve."""
+        return x.stride(1) == 1 and self.d_inner > 1
+
     def _scan_node(self, x: torch.Tensor) -> Optional[RasterMultiScan]:
         """The raster scan that ``_SS2DScanCore`` runs for this call, or None to take the composite path: it serves
         eager training of a channel-last map on the Triton raster kernels."""
-        if not (self.fused_scan_node and self.fused and not self.scan_fp32 and x.stride(1) == 1 and self.d_inner > 1
+        if not (self.fused_scan_node and self.fused and not self.scan_fp32 and self._channel_last(x)
                 and x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions and torch.is_grad_enabled()
                 and (x.requires_grad or self.x_proj_weight.requires_grad)):
             return None
@@ -707,7 +713,7 @@ class SS2D(nn.Module):
             y = _SS2DScanCore.apply(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
                                     self.Ds, scan, self.dt_rank, self.d_state)
         else:
-            block_diagonal = x.stride(1) == 1 and self.d_inner > 1 and _dt_proj_as_one_gemm(x)
+            block_diagonal = self._channel_last(x) and _dt_proj_as_one_gemm(x)
             A, x_proj_weight, dt_projs_weight = self._ssm_weights(x.dtype, block_diagonal)
             dts, Bs, Cs = self.project_routes(x, x_proj_weight, dt_projs_weight)
             xs = x.contiguous() if x.shape[2] * x.shape[3] >= self.nchw_scan_min_positions else x
