@@ -22,7 +22,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from vmamba_zoo.mm.checkpoint import trust_local_checkpoints
-from vmamba_zoo.mm.launch import setup_cpu_distributed
+from vmamba_zoo.mm.launch import finish_distributed, setup_cpu_distributed
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -79,3 +79,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
 
 if __name__ == '__main__':
     main()
+    finish_distributed()

@@ -23,3 +23,15 @@ def setup_cpu_distributed(cfg: Config) -> None:
             device_ids=None,
             broadcast_buffers=False,
             find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def finish_distributed() -> None:
+    """Tear down the process group a distributed run created, once its work is done.
+
+    mmengine's Runner leaves it open. Then gloo's threads are still running while the interpreter exits, and a
+    torchrun rank can abort ("terminate called without an active exception", SIGABRT) after training succeeded. A
+    barrier first, so that no rank tears down while another still talks to it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
