@@ -116,9 +116,10 @@ if HAS_TRITON:
 
     @triton.jit
     def _layer_norm_2d_bwd_kernel(
-            x_ptr, weight_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
+            x_ptr, weight_ptr, dy_ptr, dx_add_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
             stride_x_c, stride_x_p, stride_y_c, stride_y_p,
-            HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PIXEL_BLOCKS: tl.constexpr,
+            HAS_WEIGHT: tl.constexpr, HAS_DX_ADD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+            PIXEL_BLOCKS: tl.constexpr,
     ):
         # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program, whose weight and bias gradients are summed
         # before one partial per program is stored: fewer partials for the sum after the kernel. The sums are kept
@@ -143,6 +144,8 @@ if HAS_TRITON:
             # d/dx of (x - mean) * rstd, contracted with g: rstd * (g - mean_c(g) - x_hat * mean_c(g * x_hat)).
             dx = (g - tl.sum(g, axis=0)[None, :] / C - x_hat * (tl.sum(g * x_hat, axis=0)[None, :] / C)) \
                 * rstd[None, :]
+            if HAS_DX_ADD:  # a gradient that reaches x by another path (a residual connection), in dx's layout
+                dx += tl.load(dx_add_ptr + offsets, mask=mask, other=0.0).to(compute)
             tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             dweight_tile += dy * x_hat
             dbias_tile += dy
@@ -217,15 +220,20 @@ def _layer_norm_fwd(x, weight, bias, eps, y, rows, store_stats):
     return stats
 
 
-def _layer_norm_bwd(x, weight, stats, dy, rows):
+def _layer_norm_bwd(x, weight, stats, dy, rows, dx_add=None):
     images, channels, pixels, stride_x_c, stride_x_p = geometry = _geometry(x, rows)
     grid, block_c, block_p, pixel_blocks, warps = _launch_bwd_tiles(*geometry[:3])
     dx = torch.empty_like(x)  # in x's layout
     dy = dy.contiguous() if rows else _dense(dy)
+    if dx_add is not None:
+        dx_add = dx_add.view(dx.shape) if dx_add.is_contiguous() and dx.is_contiguous() else dx_add.reshape(dx.shape)
+        if dx_add.stride() != dx.stride():  # the kernel reads it at dx's offsets
+            dx_add = torch.empty_like(dx).copy_(dx_add)
     parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
-    _launch_bwd(grid, x, weight, dy, stats[0], stats[1], dx, parts[0], parts[1], channels, pixels, stride_x_c,
-                stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p,
-                PIXEL_BLOCKS=pixel_blocks, num_warps=warps)
+    _launch_bwd(grid, x, weight, dy, dy if dx_add is None else dx_add, stats[0], stats[1], dx, parts[0], parts[1],
+                channels, pixels, stride_x_c, stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None,
+                HAS_DX_ADD=dx_add is not None, BLOCK_C=block_c, BLOCK_P=block_p, PIXEL_BLOCKS=pixel_blocks,
+                num_warps=warps)
     return dx, parts.sum(dim=1)
 
 
@@ -260,10 +268,13 @@ def layer_norm_forward(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Op
 
 
 def layer_norm_backward(x: torch.Tensor, weight: Optional[torch.Tensor], stats: torch.Tensor, dy: torch.Tensor,
-                        channel_dim: int = -1, has_bias: bool = True):
+                        channel_dim: int = -1, has_bias: bool = True, dx_add: Optional[torch.Tensor] = None):
     """Gradients of ``layer_norm_forward`` given ``dy`` (x's shape, any dense layout): dx in x's dtype and layout,
-    and the weight and bias gradients in their parameters' dtype (x's when there is no weight; None when absent)."""
-    dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, channel_dim == -1)
+    and the weight and bias gradients in their parameters' dtype (x's when there is no weight; None when absent).
+
+    ``dx_add`` (x's shape), a gradient that reaches x by another path, is added to dx as the kernel writes it: a
+    residual block's ``x + f(norm(x))`` needs no separate sum of its two input gradients."""
+    dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, channel_dim == -1, dx_add)
     dweight = None if weight is None else dweight.to(weight.dtype)
     dbias = dbias.to(x.dtype if weight is None else weight.dtype) if has_bias else None
     return dx, dweight, dbias

@@ -310,3 +310,29 @@ def test_cached_launch_keys_on_the_device(monkeypatch):
     for index in (0, 0, 1):
         launch((2,), on_device(index), 5, 0.5, BLOCK=4, num_warps=1)
     assert [entry[0] for entry in kernel.log] == ['jit', 'cached', 'jit']
+
+
+@pytest.mark.parametrize('layout', ['rows', torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('add_layout', ['same', 'other'])
+def test_backward_adds_a_second_gradient_of_x_as_it_writes_dx(layout, add_layout):
+    """``layer_norm_backward(..., dx_add=g)`` returns dx + g (a residual block's two gradients of x) in x's layout,
+    the weight and bias gradients unchanged, whatever g's strides; dx's buffer is poisoned first."""
+    rows = layout == 'rows'
+    x, weight, bias = _inputs((2, 6, 3, 5), torch.float32)
+    x = x.permute(0, 2, 3, 1).contiguous() if rows else x.contiguous(memory_format=layout)
+    channel_dim = -1 if rows else 1
+    dy = torch.randn(x.shape).contiguous(memory_format=torch.preserve_format)
+    dx_add = torch.randn(x.shape, dtype=torch.float16)
+    if add_layout == 'other':  # strides that are not x's: the helper lays it out as dx before the kernel reads it
+        dx_add = dx_add.transpose(0, 1).contiguous().transpose(0, 1)
+    _, stats = ln.layer_norm_forward(x, weight, bias, 1e-5, torch.float32, channel_dim)
+    dx, dweight, dbias = ln.layer_norm_backward(x, weight, stats, dy, channel_dim)
+    real_empty_like = torch.empty_like
+    try:
+        torch.empty_like = lambda t, **kw: real_empty_like(t, **kw).fill_(float('nan'))
+        dx_sum, dweight_sum, dbias_sum = ln.layer_norm_backward(x, weight, stats, dy, channel_dim, dx_add=dx_add)
+    finally:
+        torch.empty_like = real_empty_like
+    assert dx_sum.stride() == x.stride() and dx_sum.dtype == x.dtype
+    torch.testing.assert_close(dx_sum, dx + dx_add.float(), rtol=1e-6, atol=1e-6)
+    assert torch.equal(dweight_sum, dweight) and torch.equal(dbias_sum, dbias)

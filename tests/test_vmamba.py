@@ -17,7 +17,7 @@ from vmamba_zoo.layers.eager import derived_until_changed
 from vmamba_zoo.layers import (
     SS2D, ConvDownsample, LayerNorm2d, Linear2d, Mlp, OverlapPatchEmbed, PatchEmbed, PatchMerging2d,
 )
-from vmamba_zoo.models.vmamba import VMamba, checkpoint_filter_fn
+from vmamba_zoo.models.vmamba import VMamba, VSSBlock, checkpoint_filter_fn
 
 # Published parameter counts and FLOPs (MzeroMiko/VMamba README and assets/performance.md, with head).
 PUBLISHED_PARAMS_M = {
@@ -1001,3 +1001,51 @@ def test_ss2d_direct_inference_scan_equals_multi_scan_2d(monkeypatch, channel_fi
             outputs.append(block(x))
         assert bool(calls) == direct
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('fused', [True, False])
+def test_branches_with_the_residual_equal_the_sum(monkeypatch, autocast, fused):
+    """``SS2D(x, norm, residual=True)`` and ``Mlp(x, norm, residual=True)`` return ``x + layer(x, norm)`` with the same
+    gradients, fused (one autograd node, no separate sum of x's gradients) or op by op, with and without bf16
+    autocast; a VSS block uses them where no drop-path is active."""
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    monkeypatch.setattr(SS2D, 'fused_branch_node', fused)
+    monkeypatch.setattr(Mlp, 'fused_node', fused)
+    torch.manual_seed(0)
+    ss2d = SS2D(8, d_state=1, ssm_ratio=1.0, dt_rank=3, use_z_gate=False, backend='triton')
+    for layer in (ss2d, Mlp(8, 20)):
+        norm = ChannelLastLayerNorm(8)
+        x = torch.randn(2, 3, 5, 8)
+        cotangent = torch.randn(2, 3, 5, 8)
+        results = []
+        for residual in (True, False):
+            layer.zero_grad(set_to_none=True)
+            x_in = x.clone().requires_grad_(True)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+                out = layer(x_in, norm, residual=True) if residual else x_in + layer(x_in, norm)
+            if residual and fused:
+                assert len(_autograd_nodes(out)) == 1, type(layer).__name__
+            out.backward(cotangent.to(out.dtype))
+            results.append((out, x_in.grad, [p.grad for p in layer.parameters()]))
+        (out, dx, grads), (out_ref, dx_ref, grads_ref) = results
+        assert out.dtype == out_ref.dtype and dx.dtype == dx_ref.dtype
+        # The fused sum rounds once where the reference rounds the branch first, under autocast.
+        tol = 2e-2 if autocast else 1e-6
+        _assert_close_at_scale(out, out_ref, tol)
+        _assert_close_at_scale(dx, dx_ref, tol)
+        for grad, grad_ref in zip(grads, grads_ref):
+            assert (grad is None) == (grad_ref is None)
+            if grad is not None:
+                _assert_close_at_scale(grad, grad_ref, 5e-2 if autocast else 1e-6)
+    block = VSSBlock(8, drop_path=0.1, norm_layer=ChannelLastLayerNorm, ssm_ratio=1.0, mlp_ratio=2.0, d_state=1,
+                     dt_rank=3, use_z_gate=False, backend='triton')
+    calls = []
+    for module in (block.op, block.mlp):
+        monkeypatch.setattr(module, 'forward', lambda *args, _run=module.forward, **kwargs:
+                            calls.append(kwargs.get('residual', False)) or _run(*args, **kwargs))
+    x = torch.randn(1, 3, 4, 8)
+    block.train()(x)
+    block.eval()(x)
+    assert calls == [False, False, True, True]  # the drop-path scales the branch only in training

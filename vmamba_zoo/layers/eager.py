@@ -5,7 +5,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ['autocast_dtype', 'derived_until_changed', 'kept_casts', 'node_dtype', 'without_hooks']
+__all__ = ['add_residual', 'autocast_dtype', 'derived_until_changed', 'kept_casts', 'node_dtype', 'without_hooks']
 
 _AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
 
@@ -89,3 +89,14 @@ def kept_casts(module: torch.nn.Module, slot: str, params: Sequence[Optional[tor
 
 
 kept_casts.enabled = True
+
+
+def add_residual(residual: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``residual + out`` for a node that returns its block's residual sum, ``out`` being the node's fresh output.
+
+    The sum is written into ``out`` when both have one dtype (no allocation); otherwise, as for a float32 residual
+    stream under autocast, PyTorch's promoting sum is returned.
+    """
+    if out.dtype == residual.dtype and out.shape == residual.shape:
+        return out.add_(residual)
+    return residual + out

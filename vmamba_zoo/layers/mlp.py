@@ -8,7 +8,7 @@ from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
 from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
 
-from .eager import kept_casts, node_dtype, without_hooks
+from .eager import add_residual, kept_casts, node_dtype, without_hooks
 from .norm import ChannelLastLayerNorm
 
 __all__ = ['Linear2d', 'Mlp', 'GatedMlp', 'get_linear_layer', 'mm_float32', 'bias_grad_float32']
@@ -53,11 +53,11 @@ class _LinearGeluLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
-                approximate: str, dtype: torch.dtype):
+                approximate: str, dtype: torch.dtype, residual: bool = False):
         out, saved = _mlp_forward(x, norm_weight, norm_bias, norm_eps, weight1, bias1, weight2, bias2, approximate,
-                                  dtype, keep=True)
+                                  dtype, keep=True, residual=residual)
         ctx.save_for_backward(*saved)
-        ctx.approximate, ctx.input_dtype = approximate, x.dtype
+        ctx.approximate, ctx.input_dtype, ctx.residual = approximate, x.dtype, residual
         ctx.has_bias = bias1 is not None, bias2 is not None, norm_bias is not None
         return out
 
@@ -75,18 +75,20 @@ class _LinearGeluLinear(torch.autograd.Function):
         dx = dnorm_weight = dnorm_bias = None
         if len(saved) > 5:
             x, norm_weight, stats = saved[5:]
+            # With the residual, x's gradient through the identity is added as the norm's backward writes dx.
             dx, dnorm_weight, dnorm_bias = layer_norm_backward(x.view(-1, x.shape[-1]), norm_weight, stats,
-                                                               dhidden.mm(w1), -1, ctx.has_bias[2])
+                                                               dhidden.mm(w1), -1, ctx.has_bias[2],
+                                                               grad if ctx.residual else None)
             dx = dx.view(x.shape)
         elif needs[0]:
             dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype)
-        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None
+        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None, None
 
 
 def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
-                 approximate: str, dtype: torch.dtype, keep: bool = False):
-    """``_LinearGeluLinear``'s forward without autograd (``norm_eps`` None: no norm); returns the output and, with
-    ``keep``, the tensors its backward needs."""
+                 approximate: str, dtype: torch.dtype, keep: bool = False, residual: bool = False):
+    """``_LinearGeluLinear``'s forward without autograd (``norm_eps`` None: no norm); returns the output (plus x
+    with ``residual``) and, with ``keep``, the tensors its backward needs."""
     shape = x.shape
     stats = None
     if norm_eps is not None:
@@ -98,6 +100,8 @@ def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, 
     hidden = _affine(x2d, w1, bias1, dtype)
     act = F.gelu(hidden, approximate=approximate)
     out = _affine(act, w2, bias2, dtype).view(*shape[:-1], w2.shape[0])
+    if residual:
+        out = add_residual(x, out)
     if not keep:
         return out, None
     return out, (x2d, hidden, act, w1, w2) + ((x, norm_weight, stats) if norm_eps is not None else ())
@@ -207,25 +211,35 @@ class Mlp(nn.Module):
         """Whether the node can run ``norm``: a LayerNorm over the last dim of contiguous x, on the Triton kernel."""
         return type(norm) is ChannelLastLayerNorm and x.is_contiguous() and norm.runs_triton(x) and without_hooks(norm)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False) -> torch.Tensor:
         """``fc2(act(fc1(x)))`` (with dropout), of ``norm(x)`` when ``norm`` is given (a block's pre-norm, which eager
-        training can then fold into the MLP's autograd node)."""
+        training can then fold into the MLP's autograd node).
+
+        With ``residual`` the input is added to the output (a pre-norm block's residual branch, ``x +
+        mlp(norm(x))``); the node with a folded norm then adds the residual's gradient as the norm's backward writes
+        x's gradient, instead of autograd summing the two gradients of x in a separate kernel."""
+        identity = x
         if norm is not None and not self._folds(x, norm):
             x, norm = norm(x), None
         dtype = self._node(x, norm)
+        # The node adds the residual only when it runs the norm, so that its input is the residual.
+        node_residual = residual and norm is not None and dtype is not None
         if dtype is not None:
             norm_args = (None, None, None) if norm is None else (norm.weight, norm.bias, norm.eps)
             params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
             args = (x, *norm_args, *params, _gelu_approximation(self.act), dtype)
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (x, *norm_args[:2], *params)):
-                return _LinearGeluLinear.apply(*args)
-            # Inference: the same ops without a node, with the weights' casts kept between calls.
-            return _mlp_forward(x, *norm_args, *kept_casts(self, '_casts', params, dtype), *args[-2:])[0]
-        if norm is not None:
-            x = norm(x)
-        x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
+                out = _LinearGeluLinear.apply(*args, node_residual)
+            else:
+                # Inference: the same ops without a node, with the weights' casts kept between calls.
+                out = _mlp_forward(x, *norm_args, *kept_casts(self, '_casts', params, dtype), *args[-2:],
+                                   residual=node_residual)[0]
+        else:
+            if norm is not None:
+                x = norm(x)
+            out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return identity + out if residual and not node_residual else out
 
 
 class GatedMlp(nn.Module):
@@ -259,9 +273,11 @@ class GatedMlp(nn.Module):
         self.fc2 = linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        """``fc2(x * act(z))`` of ``norm(x)`` when ``norm`` is given (as ``Mlp``)."""
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False) -> torch.Tensor:
+        """``fc2(x * act(z))`` of ``norm(x)`` when ``norm`` is given, plus x with ``residual`` (as ``Mlp``)."""
+        identity = x
         if norm is not None:
             x = norm(x)
         x, z = self.fc1(x).chunk(2, dim=self.channel_dim)
-        return self.drop(self.fc2(x * self.act(z)))
+        out = self.drop(self.fc2(x * self.act(z)))
+        return identity + out if residual else out

@@ -42,7 +42,7 @@ from vmamba_zoo.kernels import (
     silu_dual_layout_backward, silu_dual_layout_forward,
 )
 
-from .eager import autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
+from .eager import add_residual, autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
 from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
@@ -317,11 +317,12 @@ class _BranchSpec(NamedTuple):
     scan: RasterMultiScan
     rank: int
     d_state: int
+    residual: bool = False  # the node returns x + branch, and its backward adds the output's gradient to x's
 
 
 def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = False):
     """``_SS2DBranch``'s forward without autograd: ``out_proj(out_norm(core(silu(conv(in_proj(norm(x)))))))`` (with the
-    z gate), on a contiguous (B, H, W, C) map, in ``spec.dtype``.
+    z gate), on a contiguous (B, H, W, C) map, in ``spec.dtype``; plus x with ``spec.residual``.
 
     Args:
         x: The block's input map.
@@ -361,6 +362,8 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
         gated = yn
     w_out = out_w.to(dtype)
     out = _affine(gated.reshape(-1, d_inner), w_out, out_b, dtype).view(batch, height, width, -1)
+    if spec.residual:
+        out = add_residual(x, out)
     if not keep:
         return out, None
     return out, (x, norm_w, norm_stats, xn, w_in, xin, w_conv, conv, y, on_w, out_norm_stats, yn, z, gate, gated,
@@ -423,7 +426,9 @@ class _SS2DBranch(torch.autograd.Function):
         d_in_w = mm_float32(d_h2d.t(), xn.view(-1, channels)) if needs[4] else None
         d_in_b = bias_grad_float32(d_h2d) if ctx.has_bias[1] and needs[5] else None
         d_xn = d_h2d.mm(w_in).view(batch, height, width, channels)
-        dx, d_norm_w, d_norm_b = layer_norm_backward(x, norm_w, norm_stats, d_xn, -1, ctx.has_bias[0])
+        # With the residual, x's gradient through the identity is added as the norm's backward writes dx.
+        dx, d_norm_w, d_norm_b = layer_norm_backward(x, norm_w, norm_stats, d_xn, -1, ctx.has_bias[0],
+                                                     grad if spec.residual else None)
         # The conv's gradients come in the activation dtype; autograd casts them to the parameters' dtype, as it
         # does on the composite path (there through the weight cast's node).
         return (dx, None, d_norm_w, d_norm_b, d_in_w, d_in_b, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_dt_bias,
@@ -667,8 +672,9 @@ class SS2D(nn.Module):
             return None
         return self._raster_scan(x)
 
-    def _branch_spec(self, x: torch.Tensor, norm: nn.Module) -> Optional[_BranchSpec]:
-        """What ``_SS2DBranch`` (or ``_branch_forward`` in inference) runs for ``self(norm(x))``, or None to call the
+    def _branch_spec(self, x: torch.Tensor, norm: nn.Module, residual: bool = False) -> Optional[_BranchSpec]:
+        """What ``_SS2DBranch`` (or ``_branch_forward`` in inference) runs for ``self(norm(x))`` (plus x with
+        ``residual``), or None to call the
         modules: it serves eager calls on a contiguous channel-last map, the default layers (Linear projections, a
         conv, SiLU, a LayerNorm out-norm, no out-act or dropout) and a LayerNorm pre-norm, all on the Triton kernels,
         and nothing hooked on them."""
@@ -687,7 +693,7 @@ class SS2D(nn.Module):
         if dtype is None or scan is None or scan.pattern.num_routes != self.k_group:
             return None
         return _BranchSpec(dtype, norm.eps, self.out_norm.eps, self.conv2d.padding[0], self.use_z_gate, self.z_act,
-                           scan, self.dt_rank, self.d_state)
+                           scan, self.dt_rank, self.d_state, residual)
 
     def _raster_scan(self, x: torch.Tensor) -> Optional[RasterMultiScan]:
         scan = RasterMultiScan.plan(x, self.d_state, self.pattern, self.backend)
@@ -732,16 +738,19 @@ class SS2D(nn.Module):
             y = y.permute(0, 2, 3, 1)
         return self.out_norm(y).to(x.dtype)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W) if ``channel_first``, else (B, H, W, C) -> (B, H, W, C).
 
         Args:
             x: The input map.
             norm: A norm applied to x first (a block's pre-norm): ``self(x, norm)`` is ``self(norm(x))``, which eager
                 training can then run as one autograd node (``fused_branch_node``).
+            residual: Return ``x + self(norm(x))``, a pre-norm block's residual branch. The fused node then adds the
+                residual's gradient as its norm's backward writes x's gradient, instead of autograd summing the two
+                gradients of x in a separate kernel.
         """
         if norm is not None:
-            spec = self._branch_spec(x, norm)
+            spec = self._branch_spec(x, norm, residual)
             if spec is not None:
                 params = (norm.weight, norm.bias, self.in_proj.weight, self.in_proj.bias, self.conv2d.weight,
                           self.conv2d.bias, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
@@ -754,6 +763,8 @@ class SS2D(nn.Module):
                 casts = kept_casts(self, '_branch_casts', params[2:6] + params[13:], spec.dtype)
                 params = params[:2] + casts[:4] + params[6:13] + casts[4:]
                 return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype, block_diagonal=True))[0]
+        identity = x
+        if norm is not None:
             x = norm(x)
         x = self.in_proj(x)
         z = None
@@ -767,7 +778,8 @@ class SS2D(nn.Module):
         y = self.out_act(self.forward_core(x))
         if z is not None:
             y = y * z
-        return self.dropout(self.out_proj(y))
+        out = self.dropout(self.out_proj(y))
+        return identity + out if residual else out
 
     def extra_repr(self) -> str:
         return (f'd_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '

@@ -89,15 +89,22 @@ class VSSBlock(nn.Module):
                                channel_first=channel_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The layers take their pre-norm so that eager training can run it inside their fused node, and the residual
+        # sum too where no drop-path scales the branch (the node then adds the residual's gradient in its norm's
+        # backward instead of autograd summing x's two gradients in a kernel of their own).
+        in_layer = not self.post_norm and (not self.training or type(self.drop_path) is nn.Identity)
         if self.ssm_branch:
             if self.post_norm:
                 x = x + self.drop_path(self.norm(self.op(x)))
+            elif in_layer:
+                x = self.op(x, self.norm, residual=True)
             else:
-                # The layers take their pre-norm so that eager training can run it inside their fused node.
                 x = x + self.drop_path(self.op(x, self.norm))
         if self.mlp_branch:
             if self.post_norm:
                 x = x + self.drop_path(self.norm2(self.mlp(x)))
+            elif in_layer:
+                x = self.mlp(x, self.norm2, residual=True)
             else:
                 x = x + self.drop_path(self.mlp(x, self.norm2))
         return x
