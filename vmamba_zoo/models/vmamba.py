@@ -60,6 +60,10 @@ class VSSBlock(nn.Module):
         **ssm_kwargs: Further ``SS2D`` arguments (d_state, dt_rank, act_layer, d_conv, ...).
     """
 
+    # The layers return ``x + branch`` themselves where no drop-path is active (``SS2D``/``Mlp`` ``residual=True``);
+    # False sums in the block, as op by op.
+    residual_in_layer = True
+
     def __init__(
             self,
             dim: int,
@@ -92,7 +96,8 @@ class VSSBlock(nn.Module):
         # The layers take their pre-norm so that eager training can run it inside their fused node, and the residual
         # sum too where no drop-path scales the branch (the node then adds the residual's gradient in its norm's
         # backward instead of autograd summing x's two gradients in a kernel of their own).
-        in_layer = not self.post_norm and (not self.training or type(self.drop_path) is nn.Identity)
+        in_layer = self.residual_in_layer and not self.post_norm and (
+            not self.training or type(self.drop_path) is nn.Identity)
         if self.ssm_branch:
             if self.post_norm:
                 x = x + self.drop_path(self.norm(self.op(x)))
