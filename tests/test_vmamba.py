@@ -1008,7 +1008,7 @@ def test_ss2d_direct_inference_scan_equals_multi_scan_2d(monkeypatch, channel_fi
 def test_branches_with_the_residual_equal_the_sum(monkeypatch, autocast, fused):
     """``SS2D(x, norm, residual=True)`` and ``Mlp(x, norm, residual=True)`` return ``x + layer(x, norm)`` with the same
     gradients, fused (one autograd node, no separate sum of x's gradients) or op by op, with and without bf16
-    autocast; a VSS block uses them where no drop-path is active."""
+    autocast."""
     from vmamba_zoo.layers import ChannelLastLayerNorm
     monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
     monkeypatch.setattr(SS2D, 'fused_branch_node', fused)
@@ -1039,13 +1039,58 @@ def test_branches_with_the_residual_equal_the_sum(monkeypatch, autocast, fused):
             assert (grad is None) == (grad_ref is None)
             if grad is not None:
                 _assert_close_at_scale(grad, grad_ref, 5e-2 if autocast else 1e-6)
-    block = VSSBlock(8, drop_path=0.1, norm_layer=ChannelLastLayerNorm, ssm_ratio=1.0, mlp_ratio=2.0, d_state=1,
-                     dt_rank=3, use_z_gate=False, backend='triton')
+
+
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_vss_block_folds_residual_and_drop_path_into_its_layers(monkeypatch, fused, autocast):
+    """A VSS block hands its residual sums and drop-path factors to its layers (``residual=True``,
+    ``branch_scale``): in training, with samples dropped and kept, the output and every gradient equal the block
+    summing ``x + drop_path(layer(x, norm))`` itself (``VSSBlock.residual_in_layer = False``) under the same seed; in
+    evaluation no factor is drawn."""
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    monkeypatch.setattr(ChannelLastLayerNorm, 'backend', 'triton')
+    monkeypatch.setattr(SS2D, 'fused_branch_node', fused)
+    monkeypatch.setattr(Mlp, 'fused_node', fused)
+    torch.manual_seed(0)
+    block = VSSBlock(8, drop_path=0.5, norm_layer=ChannelLastLayerNorm, ssm_ratio=1.0, mlp_ratio=2.0, d_state=1,
+                     dt_rank=3, use_z_gate=False, backend='triton').train()
+    x = torch.randn(6, 3, 4, 8)
+    cotangent = torch.randn(6, 3, 4, 8)
     calls = []
     for module in (block.op, block.mlp):
         monkeypatch.setattr(module, 'forward', lambda *args, _run=module.forward, **kwargs:
-                            calls.append(kwargs.get('residual', False)) or _run(*args, **kwargs))
-    x = torch.randn(1, 3, 4, 8)
-    block.train()(x)
-    block.eval()(x)
-    assert calls == [False, False, True, True]  # the drop-path scales the branch only in training
+                            calls.append(kwargs.get('branch_scale')) or _run(*args, **kwargs))
+    results = {}
+    for in_layer in (True, False):
+        monkeypatch.setattr(VSSBlock, 'residual_in_layer', in_layer)
+        block.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        torch.manual_seed(1)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = block(x_in)
+        out.backward(cotangent.to(out.dtype))
+        results[in_layer] = out, x_in.grad, [p.grad for p in block.parameters()]
+    scales = calls[:2]
+    assert all(s is not None and s.shape == (6, 1, 1, 1) for s in scales) and calls[2:] == [None, None]
+    assert any((s == 0).any() and (s == 2).any() for s in scales), 'some samples dropped, some kept'
+    (out, dx, grads), (out_ref, dx_ref, grads_ref) = results[True], results[False]
+    assert out.dtype == out_ref.dtype
+    tol = 2e-2 if autocast else 1e-6
+    _assert_close_at_scale(out, out_ref, tol)
+    _assert_close_at_scale(dx, dx_ref, tol)
+    for grad, grad_ref in zip(grads, grads_ref):
+        _assert_close_at_scale(grad, grad_ref, 5e-2 if autocast else 1e-6)
+    calls.clear()
+    monkeypatch.setattr(VSSBlock, 'residual_in_layer', True)
+    with torch.no_grad():
+        block.eval()(x)
+    assert calls == [None, None]
+
+
+def test_branch_scale_needs_the_residual():
+    """A drop-path factor without ``residual=True`` names the argument."""
+    scale = torch.ones(1, 1, 1, 1)
+    for layer in (SS2D(8, d_state=1, ssm_ratio=1.0, use_z_gate=False), Mlp(8, 16)):
+        with pytest.raises(ValueError, match='branch_scale'):
+            layer(torch.randn(1, 2, 2, 8), branch_scale=scale)

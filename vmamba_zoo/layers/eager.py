@@ -5,7 +5,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.nn.modules import module as _module
 
-__all__ = ['add_residual', 'autocast_dtype', 'derived_until_changed', 'kept_casts', 'node_dtype', 'without_hooks']
+__all__ = ['add_residual', 'autocast_dtype', 'derived_until_changed', 'drop_path_scale', 'kept_casts', 'node_dtype',
+           'without_hooks']
 
 _AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
 
@@ -91,12 +92,36 @@ def kept_casts(module: torch.nn.Module, slot: str, params: Sequence[Optional[tor
 kept_casts.enabled = True
 
 
-def add_residual(residual: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``residual + out`` for a node that returns its block's residual sum, ``out`` being the node's fresh output.
+def add_residual(residual: torch.Tensor, out: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``residual + out * scale`` (``residual + out`` without ``scale``) for a layer that returns its block's residual
+    sum, ``out`` being the layer's fresh output.
 
-    The sum is written into ``out`` when both have one dtype (no allocation); otherwise, as for a float32 residual
-    stream under autocast, PyTorch's promoting sum is returned.
+    Args:
+        residual: The block's input.
+        out: The branch's output, which may be overwritten.
+        scale: A per-sample factor (B, 1, ..., 1) of the branch, a drop-path's: used in ``out``'s dtype, as timm's
+            ``DropPath`` draws its factor in its input's.
+
+    Without ``scale`` the sum is written into ``out`` when both have one dtype (no allocation); with it, one
+    ``addcmul`` adds the scaled branch (one kernel instead of a product and a sum). Otherwise, as for a float32
+    residual stream under autocast, PyTorch's promoting sum is returned.
     """
-    if out.dtype == residual.dtype and out.shape == residual.shape:
+    same = out.dtype == residual.dtype and out.shape == residual.shape
+    if scale is not None:
+        scale = scale.to(out.dtype)
+        return torch.addcmul(residual, out, scale) if same else residual + out * scale
+    if same:
         return out.add_(residual)
     return residual + out
+
+
+def drop_path_scale(x: torch.Tensor, drop_path: torch.nn.Module, training: bool) -> Optional[torch.Tensor]:
+    """The per-sample factor (B, 1, ..., 1) that timm's ``DropPath`` module would multiply a branch of x's shape by in
+    this call: 0 for a dropped sample, else 1 / keep probability (1 without ``scale_by_keep``), drawn as timm draws it
+    in the branch's dtype (autocast's, else x's); None where it does nothing (evaluation, ``nn.Identity``, a zero
+    rate). For layers that fold the drop-path into their residual sum (``add_residual``)."""
+    if not training or type(drop_path) is torch.nn.Identity or drop_path.drop_prob == 0.:
+        return None
+    keep = 1. - drop_path.drop_prob
+    scale = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=autocast_dtype(x) or x.dtype).bernoulli_(keep)
+    return scale.div_(keep) if keep > 0. and drop_path.scale_by_keep else scale

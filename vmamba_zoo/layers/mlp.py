@@ -53,10 +53,10 @@ class _LinearGeluLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
-                approximate: str, dtype: torch.dtype, residual: bool = False):
+                approximate: str, dtype: torch.dtype, residual: bool = False, scale=None):
         out, saved = _mlp_forward(x, norm_weight, norm_bias, norm_eps, weight1, bias1, weight2, bias2, approximate,
-                                  dtype, keep=True, residual=residual)
-        ctx.save_for_backward(*saved)
+                                  dtype, keep=True, residual=residual, scale=scale)
+        ctx.save_for_backward(*saved, scale)
         ctx.approximate, ctx.input_dtype, ctx.residual = approximate, x.dtype, residual
         ctx.has_bias = bias1 is not None, bias2 is not None, norm_bias is not None
         return out
@@ -65,8 +65,10 @@ class _LinearGeluLinear(torch.autograd.Function):
     def backward(ctx, grad):
         saved = ctx.saved_tensors  # once: activation checkpointing unpacks each saved tensor only once
         x2d, hidden, act, w1, w2 = saved[:5]
+        scale, saved = saved[-1], saved[:-1]
         needs = ctx.needs_input_grad
-        grad2d = grad.reshape(-1, grad.shape[-1]).to(act.dtype)
+        branch_grad = grad if scale is None else grad * scale.to(grad.dtype)
+        grad2d = branch_grad.reshape(-1, grad.shape[-1]).to(act.dtype)
         dweight2 = mm_float32(grad2d.t(), act) if needs[6] else None
         dbias2 = bias_grad_float32(grad2d) if ctx.has_bias[1] and needs[7] else None
         dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)
@@ -82,13 +84,13 @@ class _LinearGeluLinear(torch.autograd.Function):
             dx = dx.view(x.shape)
         elif needs[0]:
             dx = dhidden.mm(w1).view(*grad.shape[:-1], w1.shape[1]).to(ctx.input_dtype)
-        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None, None
+        return dx, dnorm_weight, dnorm_bias, None, dweight1, dbias1, dweight2, dbias2, None, None, None, None
 
 
 def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, bias1, weight2, bias2,
-                 approximate: str, dtype: torch.dtype, keep: bool = False, residual: bool = False):
+                 approximate: str, dtype: torch.dtype, keep: bool = False, residual: bool = False, scale=None):
     """``_LinearGeluLinear``'s forward without autograd (``norm_eps`` None: no norm); returns the output (plus x
-    with ``residual``) and, with ``keep``, the tensors its backward needs."""
+    with ``residual``, the output times ``scale`` when given) and, with ``keep``, the tensors its backward needs."""
     shape = x.shape
     stats = None
     if norm_eps is not None:
@@ -101,7 +103,7 @@ def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, 
     act = F.gelu(hidden, approximate=approximate)
     out = _affine(act, w2, bias2, dtype).view(*shape[:-1], w2.shape[0])
     if residual:
-        out = add_residual(x, out)
+        out = add_residual(x, out, scale)
     if not keep:
         return out, None
     return out, (x2d, hidden, act, w1, w2) + ((x, norm_weight, stats) if norm_eps is not None else ())
@@ -211,13 +213,17 @@ class Mlp(nn.Module):
         """Whether the node can run ``norm``: a LayerNorm over the last dim of contiguous x, on the Triton kernel."""
         return type(norm) is ChannelLastLayerNorm and x.is_contiguous() and norm.runs_triton(x) and without_hooks(norm)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False,
+                branch_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``fc2(act(fc1(x)))`` (with dropout), of ``norm(x)`` when ``norm`` is given (a block's pre-norm, which eager
         training can then fold into the MLP's autograd node).
 
         With ``residual`` the input is added to the output (a pre-norm block's residual branch, ``x +
-        mlp(norm(x))``); the node with a folded norm then adds the residual's gradient as the norm's backward writes
-        x's gradient, instead of autograd summing the two gradients of x in a separate kernel."""
+        mlp(norm(x))``, with the output times ``branch_scale``, a drop-path's per-sample factor, when given); the node
+        with a folded norm then adds the residual's gradient as the norm's backward writes x's gradient, instead of
+        autograd summing the two gradients of x in a separate kernel."""
+        if branch_scale is not None and not residual:
+            raise ValueError('Mlp: branch_scale scales the residual branch; it needs residual=True')
         identity = x
         if norm is not None and not self._folds(x, norm):
             x, norm = norm(x), None
@@ -230,16 +236,18 @@ class Mlp(nn.Module):
             args = (x, *norm_args, *params, _gelu_approximation(self.act), dtype)
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (x, *norm_args[:2], *params)):
-                out = _LinearGeluLinear.apply(*args, node_residual)
+                out = _LinearGeluLinear.apply(*args, node_residual, branch_scale if node_residual else None)
             else:
                 # Inference: the same ops without a node, with the weights' casts kept between calls.
                 out = _mlp_forward(x, *norm_args, *kept_casts(self, '_casts', params, dtype), *args[-2:],
-                                   residual=node_residual)[0]
+                                   residual=node_residual, scale=branch_scale if node_residual else None)[0]
         else:
             if norm is not None:
                 x = norm(x)
             out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-        return identity + out if residual and not node_residual else out
+        if not residual or node_residual:
+            return out
+        return identity + out if branch_scale is None else add_residual(identity, out, branch_scale)
 
 
 class GatedMlp(nn.Module):
@@ -273,11 +281,15 @@ class GatedMlp(nn.Module):
         self.fc2 = linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop) if drop > 0. else nn.Identity()  # one module call less per use
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False) -> torch.Tensor:
-        """``fc2(x * act(z))`` of ``norm(x)`` when ``norm`` is given, plus x with ``residual`` (as ``Mlp``)."""
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False,
+                branch_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``fc2(x * act(z))`` of ``norm(x)`` when ``norm`` is given, plus x with ``residual`` (the output times
+        ``branch_scale`` when given; as ``Mlp``)."""
         identity = x
         if norm is not None:
             x = norm(x)
         x, z = self.fc1(x).chunk(2, dim=self.channel_dim)
         out = self.drop(self.fc2(x * self.act(z)))
-        return identity + out if residual else out
+        if not residual:
+            return out
+        return identity + out if branch_scale is None else add_residual(identity, out, branch_scale)

@@ -320,9 +320,10 @@ class _BranchSpec(NamedTuple):
     residual: bool = False  # the node returns x + branch, and its backward adds the output's gradient to x's
 
 
-def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = False):
+def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = False, scale=None):
     """``_SS2DBranch``'s forward without autograd: ``out_proj(out_norm(core(silu(conv(in_proj(norm(x)))))))`` (with the
-    z gate), on a contiguous (B, H, W, C) map, in ``spec.dtype``; plus x with ``spec.residual``.
+    z gate), on a contiguous (B, H, W, C) map, in ``spec.dtype``; plus x with ``spec.residual`` (the branch times
+    ``scale``, a drop-path's per-sample factor, when given).
 
     Args:
         x: The block's input map.
@@ -363,7 +364,7 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
     w_out = out_w.to(dtype)
     out = _affine(gated.reshape(-1, d_inner), w_out, out_b, dtype).view(batch, height, width, -1)
     if spec.residual:
-        out = add_residual(x, out)
+        out = add_residual(x, out, scale)
     if not keep:
         return out, None
     return out, (x, norm_w, norm_stats, xn, w_in, xin, w_conv, conv, y, on_w, out_norm_stats, yn, z, gate, gated,
@@ -385,9 +386,11 @@ class _SS2DBranch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, spec: _BranchSpec, *params):
-        out, saved = _branch_forward(x, spec, params, keep=True)
-        ctx.save_for_backward(*saved)
+    def forward(ctx, x, spec: _BranchSpec, *params_and_scale):
+        # The last input is the residual branch's drop-path factor (B, 1, 1, 1), or None.
+        params, scale = params_and_scale[:-1], params_and_scale[-1]
+        out, saved = _branch_forward(x, spec, params, keep=True, scale=scale)
+        ctx.save_for_backward(*saved, scale)
         ctx.spec = spec
         ctx.has_bias = tuple(params[i] is not None for i in (1, 3, 5, 12, 14))  # norm, in_proj, conv, out_norm, out
         return out
@@ -397,11 +400,12 @@ class _SS2DBranch(torch.autograd.Function):
         saved = ctx.saved_tensors  # once: activation checkpointing unpacks each saved tensor only once
         x, norm_w, norm_stats, xn, w_in, xin, w_conv, conv, y, on_w, out_norm_stats, yn, z, gate, gated, w_out = \
             saved[:16]
-        core = saved[16:]
+        core, scale = saved[16:-1], saved[-1]
         spec, needs = ctx.spec, ctx.needs_input_grad
         batch, height, width, channels = x.shape
         d_inner = conv.shape[1]
-        grad2d = grad.reshape(-1, grad.shape[-1]).to(spec.dtype)
+        branch_grad = grad if scale is None else grad * scale.to(grad.dtype)
+        grad2d = branch_grad.reshape(-1, grad.shape[-1]).to(spec.dtype)
         d_out_w = mm_float32(grad2d.t(), gated.reshape(-1, d_inner)) if needs[15] else None
         d_out_b = bias_grad_float32(grad2d) if ctx.has_bias[4] and needs[16] else None
         d_gated = grad2d.mm(w_out).view(yn.shape)
@@ -432,7 +436,7 @@ class _SS2DBranch(torch.autograd.Function):
         # The conv's gradients come in the activation dtype; autograd casts them to the parameters' dtype, as it
         # does on the composite path (there through the weight cast's node).
         return (dx, None, d_norm_w, d_norm_b, d_in_w, d_in_b, d_conv_w, d_conv_b, d_x_proj, d_dt_proj, d_dt_bias,
-                d_A_logs, d_Ds, d_on_w, d_on_b, d_out_w, d_out_b)
+                d_A_logs, d_Ds, d_on_w, d_on_b, d_out_w, d_out_b, None)
 
 
 class SpatialSoftmax(nn.Module):
@@ -738,7 +742,8 @@ class SS2D(nn.Module):
             y = y.permute(0, 2, 3, 1)
         return self.out_norm(y).to(x.dtype)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None, residual: bool = False,
+                branch_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W) if ``channel_first``, else (B, H, W, C) -> (B, H, W, C).
 
         Args:
@@ -748,7 +753,11 @@ class SS2D(nn.Module):
             residual: Return ``x + self(norm(x))``, a pre-norm block's residual branch. The fused node then adds the
                 residual's gradient as its norm's backward writes x's gradient, instead of autograd summing the two
                 gradients of x in a separate kernel.
+            branch_scale: With ``residual``, a per-sample factor (B, 1, 1, 1) of the branch, a drop-path's
+                (``drop_path_scale``): ``x + self(norm(x)) * branch_scale``.
         """
+        if branch_scale is not None and not residual:
+            raise ValueError('SS2D: branch_scale scales the residual branch; it needs residual=True')
         if norm is not None:
             spec = self._branch_spec(x, norm, residual)
             if spec is not None:
@@ -757,12 +766,13 @@ class SS2D(nn.Module):
                           self.Ds, self.out_norm.weight, self.out_norm.bias, self.out_proj.weight, self.out_proj.bias)
                 if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
                                                                        for p in params)):
-                    return _SS2DBranch.apply(x, spec, *params)
+                    return _SS2DBranch.apply(x, spec, *params, branch_scale)
                 # Inference: the same ops without a node, with the derived SSM weights and the Linear and conv
                 # weights' casts kept between calls.
                 casts = kept_casts(self, '_branch_casts', params[2:6] + params[13:], spec.dtype)
                 params = params[:2] + casts[:4] + params[6:13] + casts[4:]
-                return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype, block_diagonal=True))[0]
+                return _branch_forward(x, spec, params, self._ssm_weights(spec.dtype, block_diagonal=True),
+                                       scale=branch_scale)[0]
         identity = x
         if norm is not None:
             x = norm(x)
@@ -779,7 +789,9 @@ class SS2D(nn.Module):
         if z is not None:
             y = y * z
         out = self.dropout(self.out_proj(y))
-        return identity + out if residual else out
+        if not residual:
+            return out
+        return identity + out if branch_scale is None else add_residual(identity, out, branch_scale)
 
     def extra_repr(self) -> str:
         return (f'd_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '

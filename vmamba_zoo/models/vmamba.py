@@ -35,6 +35,7 @@ from timm.models._manipulate import checkpoint_seq
 from vmamba_zoo.layers import (
     SS2D, GatedMlp, Mlp, OverlapPatchEmbed, create_downsample, create_patch_embed, get_norm_layer,
 )
+from vmamba_zoo.layers.eager import drop_path_scale
 from ._hierarchical import StagedModelMixin, stage_widths
 
 __all__ = ['VMamba', 'VSSBlock', 'VMambaStage', 'checkpoint_filter_fn']
@@ -60,7 +61,7 @@ class VSSBlock(nn.Module):
         **ssm_kwargs: Further ``SS2D`` arguments (d_state, dt_rank, act_layer, d_conv, ...).
     """
 
-    # The layers return ``x + branch`` themselves where no drop-path is active (``SS2D``/``Mlp`` ``residual=True``);
+    # The layers return ``x + branch`` (times the drop-path's factor) themselves (``SS2D``/``Mlp`` ``residual=True``);
     # False sums in the block, as op by op.
     residual_in_layer = True
 
@@ -94,22 +95,23 @@ class VSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The layers take their pre-norm so that eager training can run it inside their fused node, and the residual
-        # sum too where no drop-path scales the branch (the node then adds the residual's gradient in its norm's
-        # backward instead of autograd summing x's two gradients in a kernel of their own).
-        in_layer = self.residual_in_layer and not self.post_norm and (
-            not self.training or type(self.drop_path) is nn.Identity)
+        # sum with timm's drop-path factor too (the node then adds the residual's gradient in its norm's backward
+        # instead of autograd summing x's two gradients, and the drop-path costs no product and node of its own).
+        in_layer = self.residual_in_layer and not self.post_norm and type(self.drop_path) in (nn.Identity, DropPath)
         if self.ssm_branch:
             if self.post_norm:
                 x = x + self.drop_path(self.norm(self.op(x)))
             elif in_layer:
-                x = self.op(x, self.norm, residual=True)
+                x = self.op(x, self.norm, residual=True,
+                            branch_scale=drop_path_scale(x, self.drop_path, self.training))
             else:
                 x = x + self.drop_path(self.op(x, self.norm))
         if self.mlp_branch:
             if self.post_norm:
                 x = x + self.drop_path(self.norm2(self.mlp(x)))
             elif in_layer:
-                x = self.mlp(x, self.norm2, residual=True)
+                x = self.mlp(x, self.norm2, residual=True,
+                             branch_scale=drop_path_scale(x, self.drop_path, self.training))
             else:
                 x = x + self.drop_path(self.mlp(x, self.norm2))
         return x
