@@ -16,7 +16,7 @@ the operators that synchronise the host with the GPU.
 Model names take a variant after a colon, as ``bench_layout.set_variant`` reads it (none: every fused node on,
 ':scan_node' only SS2D's core and the MLP as nodes, ':composite' op by op, ':tensor_args', ':fresh_casts').
 
-Usage: python benchmarks/ab_nodes.py [--rounds 3] [--no-gc] [--out OUT.json] [MODEL ...]
+Usage: python benchmarks/ab_nodes.py [--rounds 3] [--no-gc] [--drop-path 0.2] [--out OUT.json] [MODEL ...]
 """
 import argparse
 import gc
@@ -114,6 +114,8 @@ def main():
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--batch', type=int, default=bl.BATCH)
     parser.add_argument('--no-gc', action='store_true', help="disable Python's garbage collector for the run")
+    parser.add_argument('--drop-path', type=float, default=0.0,
+                        help='drop-path rate of every model (timm DropPath; VMamba-T trains at 0.2)')
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     if args.no_gc:
@@ -123,14 +125,15 @@ def main():
     import vmamba_zoo  # noqa: F401  (registers the models)
     torch.backends.cudnn.benchmark = True
     result = {'gpu': torch.cuda.get_device_name(), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
-              'gc_enabled': gc.isenabled(), 'batch': args.batch, 'rounds': [], 'summary': {}, 'syncs': {}}
+              'gc_enabled': gc.isenabled(), 'batch': args.batch, 'drop_path': args.drop_path, 'rounds': [],
+              'summary': {}, 'syncs': {}}
     images = torch.randn(args.batch, 3, 224, 224, device='cuda')
     target = torch.randint(0, 1000, (args.batch,), device='cuda')
     models = {}
     for spec in args.models:
         name = spec.partition(':')[0]
         if name not in models:
-            models[name] = timm.create_model(name, drop_path_rate=0.0).cuda()
+            models[name] = timm.create_model(name, drop_path_rate=args.drop_path).cuda()
     steps = {name: bl.steps(model, images, target) for name, model in models.items()}
     for round_index in range(args.rounds):
         for spec in args.models:
