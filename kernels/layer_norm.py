@@ -226,7 +226,7 @@ def _layer_norm_bwd(x, weight, stats, dy, rows, dx_add=None):
     dx = torch.empty_like(x)  # in x's layout
     dy = dy.contiguous() if rows else _dense(dy)
     if dx_add is not None:
-        dx_add = dx_add.view(dx.shape) if dx_add.is_contiguous() and dx.is_contiguous() else dx_add.reshape(dx.shape)
+        dx_add = dx_add.reshape(dx.shape)  # a view where the layout allows
         if dx_add.stride() != dx.stride():  # the kernel reads it at dx's offsets
             dx_add = torch.empty_like(dx).copy_(dx_add)
     parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)

@@ -92,25 +92,28 @@ def kept_casts(module: torch.nn.Module, slot: str, params: Sequence[Optional[tor
 kept_casts.enabled = True
 
 
-def add_residual(residual: torch.Tensor, out: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def add_residual(residual: torch.Tensor, out: torch.Tensor, scale: Optional[torch.Tensor] = None,
+                 overwrite: bool = False) -> torch.Tensor:
     """``residual + out * scale`` (``residual + out`` without ``scale``) for a layer that returns its block's residual
-    sum, ``out`` being the layer's fresh output.
+    sum.
 
     Args:
         residual: The block's input.
-        out: The branch's output, which may be overwritten.
+        out: The branch's output.
         scale: A per-sample factor (B, 1, ..., 1) of the branch, a drop-path's: used in ``out``'s dtype, as timm's
             ``DropPath`` draws its factor in its input's.
+        overwrite: ``out`` is a fused node's own fresh tensor, which nothing else sees: without ``scale`` the sum is
+            written into it when both have one dtype (no allocation). Module outputs, which a hook may have kept,
+            are left alone.
 
-    Without ``scale`` the sum is written into ``out`` when both have one dtype (no allocation); with it, one
-    ``addcmul`` adds the scaled branch (one kernel instead of a product and a sum). Otherwise, as for a float32
-    residual stream under autocast, PyTorch's promoting sum is returned.
+    With ``scale``, one ``addcmul`` adds the scaled branch (one kernel instead of a product and a sum). Otherwise, as
+    for a float32 residual stream under autocast, PyTorch's promoting sum is returned.
     """
     same = out.dtype == residual.dtype and out.shape == residual.shape
     if scale is not None:
         scale = scale.to(out.dtype)
         return torch.addcmul(residual, out, scale) if same else residual + out * scale
-    if same:
+    if same and overwrite:
         return out.add_(residual)
     return residual + out
 

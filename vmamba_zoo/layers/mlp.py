@@ -103,7 +103,7 @@ def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, 
     act = F.gelu(hidden, approximate=approximate)
     out = _affine(act, w2, bias2, dtype).view(*shape[:-1], w2.shape[0])
     if residual:
-        out = add_residual(x, out, scale)
+        out = add_residual(x, out, scale, overwrite=True)
     if not keep:
         return out, None
     return out, (x2d, hidden, act, w1, w2) + ((x, norm_weight, stats) if norm_eps is not None else ())
@@ -230,24 +230,25 @@ class Mlp(nn.Module):
         dtype = self._node(x, norm)
         # The node adds the residual only when it runs the norm, so that its input is the residual.
         node_residual = residual and norm is not None and dtype is not None
+        node_scale = branch_scale if node_residual else None
         if dtype is not None:
             norm_args = (None, None, None) if norm is None else (norm.weight, norm.bias, norm.eps)
             params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
             args = (x, *norm_args, *params, _gelu_approximation(self.act), dtype)
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (x, *norm_args[:2], *params)):
-                out = _LinearGeluLinear.apply(*args, node_residual, branch_scale if node_residual else None)
+                out = _LinearGeluLinear.apply(*args, node_residual, node_scale)
             else:
                 # Inference: the same ops without a node, with the weights' casts kept between calls.
                 out = _mlp_forward(x, *norm_args, *kept_casts(self, '_casts', params, dtype), *args[-2:],
-                                   residual=node_residual, scale=branch_scale if node_residual else None)[0]
+                                   residual=node_residual, scale=node_scale)[0]
         else:
             if norm is not None:
                 x = norm(x)
             out = self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
         if not residual or node_residual:
             return out
-        return identity + out if branch_scale is None else add_residual(identity, out, branch_scale)
+        return add_residual(identity, out, branch_scale)
 
 
 class GatedMlp(nn.Module):
@@ -290,6 +291,4 @@ class GatedMlp(nn.Module):
             x = norm(x)
         x, z = self.fc1(x).chunk(2, dim=self.channel_dim)
         out = self.drop(self.fc2(x * self.act(z)))
-        if not residual:
-            return out
-        return identity + out if branch_scale is None else add_residual(identity, out, branch_scale)
+        return add_residual(identity, out, branch_scale) if residual else out

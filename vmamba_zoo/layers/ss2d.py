@@ -364,7 +364,7 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
     w_out = out_w.to(dtype)
     out = _affine(gated.reshape(-1, d_inner), w_out, out_b, dtype).view(batch, height, width, -1)
     if spec.residual:
-        out = add_residual(x, out, scale)
+        out = add_residual(x, out, scale, overwrite=True)
     if not keep:
         return out, None
     return out, (x, norm_w, norm_stats, xn, w_in, xin, w_conv, conv, y, on_w, out_norm_stats, yn, z, gate, gated,
@@ -789,9 +789,7 @@ class SS2D(nn.Module):
         if z is not None:
             y = y * z
         out = self.dropout(self.out_proj(y))
-        if not residual:
-            return out
-        return identity + out if branch_scale is None else add_residual(identity, out, branch_scale)
+        return add_residual(identity, out, branch_scale) if residual else out
 
     def extra_repr(self) -> str:
         return (f'd_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, dt_rank={self.dt_rank}, '
