@@ -15,12 +15,18 @@ machine's host speed varies from run to run. This measures the host side on any 
   gradient is a GEMM and a cast on CPU, one GEMM on CUDA; a bias gradient a cast and a sum, one GEMV on CUDA;
   ``addmm`` first copies its bias);
 * with ``--ab``, the same with ``SS2D.fused_scan_node`` (which the whole-branch node needs too) and
-  ``Mlp.fused_node`` on and off, alternating.
+  ``Mlp.fused_node`` on and off, alternating;
+* with ``--ab-residual``, the autograd nodes, kernels and ms per step with the VSS blocks' residual sums and
+  drop-path factors in their layers (``VSSBlock.residual_in_layer``) and in the blocks, alternating.
 
-Usage: python benchmarks/host_cpu_proxy.py [--ab] [MODEL ...]   (default: vmamba_tiny_s1l8 convnext_tiny)
+``--drop-path`` builds every model at that drop-path rate (default 0; VMamba-T trains at 0.2).
+
+Usage: python benchmarks/host_cpu_proxy.py [--ab | --ab-residual] [--drop-path 0.2] [MODEL ...]
+       (default: vmamba_tiny_s1l8 convnext_tiny)
 """
 import argparse
 import collections
+import statistics
 import time
 
 import torch
@@ -71,10 +77,10 @@ def no_op_triton():
     return SS2D
 
 
-def build(name: str):
+def build(name: str, drop_path: float = 0.):
     import timm
     from vmamba_zoo.layers import SS2D
-    model = timm.create_model(name, drop_path_rate=0., dims=(16, 32, 64, 128), num_classes=10)
+    model = timm.create_model(name, drop_path_rate=drop_path, dims=(16, 32, 64, 128), num_classes=10)
     for module in model.modules():
         if isinstance(module, SS2D):
             module.backend = 'triton'
@@ -154,31 +160,47 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('models', nargs='*', default=['vmamba_tiny_s1l8', 'convnext_tiny'])
     parser.add_argument('--ab', action='store_true', help='also time the node switches off, alternating')
+    parser.add_argument('--ab-residual', action='store_true',
+                        help="also time the VSS blocks summing their residuals themselves, alternating")
+    parser.add_argument('--drop-path', type=float, default=0.)
     args = parser.parse_args()
     torch.set_num_threads(1)
     import vmamba_zoo  # noqa: F401  (registers the models)
     from vmamba_zoo.layers import Mlp
+    from vmamba_zoo.models.vmamba import VSSBlock
     SS2D = no_op_triton()
+
+    def set_nodes(on):
+        SS2D.fused_scan_node = Mlp.fused_node = on
+
+    def set_residual_in_layer(on):
+        VSSBlock.residual_in_layer = on
+
+    switch = set_nodes if args.ab else set_residual_in_layer if args.ab_residual else None
     for name in args.models:
-        forward, train = build(name)
-        nodes = autograd_nodes(forward())
-        for _ in range(3):
-            train()
-        print(f"{name}: {sum(nodes.values())} autograd nodes per step "
-              f"({', '.join(f'{k} {v}' for k, v in nodes.most_common(8))})")
-        kernels = kernels_per_step(train)
-        print(f"    at least {sum(kernels.values())} kernels per step on CUDA "
-              f"({', '.join(f'{k} {v}' for k, v in kernels.most_common(10))})")
-        if not args.ab:
+        forward, train = build(name, args.drop_path)
+        for on in (True, False) if switch else (True,):
+            if switch:
+                switch(on)
+            nodes = autograd_nodes(forward())
+            for _ in range(3):
+                train()
+            print(f"{name}{'' if switch is None else f' (switch {on})'}: {sum(nodes.values())} autograd nodes per "
+                  f"step ({', '.join(f'{k} {v}' for k, v in nodes.most_common(8))})")
+            kernels = kernels_per_step(train)
+            print(f"    at least {sum(kernels.values())} kernels per step on CUDA "
+                  f"({', '.join(f'{k} {v}' for k, v in kernels.most_common(10))})")
+        if switch is None:
             print(f'    {step_ms(train):.2f} ms per training step')
             continue
-        best = {True: [], False: []}
-        for _ in range(4):
+        times = {True: [], False: []}
+        for _ in range(6):
             for on in (True, False):
-                SS2D.fused_scan_node = Mlp.fused_node = on
-                best[on].append(step_ms(train, repeats=2))
-        SS2D.fused_scan_node = Mlp.fused_node = True
-        print(f'    nodes on {min(best[True]):.2f} ms, off {min(best[False]):.2f} ms per training step')
+                switch(on)
+                times[on].append(step_ms(train, repeats=2))
+        switch(True)
+        print(f"    switch on {min(times[True]):.2f} ms (median {statistics.median(times[True]):.2f}), off "
+              f"{min(times[False]):.2f} ms (median {statistics.median(times[False]):.2f}) per training step")
 
 
 if __name__ == '__main__':
