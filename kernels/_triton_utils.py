@@ -83,21 +83,12 @@ def _current_stream(device_index: int) -> int:
     return _raw_stream(device_index) if device_index >= 0 else 0
 
 
-def _addresses_and_key(args) -> tuple:
-    """The launch arguments with tensors as their device addresses, and a specialization key stricter than Triton's:
-    exact integers, and dtype plus 16-byte alignment of every tensor. Each tensor's address is read once, and
-    comprehensions without a call per argument: this runs on every launch, about 20 arguments each (2026-11-30
-    CPU profiles: the key and the addresses were a third of a cached launch's host time)."""
-    addresses = [arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args]
-    return addresses, tuple([(arg.dtype, address % 16 == 0) if isinstance(arg, torch.Tensor)
-                             else float if type(arg) is float else (type(arg), arg)
-                             for arg, address in zip(args, addresses)])
-
-
-def _first_device(args) -> int:
-    """The device index of the first tensor among ``args`` (-1 for CPU tensors, or none): a compiled kernel's
-    handle belongs to the device it was loaded on."""
-    return next((arg.get_device() for arg in args if isinstance(arg, torch.Tensor)), -1)
+def _specialization_key(args) -> tuple:
+    """Stricter than Triton's own specialization: exact integers, and dtype plus 16-byte alignment of tensors; and the
+    tensors' device, since a compiled kernel's handle belongs to the device it was loaded on. One comprehension
+    without a call per argument: it runs on every launch, about 20 arguments each."""
+    return tuple([(arg.dtype, arg.data_ptr() % 16 == 0, arg.get_device()) if isinstance(arg, torch.Tensor)
+                  else float if type(arg) is float else (type(arg), arg) for arg in args])
 
 
 class CachedLaunch:
@@ -107,12 +98,11 @@ class CachedLaunch:
     globals on every launch; the compiled kernel's ``kernel[grid](...)`` then looks up the device and stream through
     Triton's driver object. The first call of each key goes through ``kernel[grid](...)``, which compiles and returns
     the compiled kernel; later calls with the same key hand the arguments straight to its launcher, on the current
-    stream of the tensors' device. The key is stricter than Triton's (exact integer values, dtype and 16-byte
-    alignment of every tensor, the first tensor's device, every keyword), so a cached kernel never receives arguments
-    it was not specialised for, nor runs on another GPU (the callers' tensors share one device). The JIT path runs
-    instead under the interpreter, while a launch hook is installed (profilers), with ``CachedLaunch.enabled = False``
-    (environment ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on if a compiled kernel's launcher rejects the call
-    (a Triton release whose launcher takes other arguments).
+    stream of the tensors' device. The key is stricter than Triton's (exact integer values, dtype, 16-byte alignment
+    and device of every tensor, every keyword), so a cached kernel never receives arguments it was not specialised
+    for, nor runs on another GPU. The JIT path runs instead under the interpreter, while a launch hook is installed
+    (profilers), with ``CachedLaunch.enabled = False`` (environment ``VMAMBA_ZOO_CACHED_LAUNCH=0``), and from then on
+    if a compiled kernel's launcher rejects the call (a Triton release whose launcher takes other arguments).
 
     An autotuned kernel is launched with the configuration its autotuner picked on the first call of the key. Call
     as ``launch(grid, *args, **constexprs_and_options)``, with the constexprs as keywords; ``grid`` may be a tuple or
@@ -131,9 +121,7 @@ class CachedLaunch:
     def __call__(self, grid, *args, **kwargs):
         if not CachedLaunch.enabled or _launch_hooks_installed():
             return self.kernel[grid](*args, **kwargs)
-        addresses, key = _addresses_and_key(args)
-        device = _first_device(args)
-        key = (device,) + key + tuple(kwargs.items())
+        key = _specialization_key(args) + tuple(kwargs.items())
         entry = self._compiled.get(key)
         if entry is None:
             compiled = self.kernel[grid](*args, **kwargs)
@@ -145,9 +133,10 @@ class CachedLaunch:
             # came as a keyword (its launcher takes all of them in signature order) and without config pre-hooks.
             if hasattr(compiled, 'packed_metadata') and all(name in merged for name in names[len(args):]) and \
                     getattr(config, 'pre_hook', None) is None:
-                self._compiled[key] = compiled, tuple(merged[name] for name in names[len(args):]), merged
+                device = next((arg.get_device() for arg in args if isinstance(arg, torch.Tensor)), -1)
+                self._compiled[key] = compiled, tuple(merged[name] for name in names[len(args):]), merged, device
             return compiled
-        compiled, constants, merged = entry
+        compiled, constants, merged, device = entry
         if callable(grid):
             grid = grid({**dict(zip(self.kernel.arg_names, args)), **merged})
         grid_x, grid_y, grid_z = tuple(grid) + (1,) * (3 - len(grid))
@@ -158,7 +147,8 @@ class CachedLaunch:
             # (``cuPointerGetAttribute``) whether the address is device memory, once per pointer argument and launch.
             # The first call of this key went through the JIT path, which made those checks on the same devices.
             compiled.run(grid_x, grid_y, grid_z, _current_stream(device), compiled.function, compiled.packed_metadata,
-                         None, None, None, *(addresses if CachedLaunch.addresses else args), *constants)
+                         None, None, None, *([arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args]
+                                             if CachedLaunch.addresses else args), *constants)
         except TypeError:  # the launcher parses its arguments before launching: nothing ran
             CachedLaunch.enabled = False
             self.kernel[grid](*args, **kwargs)
