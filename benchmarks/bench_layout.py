@@ -30,17 +30,14 @@ def set_variant(variant: str):
     """Switch the zoo's host-time shortcuts for a model variant: '' all on, 'scan_node' (SS2D's core and the MLP as
     nodes, without the pre-norms and SS2D's other layers), 'composite' (op by op), 'tensor_args' (all on, but the
     cached Triton launches hand the launcher tensors instead of addresses), 'fresh_casts' (all on, but inference
-    casts the weights on every call), 'block_residual' (all on, but the VSS blocks sum their residuals themselves),
-    'op_casts' (all on, but training nodes cast and derive their weights op by op instead of in one kernel)."""
-    from vmamba_zoo.kernels import weight_prep_launch
+    casts the weights on every call), 'block_residual' (all on, but the VSS blocks sum their residuals themselves)."""
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
     from vmamba_zoo.layers.eager import kept_casts
     from vmamba_zoo.models.vmamba import VSSBlock
     VSSBlock.residual_in_layer = variant not in ('composite', 'block_residual')
     SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
-    SS2D.fused_branch_node = variant in ('', 'tensor_args', 'fresh_casts', 'block_residual', 'op_casts')
-    weight_prep_launch.enabled = variant != 'op_casts'
+    SS2D.fused_branch_node = variant in ('', 'tensor_args', 'fresh_casts', 'block_residual')
     CachedLaunch.addresses = variant != 'tensor_args'
     kept_casts.enabled = variant != 'fresh_casts'
 

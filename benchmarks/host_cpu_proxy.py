@@ -17,13 +17,11 @@ machine's host speed varies from run to run. This measures the host side on any 
 * with ``--ab``, the same with ``SS2D.fused_scan_node`` (which the whole-branch node needs too) and
   ``Mlp.fused_node`` on and off, alternating;
 * with ``--ab-residual``, the autograd nodes, kernels and ms per step with the VSS blocks' residual sums and
-  drop-path factors in their layers (``VSSBlock.residual_in_layer``) and in the blocks, alternating;
-* with ``--ab-weight-prep``, the same with the training nodes' weight casts and derived SSM weights in one kernel
-  (``weight_prep_launch``) and op by op, alternating.
+  drop-path factors in their layers (``VSSBlock.residual_in_layer``) and in the blocks, alternating.
 
 ``--drop-path`` builds every model at that drop-path rate (default 0; VMamba-T trains at 0.2).
 
-Usage: python benchmarks/host_cpu_proxy.py [--ab | --ab-residual | --ab-weight-prep] [--drop-path 0.2] [MODEL ...]
+Usage: python benchmarks/host_cpu_proxy.py [--ab | --ab-residual] [--drop-path 0.2] [MODEL ...]
        (default: vmamba_tiny_s1l8 convnext_tiny)
 """
 import argparse
@@ -65,13 +63,12 @@ class _NoOpKernel:
 
 def no_op_triton():
     """Route every zoo Triton launch to a no-op on CPU tensors, through the GPU code paths."""
-    from vmamba_zoo.kernels import _triton_utils, layer_norm, multi_scan, node_weights, selective_scan, silu_layouts
-    from vmamba_zoo.layers import SS2D, mlp
+    from vmamba_zoo.kernels import _triton_utils, layer_norm, multi_scan, selective_scan, silu_layouts
+    from vmamba_zoo.layers import SS2D
     from vmamba_zoo.layers.norm import ChannelLastLayerNorm, LayerNorm2d
     _triton_utils.CachedLaunch.enabled = True
     _triton_utils._launch_hooks_installed = lambda: False
-    mlp._casts_on_triton = lambda weight: True
-    for module in (layer_norm, selective_scan, silu_layouts, node_weights):
+    for module in (layer_norm, selective_scan, silu_layouts):
         for launch in list(vars(module).values()) + list(getattr(module, '_LAUNCH', {}).values()):
             if isinstance(launch, _triton_utils.CachedLaunch):
                 launch.kernel, launch._compiled = _NoOpKernel(launch.kernel), {}
@@ -165,13 +162,10 @@ def main():
     parser.add_argument('--ab', action='store_true', help='also time the node switches off, alternating')
     parser.add_argument('--ab-residual', action='store_true',
                         help="also time the VSS blocks summing their residuals themselves, alternating")
-    parser.add_argument('--ab-weight-prep', action='store_true',
-                        help='also time the training nodes casting and deriving their weights op by op, alternating')
     parser.add_argument('--drop-path', type=float, default=0.)
     args = parser.parse_args()
     torch.set_num_threads(1)
     import vmamba_zoo  # noqa: F401  (registers the models)
-    from vmamba_zoo.kernels import weight_prep_launch
     from vmamba_zoo.layers import Mlp
     from vmamba_zoo.models.vmamba import VSSBlock
     SS2D = no_op_triton()
@@ -182,11 +176,7 @@ def main():
     def set_residual_in_layer(on):
         VSSBlock.residual_in_layer = on
 
-    def set_weight_prep(on):
-        weight_prep_launch.enabled = on
-
-    switch = set_nodes if args.ab else set_residual_in_layer if args.ab_residual else \
-        set_weight_prep if args.ab_weight_prep else None
+    switch = set_nodes if args.ab else set_residual_in_layer if args.ab_residual else None
     for name in args.models:
         forward, train = build(name, args.drop_path)
         for on in (True, False) if switch else (True,):

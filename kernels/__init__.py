@@ -18,7 +18,6 @@ from .selective_scan import (
 from .silu_layouts import (
     silu_dual_layout, silu_dual_layout_backward, silu_dual_layout_forward, silu_dual_layout_ref,
 )
-from .node_weights import MAX_CASTS, weight_prep, weight_prep_launch, weight_prep_ref
 
 __all__ = [
     'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward',
@@ -29,6 +28,5 @@ __all__ = [
     'list_patterns', 'multiscale_patterns', 'register_pattern', 'unidirectional_pattern', 'SCAN_OP_NAMES',
     'fvcore_op_handles', 'scan_routes',
     'scan_routes_ref', 'selective_scan_flops', 'selective_scan_fn', 'selective_scan_ref', 'silu_dual_layout',
-    'silu_dual_layout_backward', 'silu_dual_layout_forward', 'silu_dual_layout_ref', 'MAX_CASTS', 'weight_prep',
-    'weight_prep_launch', 'weight_prep_ref',
+    'silu_dual_layout_backward', 'silu_dual_layout_forward', 'silu_dual_layout_ref',
 ]

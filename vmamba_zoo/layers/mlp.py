@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
-from vmamba_zoo.kernels import HAS_TRITON, layer_norm_backward, layer_norm_forward, plain_eager, weight_prep_launch
+from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
 
 from .eager import add_residual, kept_casts, node_dtype, without_hooks
 from .norm import ChannelLastLayerNorm
@@ -98,9 +98,6 @@ def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, 
                                         store_stats=keep)
     else:
         x2d = x.reshape(-1, shape[-1]).to(dtype)
-    if keep and _casts_on_triton(weight1):
-        # Training: the weights changed since the last call; their casts in one kernel instead of four.
-        (weight1, bias1, weight2, bias2), _, _ = weight_prep_launch((weight1, bias1, weight2, bias2), dtype)
     w1, w2 = weight1.to(dtype), weight2.to(dtype)
     hidden = _affine(x2d, w1, bias1, dtype)
     act = F.gelu(hidden, approximate=approximate)
@@ -110,11 +107,6 @@ def _mlp_forward(x, norm_weight, norm_bias, norm_eps: Optional[float], weight1, 
     if not keep:
         return out, None
     return out, (x2d, hidden, act, w1, w2) + ((x, norm_weight, stats) if norm_eps is not None else ())
-
-
-def _casts_on_triton(weight: torch.Tensor) -> bool:
-    """Whether the MLP node casts its weights with ``weight_prep_launch``: on CUDA (the node runs eagerly only)."""
-    return HAS_TRITON and weight.is_cuda
 
 
 def _affine(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype):

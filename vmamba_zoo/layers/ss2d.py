@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from vmamba_zoo.kernels import (
     RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, plain_eager,
-    silu_dual_layout_backward, silu_dual_layout_forward, weight_prep_launch,
+    silu_dual_layout_backward, silu_dual_layout_forward,
 )
 
 from .eager import add_residual, autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
@@ -220,11 +220,8 @@ def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
         The float32 (B, D, H, W) sum of the routes (NCHW-contiguous) and the tensors ``_scan_core_backward`` takes.
     """
     d_inner, k_group = x.shape[1], dt_projs_weight.shape[0]
-    if derived is None:  # one kernel (``weight_prep_launch``) instead of four or five
-        (w_x,), A, w_dt = weight_prep_launch((x_proj_weight.reshape(-1, x_proj_weight.shape[-1]),), x.dtype, A_logs,
-                                             dt_projs_weight, x_proj_weight.shape[1])
-        derived = A, w_x, w_dt
-    A, w_x, w_dt = derived
+    A, w_x, w_dt = derived or _derive_ssm_weights(A_logs, x_proj_weight, dt_projs_weight, x.dtype,
+                                                  block_diagonal=True)
     dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
     if u is None:
         u = x.contiguous()
@@ -333,8 +330,7 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
         spec: What runs besides the tensors.
         params: norm weight and bias, in_proj weight and bias, conv weight and bias, x_proj_weight, dt_projs_weight,
             dt_projs_bias, A_logs, Ds, out_norm weight and bias, out_proj weight and bias (absent biases None).
-        derived: ``_derive_ssm_weights``'s result, when kept between inference calls (whose Linear and conv weights
-            then come cast). None: they are derived, and the weights cast, in one kernel (``weight_prep_launch``).
+        derived: ``_derive_ssm_weights``'s result, when kept between inference calls.
         keep: Also return the tensors the backward needs (else None, and no norm statistics are stored).
 
     Returns:
@@ -344,13 +340,6 @@ def _branch_forward(x, spec: _BranchSpec, params, derived=None, keep: bool = Fal
         on_b, out_w, out_b = params
     dtype = spec.dtype
     batch, height, width, channels = x.shape
-    if derived is None:
-        # Training: the weights changed since the last call. Their casts and the derived SSM weights (A, the
-        # block-diagonal dt_proj) come from one kernel instead of nine.
-        (in_w, in_b, conv_w, conv_b, w_x, out_w, out_b), A, w_dt = weight_prep_launch(
-            (in_w, in_b, conv_w, conv_b, x_proj_weight.reshape(-1, x_proj_weight.shape[-1]), out_w, out_b), dtype,
-            A_logs, dt_projs_weight, x_proj_weight.shape[1])
-        derived = A, w_x, w_dt
     xn, norm_stats = layer_norm_forward(x, norm_w, norm_b, spec.norm_eps, dtype, store_stats=keep)
     w_in = in_w.to(dtype)
     h = _affine(xn.view(-1, channels), w_in, in_b, dtype).view(batch, height, width, -1)
