@@ -6,7 +6,7 @@ import torch
 from torch.nn.modules import module as _module
 
 __all__ = ['add_residual', 'autocast_dtype', 'derived_until_changed', 'drop_path_scale', 'kept_casts', 'node_dtype',
-           'without_hooks']
+           'own_parameters', 'without_hooks']
 
 _AUTOCAST_DEVICE_TYPES = ('cuda', 'cpu', 'xpu', 'mps')  # torch.is_autocast_enabled raises for others (meta)
 
@@ -62,14 +62,25 @@ def node_dtype(x: torch.Tensor, *params: torch.Tensor) -> Optional[torch.dtype]:
     return x.dtype if all(p.dtype == x.dtype for p in params) else None
 
 
+def own_parameters(module: torch.nn.Module, names: Sequence[str]) -> tuple:
+    """``module``'s parameters ``names`` (None for one registered as None), read from its parameter dict: a fused
+    node gathers its tensors on every call, and ``nn.Module.__getattr__``, which attribute access falls back to for
+    parameters, costs about a microsecond per lookup. A name missing from the dict (a parametrized or otherwise
+    computed attribute) is read as an attribute."""
+    parameters = module._parameters
+    return tuple(parameters[name] if name in parameters else getattr(module, name) for name in names)
+
+
 def without_hooks(*modules: torch.nn.Module) -> bool:
     """Whether no forward or backward hook, global or on one of ``modules``, would see their calls: a fused node that
     runs their computation without calling them applies only then."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks or _module._global_backward_hooks \
             or _module._global_backward_pre_hooks:
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                   for m in modules)
+    for m in modules:  # a loop, not any() over a generator: this runs for every fused node call
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return False
+    return True
 
 
 def kept_casts(module: torch.nn.Module, slot: str, params: Sequence[Optional[torch.Tensor]], dtype: torch.dtype):

@@ -201,12 +201,16 @@ class Mlp(nn.Module):
     def _node(self, x: torch.Tensor, norm: Optional[nn.Module]) -> Optional[torch.dtype]:
         """The compute dtype when an eager call runs ``_LinearGeluLinear`` (training) or its ops (inference) on x
         (with ``norm``, a foldable LayerNorm, in front), else None."""
-        if not (self.fused_node and isinstance(self.drop, nn.Identity) and _gelu_approximation(self.act) is not None
-                and type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear and plain_eager()
-                and without_hooks(self.fc1, self.act, self.fc2)):
+        # Runs on every call: the submodules come from ``_modules`` directly (``nn.Module.__getattr__`` costs about a
+        # microsecond per lookup).
+        modules = self._modules
+        fc1, act, fc2 = modules['fc1'], modules['act'], modules['fc2']
+        if not (self.fused_node and isinstance(modules['drop'], nn.Identity) and _gelu_approximation(act) is not None
+                and type(fc1) is nn.Linear and type(fc2) is nn.Linear and plain_eager()
+                and without_hooks(fc1, act, fc2)):
             return None
         norm_weight = () if norm is None or norm.weight is None else (norm.weight,)
-        return node_dtype(x, self.fc1.weight, self.fc2.weight, *norm_weight)
+        return node_dtype(x, fc1._parameters['weight'], fc2._parameters['weight'], *norm_weight)
 
     @staticmethod
     def _folds(x: torch.Tensor, norm: nn.Module) -> bool:
@@ -233,8 +237,9 @@ class Mlp(nn.Module):
         node_scale = branch_scale if node_residual else None
         if dtype is not None:
             norm_args = (None, None, None) if norm is None else (norm.weight, norm.bias, norm.eps)
-            params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-            args = (x, *norm_args, *params, _gelu_approximation(self.act), dtype)
+            fc1, fc2 = self._modules['fc1']._parameters, self._modules['fc2']._parameters  # Linear layers (``_node``)
+            params = (fc1['weight'], fc1['bias'], fc2['weight'], fc2['bias'])
+            args = (x, *norm_args, *params, _gelu_approximation(self._modules['act']), dtype)
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                                for t in (x, *norm_args[:2], *params)):
                 out = _LinearGeluLinear.apply(*args, node_residual, node_scale)

@@ -42,7 +42,10 @@ from vmamba_zoo.kernels import (
     silu_dual_layout_backward, silu_dual_layout_forward,
 )
 
-from .eager import add_residual, autocast_dtype, derived_until_changed, kept_casts, node_dtype, without_hooks
+from .eager import (
+    add_residual, autocast_dtype, derived_until_changed, kept_casts, node_dtype, own_parameters as _own_parameters,
+    without_hooks,
+)
 from .mlp import _affine, bias_grad_float32, get_linear_layer, mm_float32
 from .norm import ChannelLastLayerNorm, LayerNorm2d, Permute
 
@@ -678,26 +681,43 @@ class SS2D(nn.Module):
 
     def _branch_spec(self, x: torch.Tensor, norm: nn.Module, residual: bool = False) -> Optional[_BranchSpec]:
         """What ``_SS2DBranch`` (or ``_branch_forward`` in inference) runs for ``self(norm(x))`` (plus x with
-        ``residual``), or None to call the
-        modules: it serves eager calls on a contiguous channel-last map, the default layers (Linear projections, a
-        conv, SiLU, a LayerNorm out-norm, no out-act or dropout) and a LayerNorm pre-norm, all on the Triton kernels,
-        and nothing hooked on them."""
+        ``residual``), or None to call the modules: it serves eager calls on a contiguous channel-last map, the default
+        layers (Linear projections, a conv, SiLU, a LayerNorm out-norm, no out-act or dropout) and a LayerNorm
+        pre-norm, all on the Triton kernels, and nothing hooked on them.
+
+        Runs on every call, so the submodules come from ``_modules`` directly: through ``nn.Module.__getattr__``
+        this check took 33 instead of 13 us per call on the CPU (2026-11-30)."""
+        modules = self._modules
+        in_proj, conv, out_norm, out_proj = modules['in_proj'], modules['conv2d'], modules['out_norm'], \
+            modules['out_proj']
         if not (self.fused_branch_node and self.fused_scan_node and self.fused and not self.scan_fp32
                 and not self.channel_first and self.d_inner > 1 and x.dim() == 4 and x.is_contiguous()
-                and type(norm) is ChannelLastLayerNorm and type(self.out_norm) is ChannelLastLayerNorm
-                and type(self.in_proj) is nn.Linear and type(self.out_proj) is nn.Linear
-                and type(self.conv2d) is nn.Conv2d and type(self.act) is nn.SiLU
-                and type(self.out_act) is nn.Identity and type(self.dropout) is nn.Identity
-                and norm.runs_triton(x) and self.out_norm.runs_triton(x)
-                and without_hooks(norm, self.in_proj, self.act, self.conv2d, self.out_norm, self.out_proj)):
+                and type(norm) is ChannelLastLayerNorm and type(out_norm) is ChannelLastLayerNorm
+                and type(in_proj) is nn.Linear and type(out_proj) is nn.Linear and type(conv) is nn.Conv2d
+                and type(modules['act']) is nn.SiLU and type(modules['out_act']) is nn.Identity
+                and type(modules['dropout']) is nn.Identity and norm.runs_triton(x) and out_norm.runs_triton(x)
+                and without_hooks(norm, in_proj, modules['act'], conv, out_norm, out_proj)):
             return None
-        dtype = node_dtype(x, *(p for p in (norm.weight, self.in_proj.weight, self.conv2d.weight,
-                                            self.out_proj.weight) if p is not None))
+        dtype = node_dtype(x, *(p for p in (norm._parameters['weight'], in_proj._parameters['weight'],
+                                            conv._parameters['weight'], out_proj._parameters['weight'])
+                                if p is not None))
         scan = RasterMultiScan.plan(x.permute(0, 3, 1, 2), self.d_state, self.pattern, self.backend, dim=self.d_inner)
         if dtype is None or scan is None or scan.pattern.num_routes != self.k_group:
             return None
-        return _BranchSpec(dtype, norm.eps, self.out_norm.eps, self.conv2d.padding[0], self.use_z_gate, self.z_act,
-                           scan, self.dt_rank, self.d_state, residual)
+        return _BranchSpec(dtype, norm.eps, out_norm.eps, conv.padding[0], self.use_z_gate, self.z_act, scan,
+                           self.dt_rank, self.d_state, residual)
+
+    def _branch_params(self, norm: nn.Module) -> tuple:
+        """The parameters ``_branch_forward`` takes (see there), for a call that ``_branch_spec`` admitted (which
+        checked the submodules' types, whose parameter dicts are read directly: through ``nn.Module.__getattr__``
+        these 15 lookups took 18 us per call on the CPU, 2026-11-30)."""
+        modules = self._modules
+        in_proj, conv = modules['in_proj']._parameters, modules['conv2d']._parameters
+        out_norm, out_proj = modules['out_norm']._parameters, modules['out_proj']._parameters
+        own = _own_parameters(self, ('x_proj_weight', 'dt_projs_weight', 'dt_projs_bias', 'A_logs', 'Ds'))
+        return (norm._parameters['weight'], norm._parameters['bias'], in_proj['weight'], in_proj['bias'],
+                conv['weight'], conv['bias'], *own, out_norm['weight'], out_norm['bias'], out_proj['weight'],
+                out_proj['bias'])
 
     def _raster_scan(self, x: torch.Tensor) -> Optional[RasterMultiScan]:
         scan = RasterMultiScan.plan(x, self.d_state, self.pattern, self.backend)
@@ -761,9 +781,7 @@ class SS2D(nn.Module):
         if norm is not None:
             spec = self._branch_spec(x, norm, residual)
             if spec is not None:
-                params = (norm.weight, norm.bias, self.in_proj.weight, self.in_proj.bias, self.conv2d.weight,
-                          self.conv2d.bias, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
-                          self.Ds, self.out_norm.weight, self.out_norm.bias, self.out_proj.weight, self.out_proj.bias)
+                params = self._branch_params(norm)
                 if torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad
                                                                        for p in params)):
                     return _SS2DBranch.apply(x, spec, *params, branch_scale)

@@ -97,23 +97,27 @@ class VSSBlock(nn.Module):
         # The layers take their pre-norm so that eager training can run it inside their fused node, and the residual
         # sum with timm's drop-path factor too (the node then adds the residual's gradient in its norm's backward
         # instead of autograd summing x's two gradients, and the drop-path costs no product and node of its own).
-        in_layer = self.residual_in_layer and not self.post_norm and type(self.drop_path) in (nn.Identity, DropPath)
+        # The submodules come from ``_modules`` directly: ``nn.Module.__getattr__`` costs about a microsecond per
+        # lookup, and an eager step's host time matters (2026-11-30 profiles).
+        modules = self._modules
+        drop_path = modules['drop_path']
+        in_layer = self.residual_in_layer and not self.post_norm and type(drop_path) in (nn.Identity, DropPath)
         if self.ssm_branch:
+            op, norm = modules['op'], modules['norm']
             if self.post_norm:
-                x = x + self.drop_path(self.norm(self.op(x)))
+                x = x + drop_path(norm(op(x)))
             elif in_layer:
-                x = self.op(x, self.norm, residual=True,
-                            branch_scale=drop_path_scale(x, self.drop_path, self.training))
+                x = op(x, norm, residual=True, branch_scale=drop_path_scale(x, drop_path, self.training))
             else:
-                x = x + self.drop_path(self.op(x, self.norm))
+                x = x + drop_path(op(x, norm))
         if self.mlp_branch:
+            mlp, norm2 = modules['mlp'], modules['norm2']
             if self.post_norm:
-                x = x + self.drop_path(self.norm2(self.mlp(x)))
+                x = x + drop_path(norm2(mlp(x)))
             elif in_layer:
-                x = self.mlp(x, self.norm2, residual=True,
-                             branch_scale=drop_path_scale(x, self.drop_path, self.training))
+                x = mlp(x, norm2, residual=True, branch_scale=drop_path_scale(x, drop_path, self.training))
             else:
-                x = x + self.drop_path(self.mlp(x, self.norm2))
+                x = x + drop_path(mlp(x, norm2))
         return x
 
 
