@@ -4,7 +4,7 @@ An eager VMamba-T training step on the H200 was partly bound by the host issuing
 machine's host speed varies from run to run. This measures the host side on any CPU, under bf16 autocast:
 
 * the autograd nodes one training step records, by type (``AccumulateGrad`` is one per parameter);
-* ms per training step (forward, cross-entropy, backward, SGD step) of a copy of each model with narrow stages
+* CPU ms per training step (forward, cross-entropy, backward, SGD step) of a copy of each model with narrow stages
   (``dims=(16, 32, 64, 128)``, 10 classes) on one 32x32 image, so that the CPU's arithmetic is small next to the
   Python and dispatcher work. The zoo's Triton launches go through ``CachedLaunch`` into a no-op launcher, so the
   host work up to the launch is counted, not Triton's interpreter. Best of 7 repeats of 10 steps;
@@ -19,13 +19,15 @@ machine's host speed varies from run to run. This measures the host side on any 
 * with ``--ab-residual``, the autograd nodes, kernels and ms per step with the VSS blocks' residual sums and
   drop-path factors in their layers (``VSSBlock.residual_in_layer``) and in the blocks, alternating.
 
-``--drop-path`` builds every model at that drop-path rate (default 0; VMamba-T trains at 0.2).
+``--drop-path`` builds every model at that drop-path rate (default 0; VMamba-T trains at 0.2). ``--infer`` also
+counts and times bf16 inference steps (no gradients, best of 7 repeats of 30 steps).
 
-Usage: python benchmarks/host_cpu_proxy.py [--ab | --ab-residual] [--drop-path 0.2] [MODEL ...]
+Usage: python benchmarks/host_cpu_proxy.py [--ab | --ab-residual] [--drop-path 0.2] [--infer] [MODEL ...]
        (default: vmamba_tiny_s1l8 convnext_tiny)
 """
 import argparse
 import collections
+import copy
 import statistics
 import time
 
@@ -95,7 +97,13 @@ def build(name: str, drop_path: float = 0.):
         forward().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return forward, train
+
+    evaluated = copy.deepcopy(model).eval()
+
+    def infer():
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+            return evaluated(images)
+    return forward, train, infer
 
 
 def autograd_nodes(loss: torch.Tensor) -> collections.Counter:
@@ -147,12 +155,15 @@ def kernels_per_step(train) -> collections.Counter:
 
 
 def step_ms(train, repeats=7, steps=10) -> float:
+    """Best over ``repeats`` of the main thread's CPU ms per step (``time.thread_time``: the lent CPU machine's
+    wall-clock rounds varied by 30 % from stolen time and preemption; on CPU tensors the backward runs on the
+    calling thread too)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         for _ in range(steps):
             train()
-        times.append((time.perf_counter() - start) / steps * 1e3)
+        times.append((time.thread_time() - start) / steps * 1e3)
     return min(times)
 
 
@@ -163,6 +174,8 @@ def main():
     parser.add_argument('--ab-residual', action='store_true',
                         help="also time the VSS blocks summing their residuals themselves, alternating")
     parser.add_argument('--drop-path', type=float, default=0.)
+    parser.add_argument('--infer', action='store_true',
+                        help='also count the kernels of a bf16 inference step (no gradients) and time it')
     args = parser.parse_args()
     torch.set_num_threads(1)
     import vmamba_zoo  # noqa: F401  (registers the models)
@@ -178,7 +191,7 @@ def main():
 
     switch = set_nodes if args.ab else set_residual_in_layer if args.ab_residual else None
     for name in args.models:
-        forward, train = build(name, args.drop_path)
+        forward, train, infer = build(name, args.drop_path)
         for on in (True, False) if switch else (True,):
             if switch:
                 switch(on)
@@ -192,6 +205,11 @@ def main():
                   f"({', '.join(f'{k} {v}' for k, v in kernels.most_common(10))})")
         if switch is None:
             print(f'    {step_ms(train):.2f} ms per training step')
+            if args.infer:
+                for _ in range(3):
+                    infer()
+                print(f'    at least {sum(kernels_per_step(infer).values())} kernels per bf16 inference step, '
+                      f'{step_ms(infer, steps=30):.2f} ms per step')
             continue
         times = {True: [], False: []}
         for _ in range(6):
