@@ -254,6 +254,26 @@ def test_cached_launch_reuses_a_compiled_kernel_only_for_the_same_specialization
         assert kernel.log[-1][0] == 'jit', (args, kwargs)
 
 
+def test_cached_launch_hands_each_tensor_as_its_address_in_place(monkeypatch):
+    """Tensors (parameters too) become their addresses at their own positions, among None and scalar arguments;
+    a None where a tensor was, or a tensor's address off 16-byte alignment, takes the JIT."""
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch
+    monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    kernel = _FakeJit()
+    kernel.arg_names = ['x', 'bias', 'w', 'n', 'eps', 'out', 'BLOCK']
+    launch = CachedLaunch(kernel)
+    x, w = torch.zeros(16), torch.nn.Parameter(torch.ones(8))
+    for _ in range(2):
+        launch((1,), x, None, w, 3, 1e-5, x, BLOCK=4)
+    assert kernel.log[-1] == ('cached', (1, 1, 1), (x.data_ptr(), None, w.data_ptr(), 3, 1e-5, x.data_ptr(), 4))
+    y = torch.ones(16)
+    launch((1,), y, None, w, 3, 1e-5, x, BLOCK=4)
+    assert kernel.log[-1] == ('cached', (1, 1, 1), (y.data_ptr(), None, w.data_ptr(), 3, 1e-5, x.data_ptr(), 4))
+    for args in ((x, x, w, 3, 1e-5, x), (x, None, w, 3, 1e-5, x[1:]), (x, None, w, 3, 1e-5, None)):
+        launch((1,), *args, BLOCK=4)
+        assert kernel.log[-1][0] == 'jit', args
+
+
 def test_cached_launch_falls_back_to_the_jit_for_good_when_the_launcher_rejects_the_call(monkeypatch):
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     monkeypatch.setattr(CachedLaunch, 'enabled', True)
