@@ -1094,3 +1094,27 @@ def test_branch_scale_needs_the_residual():
     for layer in (SS2D(8, d_state=1, ssm_ratio=1.0, use_z_gate=False), Mlp(8, 16)):
         with pytest.raises(ValueError, match='branch_scale'):
             layer(torch.randn(1, 2, 2, 8), branch_scale=scale)
+
+
+def test_fused_nodes_gather_the_same_parameters_as_attribute_access():
+    """The nodes read submodules and parameters from the module dicts (``SS2D._branch_params``, ``own_parameters``):
+    the same tensors as attribute access, biases absent as None; a parametrized name is read as its attribute."""
+    from torch.nn.utils import parametrize
+    from vmamba_zoo.layers import ChannelLastLayerNorm
+    from vmamba_zoo.layers.eager import own_parameters
+    layer, norm = SS2D(8, d_state=1, ssm_ratio=1.0, dt_rank=3, bias=False), ChannelLastLayerNorm(8)
+    expected = (norm.weight, norm.bias, layer.in_proj.weight, layer.in_proj.bias, layer.conv2d.weight,
+                layer.conv2d.bias, layer.x_proj_weight, layer.dt_projs_weight, layer.dt_projs_bias, layer.A_logs,
+                layer.Ds, layer.out_norm.weight, layer.out_norm.bias, layer.out_proj.weight, layer.out_proj.bias)
+    gathered = layer._branch_params(norm)
+    assert len(gathered) == len(expected) and gathered[3] is None and gathered[14] is None
+    assert all(a is b for a, b in zip(gathered, expected))
+
+    class Doubled(nn.Module):
+        def forward(self, weight):
+            return weight * 2
+
+    parametrize.register_parametrization(layer, 'Ds', Doubled())
+    ds, a_logs = own_parameters(layer, ('Ds', 'A_logs'))
+    assert torch.equal(ds, layer.Ds) and torch.equal(ds, 2 * layer.parametrizations.Ds.original)
+    assert a_logs is layer.A_logs
