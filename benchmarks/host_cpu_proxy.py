@@ -79,13 +79,19 @@ def no_op_triton():
     return SS2D
 
 
-def build(name: str, drop_path: float = 0.):
+def narrow_model(name: str, drop_path: float = 0.) -> torch.nn.Module:
+    """``name`` with narrow stages and 10 classes, its SS2D layers on the Triton path (``no_op_triton`` first)."""
     import timm
     from vmamba_zoo.layers import SS2D
     model = timm.create_model(name, drop_path_rate=drop_path, dims=(16, 32, 64, 128), num_classes=10)
     for module in model.modules():
         if isinstance(module, SS2D):
             module.backend = 'triton'
+    return model
+
+
+def build(name: str, drop_path: float = 0.):
+    model = narrow_model(name, drop_path)
     images, target = torch.randn(1, 3, 32, 32), torch.randint(0, 10, (1,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, foreach=True)  # as on CUDA, where foreach is the default
 

@@ -14,7 +14,6 @@ the kernel launches. This times, in one process, best of 5 repeats of 20,000 cal
 Usage: python benchmarks/host_microcosts.py
 """
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,15 +23,8 @@ import host_cpu_proxy  # noqa: E402
 
 
 def per_call_us(call, calls: int = 20000, repeats: int = 5) -> float:
-    for _ in range(200):
-        call()
-    best = float('inf')
-    for _ in range(repeats):
-        start = time.thread_time()
-        for _ in range(calls):
-            call()
-        best = min(best, (time.thread_time() - start) / calls * 1e6)
-    return round(best, 2)
+    """Best over ``repeats`` of thread CPU us per call (``host_cpu_proxy.step_ms``)."""
+    return round(host_cpu_proxy.step_ms(call, repeats=repeats, steps=calls) * 1e3, 2)
 
 
 class _StubCompiled:
@@ -60,15 +52,9 @@ def main():
     constexprs = {f'arg{i}': 1 for i in range(36, 40)}
     results = {'cached launch, 15 tensors + None + 20 scalars': per_call_us(lambda: launch((4,), *args, **constexprs))}
 
-    import timm
     import vmamba_zoo  # noqa: F401  (registers the models)
     host_cpu_proxy.no_op_triton()
-    from vmamba_zoo.layers import SS2D
-    model = timm.create_model('vmamba_tiny_s1l8', dims=(16, 32, 64, 128), num_classes=10)
-    for module in model.modules():
-        if isinstance(module, SS2D):
-            module.backend = 'triton'
-    block = model.stages[0].blocks[0]
+    block = host_cpu_proxy.narrow_model('vmamba_tiny_s1l8').stages[0].blocks[0]
     layer, norm, mlp, norm2 = block.op, block.norm, block.mlp, block.norm2
     x = torch.randn(1, 8, 8, 16)
     with torch.autocast('cpu', dtype=torch.bfloat16):
