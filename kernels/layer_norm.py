@@ -88,9 +88,9 @@ if HAS_TRITON:
         (P, 1) in NCHW, (1, C) in NHWC."""
         return image * C * P + channels[:, None].to(tl.int64) * stride_c + pixels[None, :] * stride_p
 
-    @triton.jit
+    @triton.jit(do_not_specialize=['rstd_offset'])
     def _layer_norm_2d_fwd_kernel(
-            x_ptr, weight_ptr, bias_ptr, y_ptr, mean_ptr, rstd_ptr, C, P, eps, stride_x_c, stride_x_p, stride_y_c,
+            x_ptr, weight_ptr, bias_ptr, y_ptr, stats_ptr, rstd_offset, C, P, eps, stride_x_c, stride_x_p, stride_y_c,
             stride_y_p, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_STATS: tl.constexpr,
             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
@@ -110,23 +110,24 @@ if HAS_TRITON:
             y += tl.load(bias_ptr + channels, mask=channels < C, other=0.0).to(compute)[:, None]
         tl.store(y_ptr + _tile_offsets(image, pixels, channels, C, P, stride_y_c, stride_y_p),
                  y.to(y_ptr.dtype.element_ty), mask=mask)
-        if STORE_STATS:
-            tl.store(mean_ptr + image * P + pixels, mean, mask=pixels < P)
-            tl.store(rstd_ptr + image * P + pixels, rstd, mask=pixels < P)
+        if STORE_STATS:  # the mean, and rstd_offset elements further the rstd
+            tl.store(stats_ptr + image * P + pixels, mean, mask=pixels < P)
+            tl.store(stats_ptr + rstd_offset + image * P + pixels, rstd, mask=pixels < P)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=['rstd_offset', 'dbias_offset'])
     def _layer_norm_2d_bwd_kernel(
-            x_ptr, weight_ptr, dy_ptr, dx_add_ptr, mean_ptr, rstd_ptr, dx_ptr, dweight_part_ptr, dbias_part_ptr, C, P,
+            x_ptr, weight_ptr, dy_ptr, dx_add_ptr, stats_ptr, rstd_offset, dx_ptr, parts_ptr, dbias_offset, C, P,
             stride_x_c, stride_x_p, stride_y_c, stride_y_p,
             HAS_WEIGHT: tl.constexpr, HAS_DX_ADD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
             PIXEL_BLOCKS: tl.constexpr,
     ):
         # PIXEL_BLOCKS consecutive [BLOCK_C, BLOCK_P] tiles per program, whose weight and bias gradients are summed
         # before one partial per program is stored: fewer partials for the sum after the kernel. The sums are kept
-        # per tile element and reduced across the program's threads once, after the loop.
+        # per tile element and reduced across the program's threads once, after the loop. The statistics and the
+        # partials each come as one buffer (rstd and the bias partials at an offset): no per-call slicing on the host.
         image = tl.program_id(1).to(tl.int64)
         channels = tl.arange(0, BLOCK_C)
-        compute = mean_ptr.dtype.element_ty
+        compute = stats_ptr.dtype.element_ty
         weight = tl.load(weight_ptr + channels, mask=channels < C, other=0.0).to(compute) if HAS_WEIGHT else None
         dweight_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
         dbias_tile = tl.zeros([BLOCK_C, BLOCK_P], dtype=compute)
@@ -137,8 +138,8 @@ if HAS_TRITON:
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(compute)
             dy = tl.load(dy_ptr + _tile_offsets(image, pixels, channels, C, P, stride_y_c, stride_y_p), mask=mask,
                          other=0.0).to(compute)
-            mean = tl.load(mean_ptr + image * P + pixels, mask=pixels < P, other=0.0)
-            rstd = tl.load(rstd_ptr + image * P + pixels, mask=pixels < P, other=0.0)
+            mean = tl.load(stats_ptr + image * P + pixels, mask=pixels < P, other=0.0)
+            rstd = tl.load(stats_ptr + rstd_offset + image * P + pixels, mask=pixels < P, other=0.0)
             x_hat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
             g = dy * weight[:, None] if HAS_WEIGHT else dy
             # d/dx of (x - mean) * rstd, contracted with g: rstd * (g - mean_c(g) - x_hat * mean_c(g * x_hat)).
@@ -152,8 +153,8 @@ if HAS_TRITON:
         dweight = tl.sum(dweight_tile, axis=1)
         dbias = tl.sum(dbias_tile, axis=1)
         part = (image * tl.num_programs(0) + tl.program_id(0)) * C + channels
-        tl.store(dweight_part_ptr + part, dweight, mask=channels < C)
-        tl.store(dbias_part_ptr + part, dbias, mask=channels < C)
+        tl.store(parts_ptr + part, dweight, mask=channels < C)
+        tl.store(parts_ptr + dbias_offset + part, dbias, mask=channels < C)
 
     # 96 launches per VMamba-T training step, whose host time, not the GPU, set the step's pace on the H200.
     _launch_fwd, _launch_bwd = CachedLaunch(_layer_norm_2d_fwd_kernel), CachedLaunch(_layer_norm_2d_bwd_kernel)
@@ -211,10 +212,10 @@ def _layer_norm_fwd(x, weight, bias, eps, y, rows, store_stats):
     mean/rstd statistics when ``store_stats``."""
     images, channels, pixels, stride_x_c, stride_x_p = _geometry(x, rows)
     grid, block_c, block_p, warps = _launch(images, channels, pixels)
-    # Without statistics to keep, y stands in for their (unwritten) buffers: one allocation less per call.
-    stats = torch.empty(2, images, pixels, device=x.device, dtype=_stats_dtype(x)) if store_stats else (y, y)
+    # Without statistics to keep, y stands in for their (unwritten) buffer: one allocation less per call.
+    stats = torch.empty(2, images, pixels, device=x.device, dtype=_stats_dtype(x)) if store_stats else y
     _launch_fwd(
-        grid, x, weight, bias, y, stats[0], stats[1], channels, pixels, eps, stride_x_c, stride_x_p,
+        grid, x, weight, bias, y, stats, images * pixels, channels, pixels, eps, stride_x_c, stride_x_p,
         *_geometry(y, rows)[3:], HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_STATS=store_stats,
         BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
     return stats
@@ -229,11 +230,12 @@ def _layer_norm_bwd(x, weight, stats, dy, rows, dx_add=None):
         dx_add = dx_add.reshape(dx.shape)  # a view where the layout allows
         if dx_add.stride() != dx.stride():  # the kernel reads it at dx's offsets
             dx_add = torch.empty_like(dx).copy_(dx_add)
-    parts = torch.empty(2, grid[0] * grid[1], channels, device=x.device, dtype=stats.dtype)
-    _launch_bwd(grid, x, weight, dy, dy if dx_add is None else dx_add, stats[0], stats[1], dx, parts[0], parts[1],
-                channels, pixels, stride_x_c, stride_x_p, *_geometry(dy, rows)[3:], HAS_WEIGHT=weight is not None,
-                HAS_DX_ADD=dx_add is not None, BLOCK_C=block_c, BLOCK_P=block_p, PIXEL_BLOCKS=pixel_blocks,
-                num_warps=warps)
+    programs = grid[0] * grid[1]
+    parts = torch.empty(2, programs, channels, device=x.device, dtype=stats.dtype)
+    _launch_bwd(grid, x, weight, dy, dy if dx_add is None else dx_add, stats, images * pixels, dx, parts,
+                programs * channels, channels, pixels, stride_x_c, stride_x_p, *_geometry(dy, rows)[3:],
+                HAS_WEIGHT=weight is not None, HAS_DX_ADD=dx_add is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+                PIXEL_BLOCKS=pixel_blocks, num_warps=warps)
     return dx, parts.sum(dim=1)
 
 
@@ -275,8 +277,15 @@ def layer_norm_backward(x: torch.Tensor, weight: Optional[torch.Tensor], stats: 
     ``dx_add`` (x's shape), a gradient that reaches x by another path, is added to dx as the kernel writes it: a
     residual block's ``x + f(norm(x))`` needs no separate sum of its two input gradients."""
     dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, channel_dim == -1, dx_add)
-    dweight = None if weight is None else dweight.to(weight.dtype)
-    dbias = dbias.to(x.dtype if weight is None else weight.dtype) if has_bias else None
+    param_dtype = x.dtype if weight is None else weight.dtype
+    if weight is None:
+        dweight = None
+    elif dweight.dtype != param_dtype:  # the sums are float32 (float64); most parameters are too: no call then
+        dweight = dweight.to(param_dtype)
+    if not has_bias:
+        dbias = None
+    elif dbias.dtype != param_dtype:
+        dbias = dbias.to(param_dtype)
     return dx, dweight, dbias
 
 

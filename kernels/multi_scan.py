@@ -13,7 +13,7 @@ import torch
 
 from .scan_patterns import ScanPattern, cross_merge, cross_scan, get_pattern
 from ._triton_utils import plain_eager
-from .selective_scan import (_raster_fwd, _raster_plan, _resolve_backend, _row_walk_reads,
+from .selective_scan import (_backward_reads_routes, _raster_fwd, _raster_plan, _resolve_backend, _row_walk_reads,
                              _scan_routes_bwd, _scatter_atomic, scan_routes)
 
 __all__ = ['multi_scan_2d', 'RasterMultiScan']
@@ -188,7 +188,8 @@ class RasterMultiScan:
         dC, dD, dbias in float32, and ddelta in delta's dtype and layout (None for an absent D or bias)."""
         u, delta, B, C = self._scan_views(x, delta, B, C)
         batch, dim, height, width = x.shape
-        routes = self.pattern.routes_on(x.device)
+        # Only the chunked fallback reads the route table (a device lookup per call otherwise).
+        routes = self.pattern.routes_on(x.device) if _backward_reads_routes(self.raster_plan) else None
         return _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy.reshape(batch, dim, -1),
                                 None, None, delta_softplus, False, _scatter_atomic(u, routes), 'triton',
                                 self.raster_plan, eager=True)

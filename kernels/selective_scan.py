@@ -22,13 +22,14 @@ is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not 
 calls of the raster kernels skip the op's dispatch (less host time per call): inference launches them directly,
 training through an ``autograd.Function`` with the op's forward and backward bodies.
 """
+import functools
 import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import (HAS_TRITON, CachedLaunch, cdiv, next_power_of_2, plain_eager, tl, triton,
+from ._triton_utils import (HAS_TRITON, CachedLaunch, ConfigGrid, cdiv, next_power_of_2, plain_eager, tl, triton,
                             triton_interpreting, use_triton_for)
 
 __all__ = [
@@ -1552,8 +1553,34 @@ def _row_walk_reads(u, delta, plan) -> bool:
     whose offsets inside one image fit in int32); every other kernel needs them contiguous."""
     if plan is None or _whole_map(plan):
         return False
-    return all(sum((size - 1) * abs(stride) for size, stride in zip(t.shape[2:], t.stride()[2:])) < 2 ** 31
-               for t in (u, delta))
+    return _by_layout(_offsets_fit, u) and _by_layout(_offsets_fit, delta)
+
+
+def _offsets_fit(shape, strides) -> bool:
+    """Whether the offsets inside one (batch, route) slab of a tensor of ``shape`` and ``strides`` fit in int32."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(shape[2:], strides[2:])) < 2 ** 31
+
+
+_LAYOUT_ANSWERS = {}
+
+
+def _by_layout(question, t: torch.Tensor) -> bool:
+    """``question(t.shape, t.stride())``, kept per layout: the eager training path asks about the same few layouts
+    several times per scan call. Compiled code (dynamo guards on the dict), and symbolic sizes, which do not hash,
+    are answered afresh."""
+    shape, strides = t.shape, t.stride()
+    if torch.compiler.is_compiling():
+        return question(shape, strides)
+    try:
+        key = (question, shape, strides)
+        answer = _LAYOUT_ANSWERS.get(key)
+    except TypeError:
+        return question(shape, strides)
+    if answer is None:
+        if len(_LAYOUT_ANSWERS) > 4096:
+            _LAYOUT_ANSWERS.clear()
+        answer = _LAYOUT_ANSWERS[key] = question(shape, strides)
+    return answer
 
 
 def _channels_contiguous(u: torch.Tensor) -> bool:
@@ -1563,8 +1590,12 @@ def _channels_contiguous(u: torch.Tensor) -> bool:
 
 def _is_dense(t: torch.Tensor) -> bool:
     """Whether ``t``'s strides are a permutation of a contiguous layout (no gaps, no overlap, no broadcast)."""
+    return _by_layout(_layout_is_dense, t)
+
+
+def _layout_is_dense(shape, strides) -> bool:
     expected = 1
-    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
+    for stride, size in sorted((st, s) for s, st in zip(shape, strides) if s > 1):
         if stride != expected:
             return False
         expected *= size
@@ -1601,7 +1632,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
     states = torch.empty(batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device,
                          dtype=torch.float32) if return_states or distinct_outputs else y
-    grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    grid = ConfigGrid(lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),))
     common = (dim, positions, height, width, state_dim, u.stride(0), u.stride(1) if k_u > 1 else 0,
               y.stride(0), 0 if accumulate else y.stride(1))
     flags = dict(KINDS=kinds, NUM_ROUTES=num_routes, U_SHARED=k_u == 1, HAS_D=D is not None,
@@ -1618,7 +1649,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     _LAUNCH['_raster_rows_fwd_kernel'](
         grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
         *_row_walk_strides(u, delta, y, accumulate), **flags,
-        HAS_FORWARD_ROUTES=any(kind < 2 for kind in _unpack_kinds(kinds, num_routes)), LANES=tile_w,
+        HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), LANES=tile_w,
         NP=next_power_of_2(state_dim))
     return y, last_state, entering, states
 
@@ -1636,8 +1667,21 @@ def _row_walk_entering_shape(u, delta, A, plan):
     return (u.shape[0], delta.shape[1], u.shape[2], A.shape[-1], max(plan[0], plan[1]))
 
 
-def _unpack_kinds(kinds: int, num_routes: int):
-    return [(kinds >> (2 * k)) & 3 for k in range(num_routes)]
+@functools.lru_cache(maxsize=None)
+def _unpack_kinds(kinds: int, num_routes: int) -> Tuple[int, ...]:
+    return tuple((kinds >> (2 * k)) & 3 for k in range(num_routes))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_forward_routes(kinds: int, num_routes: int) -> bool:
+    """Whether a route walks forward (kinds 0 and 1: top to bottom)."""
+    return any(kind < 2 for kind in _unpack_kinds(kinds, num_routes))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_column_routes(kinds: int, num_routes: int) -> bool:
+    """Whether a route walks the map by columns (kinds 1 and 3)."""
+    return any(kind % 2 for kind in _unpack_kinds(kinds, num_routes))
 
 
 def _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer: bool) -> List[Optional[torch.Tensor]]:
@@ -1678,7 +1722,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device,
                                  dtype=delta.dtype if eager else torch.float32)
     dA, dB, dC, dD, dbias = _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer=eager)
-    grid = lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),)  # noqa: E731
+    grid = ConfigGrid(lambda meta: (batch * cdiv(dim, meta['BLOCK_D']),))
     inputs = (u, delta, A, B, C, D, delta_bias)
     upstream = (dy, None if dstates is None else dstates.contiguous(), None if dlast is None else dlast.contiguous())
     grads = (du, ddelta, dA, dB, dC, dD, dbias)
@@ -1695,7 +1739,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
     # largest BLOCK_D the autotuner may pick (the programs' channel blocks cover dim rounded up to it).
     widest = max(_ROW_WALK_BLOCK_DS)
-    has_columns = any(kind % 2 for kind in _unpack_kinds(kinds, num_routes))
+    has_columns = _has_column_routes(kinds, num_routes)
     scratch = torch.empty(batch * (dim + widest) * height * state_tile * tile_w if has_columns else 0,
                           device=u.device, dtype=torch.float32)
     _LAUNCH['_raster_rows_bwd_kernel'](grid, *inputs, entering, *upstream, scratch, *grads, *sizes,
