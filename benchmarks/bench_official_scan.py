@@ -3,9 +3,9 @@
 The official VMamba-T[s1l8] scans a block's map as three steps: its Triton ``cross_scan_fn`` writes the K = 4 route
 orders of the input (B, K, D, L), the compiled ``selective_scan_cuda_oflex`` scans them (float32 output), and
 ``cross_merge_fn`` sums the routes back onto the map. Ours, ``multi_scan_2d(..., fused=True)``, walks the routes on the
-map directly. This script times both at VMamba-T's four stage shapes (B = 128, K = 4, N = 1), bf16 and fp32 inputs,
-forward and forward + backward, with ``triton.testing.do_bench`` (median), against the bytes floor of
-``bench_scan.bytes_floor`` at the measured device-copy bandwidth.
+map directly. This script times both at VMamba-T's four stage shapes (B = 128, K = 4, N = 1 or ``--state-dim``),
+bf16 and fp32 inputs, forward and forward + backward, with ``triton.testing.do_bench`` (median), against the bytes
+floor of ``bench_scan.bytes_floor`` at the measured device-copy bandwidth.
 
 Before timing it checks that both compute the same thing: the official path gets each route's step sizes, B and C in
 that route's order (``cross_scan_fn(..., one_by_one=True)`` of our per-route maps), and its merged output is compared
@@ -15,7 +15,7 @@ The official code is not part of this repository: pass the root of a MzeroMiko/V
 holds its compiled ``selective_scan_cuda_oflex`` (built for the GPU from the checkout's ``kernels/selective_scan``;
 with CUDA 13 two CUB calls removed in CCCL 3, ``cub::LaneId`` and ``cub::CTA_SYNC``, must be replaced first).
 
-Usage: python benchmarks/bench_official_scan.py --official PATH --ext-dir DIR [--out OUT.json]
+Usage: python benchmarks/bench_official_scan.py --official PATH --ext-dir DIR [--state-dim N] [--out OUT.json]
 """
 import argparse
 import datetime
@@ -27,8 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scan as bs  # noqa: E402
-
-STATE_DIM = 1
 
 
 def official_path(repo: str, ext_dir: str):
@@ -64,18 +62,19 @@ def main():
     parser.add_argument('--ext-dir', required=True, help='folder holding the compiled selective_scan_cuda_oflex')
     parser.add_argument('--out', default='')
     parser.add_argument('--dtypes', nargs='+', default=['bfloat16', 'float32'])
+    parser.add_argument('--state-dim', type=int, default=1)
     args = parser.parse_args()
     import vmamba_zoo.kernels as kernels
     route_orders, official_scan = official_path(args.official, args.ext_dir)
     bandwidth = bs.measure_copy_bandwidth()  # GB/s of a device copy: the floor's bandwidth, as in bench_scan
     result = dict(date=str(datetime.date.today()), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                  batch=bs.BATCH, routes=bs.ROUTES, state_dim=STATE_DIM, copy_bandwidth_GBps=bandwidth, checks={},
+                  batch=bs.BATCH, routes=bs.ROUTES, state_dim=args.state_dim, copy_bandwidth_GBps=bandwidth, checks={},
                   timings={})
     print(f'copy bandwidth {bandwidth:.0f} GB/s', flush=True)
     for dim, height, width in bs.STAGES:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
-            x, delta, A, B, C, D, bias = bs.make_inputs(dim, height, width, STATE_DIM, dtype, requires_grad=True)
+            x, delta, A, B, C, D, bias = bs.make_inputs(dim, height, width, args.state_dim, dtype, requires_grad=True)
             key = f'D{dim}_{height}x{width}_{dtype_name}'
             with torch.no_grad():
                 dts, Bs, Cs = route_orders(delta, B, C)
@@ -99,7 +98,7 @@ def main():
             result['checks'][key] = check
             print('check', key, ' '.join(f'{k} {v:.1e}' for k, v in check.items()), flush=True)
             in_size = torch.finfo(dtype).bits // 8
-            floors = [bs.bytes_floor(dim, height, width, STATE_DIM, in_size, backward) / bandwidth / 1e6
+            floors = [bs.bytes_floor(dim, height, width, args.state_dim, in_size, backward) / bandwidth / 1e6
                       for backward in (False, True)]
             row = {'bytes_floor_fwd_ms': floors[0], 'bytes_floor_fwd_bwd_ms': floors[1]}
             for name, fn in (('ours_fused', ours), ('official_csm_oflex', official)):
