@@ -309,6 +309,42 @@ def test_cached_launch_keeps_an_autotuners_pick_and_evaluates_a_grid_function(mo
     assert kernel.log[-1] == ('cached', (8, 1, 1), (x.data_ptr(), 64, 0.5, 8))
 
 
+def test_cached_launch_hands_a_config_grid_only_the_constexprs(monkeypatch):
+    """A ``ConfigGrid`` gets the constexprs and the autotuner's pick (cached launches) or everything (the JIT's first
+    call), and gives the same grid either way."""
+    from vmamba_zoo.kernels._triton_utils import CachedLaunch, ConfigGrid
+
+    class Config:
+        kwargs = {'BLOCK': 8}
+        pre_hook = None
+
+        def all_kwargs(self):
+            return dict(self.kwargs, num_warps=4)
+
+    class FakeAutotuned(_FakeJit):
+        best_config = Config()
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                meta = {**dict(zip(self.arg_names, args)), **kwargs, **self.best_config.all_kwargs()}
+                self.log.append(('jit', grid(meta), args, kwargs))
+                return _FakeCompiled(self.log)
+            return run
+
+    monkeypatch.setattr(CachedLaunch, 'enabled', True)
+    kernel = FakeAutotuned()
+    launch = CachedLaunch(kernel)
+    x, seen = torch.zeros(16), []
+
+    def blocks(meta):
+        seen.append(sorted(meta))
+        return (64 // meta['BLOCK'],)
+    for _ in range(2):
+        launch(ConfigGrid(blocks), x, 64, 0.5)
+    assert kernel.log[0][:2] == ('jit', (8,)) and kernel.log[-1] == ('cached', (8, 1, 1), (x.data_ptr(), 64, 0.5, 8))
+    assert seen == [['BLOCK', 'n', 'num_warps', 'scale', 'x'], ['BLOCK', 'num_warps']]
+
+
 def test_cached_launch_keys_on_the_device(monkeypatch):
     """A compiled kernel's handle belongs to the GPU it was loaded on: the same call on another GPU takes the JIT."""
     from vmamba_zoo.kernels import _triton_utils as triton_utils

@@ -648,6 +648,26 @@ def test_scan_custom_ops_pass_opcheck(monkeypatch, case):
         'test_schema', 'test_autograd_registration', 'test_faketensor', 'test_aot_dispatch_dynamic'))
 
 
+def test_layout_checks_kept_per_layout_answer_as_computed():
+    """The row walk's layout checks are kept per (shape, strides): the same shape in another layout gets its own
+    answer, and a kept answer equals a fresh one."""
+    t = torch.zeros(2, 3, 4, 5)
+    cases = [(t, True), (t.permute(0, 2, 1, 3), True), (t[..., ::2], False), (t[:, :1].expand(2, 3, 4, 5), False),
+             (t.transpose(2, 3), True)]
+    for _ in range(2):
+        for tensor, dense in cases:
+            assert ss._is_dense(tensor) is dense
+            assert ss._layout_is_dense(tensor.shape, tensor.stride()) is dense
+            assert ss._by_layout(ss._offsets_fit, tensor) is ss._offsets_fit(tensor.shape, tensor.stride())
+
+    class Layout:  # a layout whose offsets inside one slab pass int32, without its memory
+        shape = torch.Size((1, 1, 2, 2 ** 20))
+
+        def stride(self):
+            return (0, 0, 2 ** 31, 1)
+    assert not ss._by_layout(ss._offsets_fit, Layout())
+
+
 def test_compiled_raster_scan_builds_no_route_table(monkeypatch):
     """Compiled, the raster kernels get no route table (they walk the routes from route_kinds), so the graph does
     not rebuild one with arange/flip kernels on every call; values and gradients equal the eager call's."""
