@@ -919,7 +919,6 @@ if HAS_TRITON:
         if U_SHARED:
             tl.store((du_ptr + b * stride_u_b) + offsets, du, mask=mask)
 
-
     def _raster_rows_configs():
         if triton_interpreting():
             return [triton.Config({'BLOCK_D': 2, 'NUM_STAGES': 1}, num_warps=1)]

@@ -500,8 +500,8 @@ def _channel_last(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return stored.permute(*inverse)
 
 
-@pytest.mark.parametrize('kernel,state_dim,shared', [('row_walk', 1, True), ('whole_map', 1, True),
-                                                      ('row_walk', 2, False)])
+@pytest.mark.parametrize('kernel,state_dim,shared',
+                         [('row_walk', 1, True), ('whole_map', 1, True), ('row_walk', 2, False)])
 def test_raster_kernels_read_and_write_channel_last_maps(monkeypatch, kernel, state_dim, shared):
     """NHWC input and (batch, H, W, K, D) step sizes (the layouts of a channel-last model) are read in place by the
     row walk, which returns an NHWC output and NHWC gradients; other kernels copy them. Same values either way."""
@@ -639,8 +639,8 @@ def test_scan_custom_ops_pass_opcheck(monkeypatch, case):
     if channel_last:
         u = _channel_last(x, 1).reshape(2, 1, 3, height * width)
         assert u.stride(2) == 1
-    args = [t.requires_grad_(True) for t in (u, delta.flatten(3), A.view(4, 3, 2), B.flatten(3), C.flatten(3),
-                                              D.view(4, 3), bias.view(4, 3))]
+    args = [t.requires_grad_(True)
+            for t in (u, delta.flatten(3), A.view(4, 3, 2), B.flatten(3), C.flatten(3), D.view(4, 3), bias.view(4, 3))]
     backend = 'torch' if name.startswith('torch') else 'triton'
     args += [pattern.routes_on('cpu').to(torch.int32), True, True, return_states, backend, route_kinds,
              [height, width] if route_kinds else None]

@@ -153,8 +153,8 @@ def test_throughput_cpu_writes_csv_json_png(tmp_path):
     assert meta['settings']['runs'] == ['inference:bfloat16', 'train:float32']
     assert meta['settings']['batch_size'] == [2] and meta['settings']['img_size'] == [32, 32]
     rows = saved['results']
-    assert [(r['model'], r['mode']) for r in rows] == [(model, 'inference'), (TIMM_ATTN_MODEL, 'inference'),
-                                                      (model, 'train'), (TIMM_ATTN_MODEL, 'train')]
+    assert [(r['model'], r['mode']) for r in rows] == [
+        (model, 'inference'), (TIMM_ATTN_MODEL, 'inference'), (model, 'train'), (TIMM_ATTN_MODEL, 'train')]
     for row in rows:
         assert row.get('error') is None, row['error']
         assert row['samples_per_sec'] > 0 and row['batch_size'] == 2 and row['img_size'] == [32, 32]
@@ -182,8 +182,8 @@ def test_throughput_profile_steps_keep_the_top_operators(tmp_path):
     names = [name for name, ms, share in profile['top']]
     assert any('conv' in name for name in names), names
     assert all(ms >= 0 and 0 <= share <= 1 for name, ms, share in profile['top'])
-    assert [ms for name, ms, share in profile['top']] == sorted((ms for name, ms, share in profile['top']),
-                                                                 reverse=True)
+    top_ms = [ms for name, ms, share in profile['top']]
+    assert top_ms == sorted(top_ms, reverse=True)
 
 
 def test_throughput_run_list():
@@ -447,8 +447,8 @@ def test_model_card_index_detects_stale_entries(tmp_path):
     tampered = json.loads(json.dumps(index))
     tampered['models'][TIMM_CONV_MODEL]['check_fvcore_g'] *= 1.1
     save(tampered)
-    assert any('GFLOPs at 64x64' in p for p in model_index.check_index(index_path, readme_path, tmp_path,
-                                                                        names=names))
+    problems = model_index.check_index(index_path, readme_path, tmp_path, names=names)
+    assert any('GFLOPs at 64x64' in p for p in problems)
     # a card whose accuracy changed, a README edited by hand, a model added without regenerating
     save(index)
     card = tmp_path / f'{TIMM_CONV_MODEL}.md'

@@ -462,8 +462,8 @@ def test_reset_classifier_and_unpooled_model():
     assert model(x).shape == (2, 128)
     model.reset_classifier(0, '')
     assert model(x).dim() == 4
-    unpooled = timm.create_model('vanilla_vmamba_tiny', **dict(TINY_ARGS['vanilla_vmamba_tiny'], num_classes=0,
-                                                                global_pool=''))
+    unpooled_args = dict(TINY_ARGS['vanilla_vmamba_tiny'], num_classes=0, global_pool='')
+    unpooled = timm.create_model('vanilla_vmamba_tiny', **unpooled_args)
     assert unpooled(x).shape == (2, 1, 1, 128)  # channel-last model: NHWC map
 
 

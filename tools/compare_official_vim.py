@@ -71,8 +71,8 @@ def _norm_fn(x, weight, bias, residual=None, prenorm=False, residual_in_fp32=Fal
     if is_rms:
         normed = summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + eps)
     else:
-        normed = (summed - summed.mean(-1, keepdim=True)) * torch.rsqrt(summed.var(-1, unbiased=False, keepdim=True)
-                                                                       + eps)
+        variance = summed.var(-1, unbiased=False, keepdim=True)
+        normed = (summed - summed.mean(-1, keepdim=True)) * torch.rsqrt(variance + eps)
     y = normed * weight.float() + (bias.float() if bias is not None else 0.)
     y = y.to(out_dtype)
     if not prenorm:

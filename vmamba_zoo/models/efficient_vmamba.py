@@ -270,6 +270,7 @@ class EfficientVMamba(HierarchicalNHWCModel):
                                    input_fmt='NHWC')
         self.apply(self._init_weights)
 
+
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EfficientVMamba) -> Dict[str, torch.Tensor]:
     """Map an official EfficientVMamba checkpoint to this implementation.
 

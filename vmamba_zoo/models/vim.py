@@ -567,8 +567,8 @@ def _cfg(repo: str = '', filename: str = '', **kwargs) -> Dict[str, Any]:
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': 'head',
         'license': 'apache-2.0', 'notes': (_LICENSE_NOTE,),
-        'paper_ids': 'arXiv:2401.09417', 'paper_name': 'Vision Mamba: Efficient Visual Representation Learning '
-                                                      'with Bidirectional State Space Model',
+        'paper_ids': 'arXiv:2401.09417',
+        'paper_name': 'Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model',
         'origin_url': 'https://github.com/hustvl/Vim',
         **kwargs,
     }

@@ -6,7 +6,6 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
-import torch
 from torch import nn
 
 __all__ = [
