@@ -286,21 +286,31 @@ def test_cached_launch_falls_back_to_the_jit_for_good_when_the_launcher_rejects_
     assert not CachedLaunch.enabled
 
 
+class _FakeConfig:
+    kwargs = {'BLOCK': 8}
+    pre_hook = None
+
+    def all_kwargs(self):
+        return dict(self.kwargs, num_warps=4)
+
+
+class _FakeAutotuned(_FakeJit):
+    """An autotuned kernel whose pick is BLOCK=8 on 4 warps; its JIT path evaluates the grid as Triton would, with
+    every argument and constexpr."""
+    best_config = _FakeConfig()
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            meta = {**dict(zip(self.arg_names, args)), **kwargs, **self.best_config.all_kwargs()}
+            self.log.append(('jit', grid(meta), args, kwargs))
+            return _FakeCompiled(self.log)
+        return run
+
+
 def test_cached_launch_keeps_an_autotuners_pick_and_evaluates_a_grid_function(monkeypatch):
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
-
-    class Config:
-        kwargs = {'BLOCK': 8}
-        pre_hook = None
-
-        def all_kwargs(self):
-            return dict(self.kwargs, num_warps=4)
-
-    class FakeAutotuned(_FakeJit):
-        best_config = Config()
-
     monkeypatch.setattr(CachedLaunch, 'enabled', True)
-    kernel = FakeAutotuned()
+    kernel = _FakeAutotuned()
     launch = CachedLaunch(kernel)
     x = torch.zeros(16)
     grid = lambda meta: (meta['n'] // meta['BLOCK'],)  # noqa: E731
@@ -313,26 +323,8 @@ def test_cached_launch_hands_a_config_grid_only_the_constexprs(monkeypatch):
     """A ``ConfigGrid`` gets the constexprs and the autotuner's pick (cached launches) or everything (the JIT's first
     call), and gives the same grid either way."""
     from vmamba_zoo.kernels._triton_utils import CachedLaunch, ConfigGrid
-
-    class Config:
-        kwargs = {'BLOCK': 8}
-        pre_hook = None
-
-        def all_kwargs(self):
-            return dict(self.kwargs, num_warps=4)
-
-    class FakeAutotuned(_FakeJit):
-        best_config = Config()
-
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                meta = {**dict(zip(self.arg_names, args)), **kwargs, **self.best_config.all_kwargs()}
-                self.log.append(('jit', grid(meta), args, kwargs))
-                return _FakeCompiled(self.log)
-            return run
-
     monkeypatch.setattr(CachedLaunch, 'enabled', True)
-    kernel = FakeAutotuned()
+    kernel = _FakeAutotuned()
     launch = CachedLaunch(kernel)
     x, seen = torch.zeros(16), []
 
