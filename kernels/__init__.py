@@ -3,7 +3,7 @@ networks run.
 
 Installed as ``vmamba_zoo.kernels`` from the top-level ``kernels/`` folder. Imports without Triton or a GPU.
 """
-from ._triton_utils import HAS_TRITON, plain_eager
+from ._triton_utils import HAS_TRITON, cast_to, plain_eager
 from .layer_norm import layer_norm_2d, layer_norm_2d_ref, layer_norm_backward, layer_norm_forward
 from .multi_scan import RasterMultiScan, multi_scan_2d
 from .scan_patterns import (
@@ -20,8 +20,8 @@ from .silu_layouts import (
 )
 
 __all__ = [
-    'HAS_TRITON', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward',
-    'multi_scan_2d', 'RasterMultiScan',
+    'HAS_TRITON', 'cast_to', 'plain_eager', 'layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward',
+    'layer_norm_backward', 'multi_scan_2d', 'RasterMultiScan',
     'ScanPattern',
     'cached_outside_inference_mode', 'atrous_pattern',
     'bidirectional_pattern', 'cross_merge', 'cross_pattern', 'cross_scan', 'custom_pattern', 'get_pattern',

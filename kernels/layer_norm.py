@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import HAS_TRITON, CachedLaunch, backend_runs_triton, cdiv, next_power_of_2, tl, triton
+from ._triton_utils import HAS_TRITON, CachedLaunch, backend_runs_triton, cast_to, cdiv, next_power_of_2, tl, triton
 
 __all__ = ['layer_norm_2d', 'layer_norm_2d_ref', 'layer_norm_forward', 'layer_norm_backward']
 
@@ -277,15 +277,8 @@ def layer_norm_backward(x: torch.Tensor, weight: Optional[torch.Tensor], stats: 
     ``dx_add`` (x's shape), a gradient that reaches x by another path, is added to dx as the kernel writes it: a
     residual block's ``x + f(norm(x))`` needs no separate sum of its two input gradients."""
     dx, (dweight, dbias) = _layer_norm_bwd(x, weight, stats, dy, channel_dim == -1, dx_add)
-    param_dtype = x.dtype if weight is None else weight.dtype
-    if weight is None:
-        dweight = None
-    elif dweight.dtype != param_dtype:  # the sums are float32 (float64); most parameters are too: no call then
-        dweight = dweight.to(param_dtype)
-    if not has_bias:
-        dbias = None
-    elif dbias.dtype != param_dtype:
-        dbias = dbias.to(param_dtype)
+    dweight = None if weight is None else cast_to(dweight, weight.dtype)
+    dbias = cast_to(dbias, x.dtype if weight is None else weight.dtype) if has_bias else None
     return dx, dweight, dbias
 
 

@@ -1560,26 +1560,22 @@ def _offsets_fit(shape, strides) -> bool:
     return sum((size - 1) * abs(stride) for size, stride in zip(shape[2:], strides[2:])) < 2 ** 31
 
 
-_LAYOUT_ANSWERS = {}
+@functools.lru_cache(maxsize=4096)
+def _kept_layout_answer(question, shape, strides) -> bool:
+    return question(shape, strides)
 
 
 def _by_layout(question, t: torch.Tensor) -> bool:
     """``question(t.shape, t.stride())``, kept per layout: the eager training path asks about the same few layouts
-    several times per scan call. Compiled code (dynamo guards on the dict), and symbolic sizes, which do not hash,
-    are answered afresh."""
+    several times per scan call. Compiled code (dynamo would trace into the cache), and symbolic sizes, which do not
+    hash, are answered afresh."""
     shape, strides = t.shape, t.stride()
     if torch.compiler.is_compiling():
         return question(shape, strides)
     try:
-        key = (question, shape, strides)
-        answer = _LAYOUT_ANSWERS.get(key)
-    except TypeError:
+        return _kept_layout_answer(question, shape, strides)
+    except TypeError:  # unhashable (symbolic) sizes
         return question(shape, strides)
-    if answer is None:
-        if len(_LAYOUT_ANSWERS) > 4096:
-            _LAYOUT_ANSWERS.clear()
-        answer = _LAYOUT_ANSWERS[key] = question(shape, strides)
-    return answer
 
 
 def _channels_contiguous(u: torch.Tensor) -> bool:

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.activations import GELU as TimmGELU, GELUTanh as TimmGELUTanh
 
-from vmamba_zoo.kernels import layer_norm_backward, layer_norm_forward, plain_eager
+from vmamba_zoo.kernels import cast_to, layer_norm_backward, layer_norm_forward, plain_eager
 
 from .eager import add_residual, kept_casts, node_dtype, without_hooks
 from .norm import ChannelLastLayerNorm
@@ -68,9 +68,7 @@ class _LinearGeluLinear(torch.autograd.Function):
         scale, saved = saved[-1], saved[:-1]
         needs = ctx.needs_input_grad
         branch_grad = grad if scale is None else grad * scale.to(grad.dtype)
-        grad2d = branch_grad.reshape(-1, grad.shape[-1])
-        if grad2d.dtype != act.dtype:
-            grad2d = grad2d.to(act.dtype)
+        grad2d = cast_to(branch_grad.reshape(-1, grad.shape[-1]), act.dtype)
         dweight2 = mm_float32(grad2d.t(), act) if needs[6] else None
         dbias2 = bias_grad_float32(grad2d) if ctx.has_bias[1] and needs[7] else None
         dhidden = torch.ops.aten.gelu_backward(grad2d.mm(w2), hidden, approximate=ctx.approximate)

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmamba_zoo.kernels import (
-    RasterMultiScan, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, plain_eager,
+    RasterMultiScan, cast_to, get_pattern, layer_norm_backward, layer_norm_forward, multi_scan_2d, plain_eager,
     silu_dual_layout_backward, silu_dual_layout_forward,
 )
 
@@ -139,12 +139,6 @@ def _rows_holding(x: torch.Tensor) -> Optional[torch.Tensor]:
     return x.as_strided((positions, groups * row_width), (groups * row_width, 1))
 
 
-def _as_float32(t: torch.Tensor) -> torch.Tensor:
-    """``t.float()`` without the call when t is float32 already (a dispatched no-op, about a microsecond per call on
-    the host that paces eager steps)."""
-    return t if t.dtype == torch.float32 else t.float()
-
-
 def _derive_ssm_weights(A_logs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
                         dtype: torch.dtype, block_diagonal: bool = False):
     """A = -exp(A_logs) in float32, the stacked x_proj weight (K * (R + 2N), D) and the dt_proj weights in
@@ -152,7 +146,7 @@ def _derive_ssm_weights(A_logs: torch.Tensor, x_proj_weight: torch.Tensor, dt_pr
     ``x_proj`` output to its K routes' deltas (``_block_diagonal_dt_proj``)."""
     w_dt = _block_diagonal_dt_proj(dt_projs_weight, x_proj_weight.shape[1], dtype) if block_diagonal else \
         dt_projs_weight.to(dtype)
-    return -_as_float32(A_logs).exp(), x_proj_weight.reshape(-1, x_proj_weight.shape[-1]).to(dtype), w_dt
+    return -cast_to(A_logs, torch.float32).exp(), x_proj_weight.reshape(-1, x_proj_weight.shape[-1]).to(dtype), w_dt
 
 
 def _block_diagonal_dt_proj(dt_projs_weight: torch.Tensor, row_width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -234,7 +228,7 @@ def _scan_core_forward(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs,
     dts, Bs, Cs, dt_in = _project_channel_last(x, w_x, w_dt, rank, d_state)
     if u is None:
         u = x.contiguous()
-    D, delta_bias = _as_float32(Ds).view(k_group, d_inner), _as_float32(dt_projs_bias)
+    D, delta_bias = cast_to(Ds, torch.float32).view(k_group, d_inner), cast_to(dt_projs_bias, torch.float32)
     y, entering = scan.forward(u, dts, A.view(k_group, d_inner, d_state), Bs, Cs, D, delta_bias, True)
     return y, (x, u, dt_in, dts, Bs, Cs, A, D, delta_bias, entering, w_x, w_dt)
 
@@ -414,9 +408,7 @@ class _SS2DBranch(torch.autograd.Function):
         batch, height, width, channels = x.shape
         d_inner = conv.shape[1]
         branch_grad = grad if scale is None else grad * scale.to(grad.dtype)
-        grad2d = branch_grad.reshape(-1, grad.shape[-1])
-        if grad2d.dtype != spec.dtype:
-            grad2d = grad2d.to(spec.dtype)
+        grad2d = cast_to(branch_grad.reshape(-1, grad.shape[-1]), spec.dtype)
         d_out_w = mm_float32(grad2d.t(), gated.reshape(-1, d_inner)) if needs[15] else None
         d_out_b = bias_grad_float32(grad2d) if ctx.has_bias[4] and needs[16] else None
         d_gated = grad2d.mm(w_out).view(yn.shape)
