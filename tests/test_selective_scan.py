@@ -81,6 +81,35 @@ def test_selective_scan_fn_matches_reference(backend, dtype, groups, state_dim, 
         assert_close(got, want, dtype, f'd{name}')
 
 
+@pytest.mark.parametrize('length,summaries', [(11, False), (16, False), (17, True)])
+def test_one_chunk_backward_skips_the_chunk_summaries(monkeypatch, length, summaries):
+    """A route of one chunk (the interpreter's chunks hold 16 steps) has no chunk to its right, so its backward runs
+    no chunk summaries; the gradients, that of the last state included, still match the reference."""
+    launched = []
+    real = ss._chunk_summary_bwd_kernel
+
+    class Watch:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(ss, '_chunk_summary_bwd_kernel', Watch())
+    inputs = mamba_inputs(1, 8, length, 2, 16, torch.float32, True, True, True, seed=3)
+    inputs = [t.requires_grad_(True) for t in inputs]
+    out, last = K.selective_scan_fn(*inputs[:7], delta_bias=inputs[7], delta_softplus=True, return_last_state=True,
+                                    backend='triton')
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    ref, ref_last = K.selective_scan_ref(*ref_inputs[:7], delta_bias=ref_inputs[7], delta_softplus=True,
+                                         return_last_state=True)
+    gen = torch.Generator().manual_seed(4)
+    cot, cot_last = torch.randn(ref.shape, generator=gen), torch.randn(ref_last.shape, generator=gen)
+    got = torch.autograd.grad((out * cot).sum() + (last * cot_last).sum(), inputs)
+    want = torch.autograd.grad((ref * cot).sum() + (ref_last * cot_last).sum(), ref_inputs)
+    for name, g, w in zip('u delta A B C D z bias'.split(), got, want):
+        assert_close(g, w, torch.float32, f'd{name}')
+    assert bool(launched) == summaries
+
+
 PATTERN_FACTORIES = {
     'cross': lambda: K.cross_pattern(3, 7),
     'bidirectional': lambda: K.bidirectional_pattern(3, 5),
