@@ -9,8 +9,11 @@ bias and softplus; pointers and integers specialised as at run time). It disasse
 cuobjdump, finds each loop (a backward branch) and prints its instruction count and most common opcodes, with the
 registers and spills ptxas reports.
 
+``--chunked`` compiles the chunk-parallel kernels instead (the d_state > 8 path) at the programs the autotuner picked
+on the H200 at d_state 16, and adds the lane shuffles (``shfl.sync``) per source line, from the PTX line table.
+
 Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--kernel fwd|bwd] [--layout nchw|nhwc] [--maxnreg N]
-    [--json OUT.json]
+    [--chunked] [--json OUT.json]
 """
 import argparse
 import collections
@@ -44,6 +47,12 @@ CASES = (('_raster_rows_fwd_kernel', 64, 1, 1, (96, 56, 56), 'nchw'),
          ('_raster_rows_fwd_kernel', 32, 16, 4, (192, 28, 28), 'nhwc'),
          ('_raster_rows_bwd_kernel', 64, 8, 2, (96, 56, 56), 'nhwc'),
          ('_raster_rows_bwd_kernel', 32, 4, 1, (192, 28, 28), 'nhwc'))
+# Chunked kernels: (kernel, channels per program, warps, (D, H, W)), cross pattern, d_state 16, bf16 activations,
+# 64-step chunks: the H200's autotuner picks of 2026-12-01 at VMamba-T's second stage.
+CHUNKED_FLAGS = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, IDENTITY=False, ACCUMULATE=True, STORE_STATES=False,
+                     HAS_DSTATES=False, HAS_DLAST=False, SCATTER_ATOMIC=False, CHUNK=64)
+CHUNKED_CASES = (('_chunk_summary_fwd_kernel', 8, 1, (192, 28, 28)), ('_scan_chunk_fwd_kernel', 32, 2, (192, 28, 28)),
+                 ('_chunk_summary_bwd_kernel', 8, 1, (192, 28, 28)), ('_scan_chunk_bwd_kernel', 8, 1, (192, 28, 28)))
 INSTRUCTION = re.compile(r'\s+/\*([0-9a-f]{4,6})\*/\s+(.*?);')
 
 
@@ -99,6 +108,56 @@ def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxn
     return sass, ptxas
 
 
+def compile_chunked(module, name, block_d, warps, shape, state_dim=16):
+    """(SASS, ptxas -v output, PTX) of one chunk-parallel kernel, specialised as at run time for a B=128, K=4 cross
+    scan of a contiguous (D, H, W) map."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    fn = jit_function(getattr(module, name))
+    dim, height, width = shape
+    positions = height * width
+    ints = dict(D=dim, P=positions, L=positions, N=state_dim, NUM_CHUNKS=-(-positions // CHUNKED_FLAGS['CHUNK']),
+                stride_u_b=dim * positions, stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0, ROWS=0)
+    ones = {k: 1 for k, v in ints.items() if v == 1 and k in fn.arg_names and k not in fn.do_not_specialize}
+    constants = {k: v for k, v in dict(CHUNKED_FLAGS, BLOCK_D=block_d, **ones).items() if k in fn.arg_names}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constants:
+            signature[arg] = 'constexpr'
+        elif arg.endswith('_ptr'):
+            signature[arg] = '*bf16' if arg in ACTIVATIONS else '*i32' if arg == 'routes_ptr' else '*fp32'
+        else:
+            signature[arg] = 'i32'
+    attrs = {(index,): [['tt.divisibility', 16]] for index, arg in enumerate(fn.arg_names)
+             if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0 and arg not in fn.do_not_specialize)}
+    source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
+                       attrs=attrs)
+    kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
+    tools = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin'
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / 'kernel.cubin'
+        cubin.write_bytes(kernel.asm['cubin'])
+        sass = subprocess.run([str(tools / 'cuobjdump'), '-sass', str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    ptxas = subprocess.run([str(tools / 'ptxas'), '-arch=sm_90a', '-v', '-o', os.devnull, '-'],
+                           input=kernel.asm['ptx'], capture_output=True, text=True).stderr
+    return sass, ptxas, kernel.asm['ptx']
+
+
+def shuffles_by_line(ptx):
+    """{'file:line': count} of the ``shfl.sync`` instructions in ``ptx``, attributed through its ``.loc`` table."""
+    files = dict(re.findall(r'\.file\s+(\d+)\s+"([^"]+)"', ptx))
+    where, counts = None, collections.Counter()
+    for line in ptx.splitlines():
+        loc = re.match(r'\s*\.loc\s+(\d+)\s+(\d+)', line)
+        if loc:
+            where = f"{os.path.basename(files.get(loc.group(1), '?'))}:{loc.group(2)}"
+        elif 'shfl.sync' in line:
+            counts[where] += 1
+    return dict(counts.most_common())
+
+
 def loop_counts(sass):
     """Per loop (backward branch), in program order: its instruction count and top opcodes."""
     instructions = [(int(m.group(1), 16), m.group(2)) for m in map(INSTRUCTION.match, sass.splitlines()) if m]
@@ -119,13 +178,29 @@ def main():
     parser.add_argument('--layout', choices=['nchw', 'nhwc'], default=None, help='only this layout')
     parser.add_argument('--maxnreg', type=int, default=None,
                         help='cap the registers per thread (more resident warps per SM, possibly spills)')
+    parser.add_argument('--chunked', action='store_true',
+                        help='the chunk-parallel kernels (d_state > 8) instead of the row walk, with shuffles per line')
     args = parser.parse_args()
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')
     bs.import_kernels()  # makes vmamba_zoo.kernels importable from an uninstalled checkout
     from vmamba_zoo.kernels import selective_scan as ss
     results = []
-    for name, lanes, block_d, warps, shape, layout in CASES:
+    if args.chunked:
+        for name, block_d, warps, shape in CHUNKED_CASES:
+            if args.kernel and f'_{args.kernel}_' not in name:
+                continue
+            sass, ptxas, ptx = compile_chunked(ss, name, block_d, warps, shape)
+            total, loops = loop_counts(sass)
+            registers = re.search(r'Used (\d+) registers', ptxas)
+            row = dict(kernel=name, channels=block_d, warps=warps, stage=list(shape), total=total,
+                       registers=int(registers.group(1)) if registers else None, loops=loops,
+                       shuffles_by_line=shuffles_by_line(ptx))
+            results.append(row)
+            print(f"{name} channels={block_d} warps={warps}: {total} instructions, loops "
+                  f"{', '.join(str(loop['instructions']) for loop in loops)}, {row['registers']} registers; "
+                  f"shuffles by line {row['shuffles_by_line']}", flush=True)
+    for name, lanes, block_d, warps, shape, layout in ([] if args.chunked else CASES):
         if (args.kernel and f'_{args.kernel}_' not in name) or (args.layout and layout != args.layout):
             continue
         sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout, args.maxnreg)

@@ -510,3 +510,32 @@ def test_summarize_headline_table_and_targets(tmp_path):
     text = summarize.summarize(summarize.load([str(path)]))
     assert '`vmamba_tiny_s1l8`, Infer bf16: 24.0 ms of cuda time per step' in text
     assert '| `_raster_rows_fwd_kernel` | 4.87 | 20% |' in text and '| `layer_norm` | 2.15 | 9% |' in text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SASS counts of the chunked kernels
+# ---------------------------------------------------------------------------------------------------------------------
+def test_sass_counts_attributes_shuffles_to_source_lines():
+    """The PTX line table decides which source line a ``shfl.sync`` belongs to (a hand-written PTX excerpt)."""
+    sass_counts = _load_tool('sass_counts', folder='benchmarks')
+    ptx = '\n'.join([
+        '.file 1 "/x/kernels/selective_scan.py"', '.file 2 "/y/triton/language/standard.py"',
+        '.loc 1 619 20', 'shfl.sync.up.b32 %r1, %r2, 1, 0, -1;', 'shfl.sync.up.b32 %r3, %r4, 1, 0, -1;',
+        'add.f32 %f1, %f2, %f3;', '.loc 2 293 10', 'shfl.sync.bfly.b32 %r5, %r6, 16, 31, -1;',
+        '.loc 1 619 20', 'shfl.sync.up.b32 %r7, %r8, 2, 0, -1;'])
+    assert sass_counts.shuffles_by_line(ptx) == {'selective_scan.py:619': 3, 'standard.py:293': 1}
+
+
+@pytest.mark.skipif(importlib.util.find_spec('triton') is None, reason='needs triton (its ptxas compiles for sm_90)')
+def test_sass_counts_compiles_the_chunked_forward_kernels(tmp_path):
+    """``sass_counts.py --chunked`` compiles the chunk-parallel kernels for sm_90 without a GPU and reports their
+    loops, registers and shuffles."""
+    out = tmp_path / 'counts.json'
+    env = dict(os.environ, TRITON_INTERPRET='0')
+    subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'sass_counts.py'), '--chunked', '--kernel', 'fwd',
+                    '--json', str(out)], check=True, env=env, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())
+    assert [row['kernel'] for row in rows] == ['_chunk_summary_fwd_kernel', '_scan_chunk_fwd_kernel']
+    for row in rows:
+        assert row['loops'] and row['registers'] and row['total'] > sum(loop['instructions'] for loop in row['loops'])
+    assert any(line.startswith('selective_scan.py:') for line in rows[1]['shuffles_by_line'])
