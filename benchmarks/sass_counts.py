@@ -77,21 +77,23 @@ def _runtime_ints(dim, height, width, layout):
                 stride_y_d=1, stride_y_p=dim)
 
 
-def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxnreg=None):
-    """(SASS text, ptxas -v output) of one kernel configuration, specialised as Triton does at run time: every
-    pointer 16-byte aligned, every integer argument equal to 1 a constant, every one that is a multiple of 16 marked
-    so. ``maxnreg`` caps the registers per thread (Triton's ``maxnreg`` option, ptxas's ``-maxrregcount``)."""
+def _compile_for_sm90(fn, constants, ints, warps, maxnreg=None):
+    """(SASS text, ptxas -v output, PTX) of ``fn`` with ``constants`` as its constexprs, specialised as Triton does at
+    run time: every pointer 16-byte aligned, every integer of ``ints`` that is a multiple of 16 marked so unless the
+    kernel opts out of specialising it (``do_not_specialize``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    fn = jit_function(getattr(module, name))
-    ints = _runtime_ints(*shape, layout)
-    ones = {k: 1 for k, v in ints.items() if v == 1 and k in fn.arg_names and k not in fn.do_not_specialize}
-    constants = {k: v for k, v in dict(FLAGS, LANES=lanes, BLOCK_D=block_d, **ones).items() if k in fn.arg_names}
-    signature = {arg: 'constexpr' if arg in constants else ('*bf16' if arg in ACTIVATIONS else '*fp32')
-                 if arg.endswith('_ptr') else 'i32' for arg in fn.arg_names}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constants:
+            signature[arg] = 'constexpr'
+        elif arg.endswith('_ptr'):
+            signature[arg] = '*bf16' if arg in ACTIVATIONS else '*i32' if arg == 'routes_ptr' else '*fp32'
+        else:
+            signature[arg] = 'i32'
     attrs = {(index,): [['tt.divisibility', 16]] for index, arg in enumerate(fn.arg_names)
-             if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0)}
+             if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0 and arg not in fn.do_not_specialize)}
     source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
                        attrs=attrs)
     options = {'num_warps': warps} if maxnreg is None else {'num_warps': warps, 'maxnreg': maxnreg}
@@ -105,44 +107,33 @@ def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxn
     cap = [] if maxnreg is None else [f'-maxrregcount={maxnreg}']
     ptxas = subprocess.run([str(tools / 'ptxas'), '-arch=sm_90a', '-v', *cap, '-o', os.devnull, '-'],
                            input=kernel.asm['ptx'], capture_output=True, text=True).stderr
-    return sass, ptxas
+    return sass, ptxas, kernel.asm['ptx']
+
+
+def _constants(fn, flags, ints):
+    """``flags`` and every integer argument equal to 1 (which Triton makes a constant) that ``fn`` takes."""
+    ones = {k: 1 for k, v in ints.items() if v == 1 and k in fn.arg_names and k not in fn.do_not_specialize}
+    return {k: v for k, v in dict(flags, **ones).items() if k in fn.arg_names}
+
+
+def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxnreg=None):
+    """(SASS text, ptxas -v output) of one row-walk kernel configuration at a stage of B=128, K=4, N=1.
+    ``maxnreg`` caps the registers per thread (Triton's ``maxnreg`` option, ptxas's ``-maxrregcount``)."""
+    fn = jit_function(getattr(module, name))
+    ints = _runtime_ints(*shape, layout)
+    constants = _constants(fn, dict(FLAGS, LANES=lanes, BLOCK_D=block_d), ints)
+    return _compile_for_sm90(fn, constants, ints, warps, maxnreg)[:2]
 
 
 def compile_chunked(module, name, block_d, warps, shape, state_dim=16):
     """(SASS, ptxas -v output, PTX) of one chunk-parallel kernel, specialised as at run time for a B=128, K=4 cross
     scan of a contiguous (D, H, W) map."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     fn = jit_function(getattr(module, name))
     dim, height, width = shape
     positions = height * width
     ints = dict(D=dim, P=positions, L=positions, N=state_dim, NUM_CHUNKS=-(-positions // CHUNKED_FLAGS['CHUNK']),
-                stride_u_b=dim * positions, stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0, ROWS=0)
-    ones = {k: 1 for k, v in ints.items() if v == 1 and k in fn.arg_names and k not in fn.do_not_specialize}
-    constants = {k: v for k, v in dict(CHUNKED_FLAGS, BLOCK_D=block_d, **ones).items() if k in fn.arg_names}
-    signature = {}
-    for arg in fn.arg_names:
-        if arg in constants:
-            signature[arg] = 'constexpr'
-        elif arg.endswith('_ptr'):
-            signature[arg] = '*bf16' if arg in ACTIVATIONS else '*i32' if arg == 'routes_ptr' else '*fp32'
-        else:
-            signature[arg] = 'i32'
-    attrs = {(index,): [['tt.divisibility', 16]] for index, arg in enumerate(fn.arg_names)
-             if arg.endswith('_ptr') or (arg in ints and ints[arg] % 16 == 0 and arg not in fn.do_not_specialize)}
-    source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
-                       attrs=attrs)
-    kernel = triton.compile(source, target=GPUTarget('cuda', 90, 32), options={'num_warps': warps})
-    tools = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin'
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / 'kernel.cubin'
-        cubin.write_bytes(kernel.asm['cubin'])
-        sass = subprocess.run([str(tools / 'cuobjdump'), '-sass', str(cubin)], capture_output=True, text=True,
-                              check=True).stdout
-    ptxas = subprocess.run([str(tools / 'ptxas'), '-arch=sm_90a', '-v', '-o', os.devnull, '-'],
-                           input=kernel.asm['ptx'], capture_output=True, text=True).stderr
-    return sass, ptxas, kernel.asm['ptx']
+                stride_u_b=dim * positions, stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0)
+    return _compile_for_sm90(fn, _constants(fn, dict(CHUNKED_FLAGS, BLOCK_D=block_d), ints), ints, warps)
 
 
 def shuffles_by_line(ptx):
