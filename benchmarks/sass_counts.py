@@ -11,12 +11,15 @@ registers and spills ptxas reports.
 
 ``--chunked`` compiles the chunk-parallel kernels instead (the d_state > 8 path) at the programs the autotuner picked
 on the H200 at d_state 16, and adds the lane shuffles (``shfl.sync``) per source line, from the PTX line table.
+``--contiguous`` asks what they would cost on route-ordered copies with the map size specialised: Triton then
+vectorises the loads, a lane holds several consecutive steps and the forward lane scans need few shuffles.
 
 Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--kernel fwd|bwd] [--layout nchw|nhwc] [--maxnreg N]
     [--chunked] [--json OUT.json]
 """
 import argparse
 import collections
+import copy
 import json
 import os
 import re
@@ -125,15 +128,20 @@ def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxn
     return _compile_for_sm90(fn, constants, ints, warps, maxnreg)[:2]
 
 
-def compile_chunked(module, name, block_d, warps, shape, state_dim=16):
+def compile_chunked(module, name, block_d, warps, shape, state_dim=16, contiguous=False):
     """(SASS, ptxas -v output, PTX) of one chunk-parallel kernel, specialised as at run time for a B=128, K=4 cross
-    scan of a contiguous (D, H, W) map."""
+    scan of a contiguous (D, H, W) map. ``contiguous``: route-ordered operands (no route table) with the map size
+    specialised too, so that Triton may vectorise the loads; the kernels do not run that way now."""
     fn = jit_function(getattr(module, name))
+    if contiguous:
+        fn = copy.copy(fn)
+        fn.do_not_specialize = ()
     dim, height, width = shape
     positions = height * width
     ints = dict(D=dim, P=positions, L=positions, N=state_dim, NUM_CHUNKS=-(-positions // CHUNKED_FLAGS['CHUNK']),
                 stride_u_b=dim * positions, stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0)
-    return _compile_for_sm90(fn, _constants(fn, dict(CHUNKED_FLAGS, BLOCK_D=block_d), ints), ints, warps)
+    flags = dict(CHUNKED_FLAGS, BLOCK_D=block_d, IDENTITY=contiguous or CHUNKED_FLAGS['IDENTITY'])
+    return _compile_for_sm90(fn, _constants(fn, flags, ints), ints, warps)
 
 
 def shuffles_by_line(ptx):
@@ -171,6 +179,8 @@ def main():
                         help='cap the registers per thread (more resident warps per SM, possibly spills)')
     parser.add_argument('--chunked', action='store_true',
                         help='the chunk-parallel kernels (d_state > 8) instead of the row walk, with shuffles per line')
+    parser.add_argument('--contiguous', action='store_true',
+                        help='with --chunked: route-ordered operands and a specialised map size (what-if; see above)')
     args = parser.parse_args()
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')
@@ -181,11 +191,11 @@ def main():
         for name, block_d, warps, shape in CHUNKED_CASES:
             if args.kernel and f'_{args.kernel}_' not in name:
                 continue
-            sass, ptxas, ptx = compile_chunked(ss, name, block_d, warps, shape)
+            sass, ptxas, ptx = compile_chunked(ss, name, block_d, warps, shape, contiguous=args.contiguous)
             total, loops = loop_counts(sass)
             registers = re.search(r'Used (\d+) registers', ptxas)
-            row = dict(kernel=name, channels=block_d, warps=warps, stage=list(shape), total=total,
-                       registers=int(registers.group(1)) if registers else None, loops=loops,
+            row = dict(kernel=name, contiguous=args.contiguous, channels=block_d, warps=warps, stage=list(shape),
+                       total=total, registers=int(registers.group(1)) if registers else None, loops=loops,
                        shuffles_by_line=shuffles_by_line(ptx))
             results.append(row)
             print(f"{name} channels={block_d} warps={warps}: {total} instructions, loops "

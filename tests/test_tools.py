@@ -539,3 +539,4 @@ def test_sass_counts_compiles_the_chunked_forward_kernels(tmp_path):
     for row in rows:
         assert row['loops'] and row['registers'] and row['total'] > sum(loop['instructions'] for loop in row['loops'])
     assert any(line.startswith('selective_scan.py:') for line in rows[1]['shuffles_by_line'])
+    assert not any(row['contiguous'] for row in rows)
