@@ -540,3 +540,14 @@ def test_sass_counts_compiles_the_chunked_forward_kernels(tmp_path):
         assert row['loops'] and row['registers'] and row['total'] > sum(loop['instructions'] for loop in row['loops'])
     assert any(line.startswith('selective_scan.py:') for line in rows[1]['shuffles_by_line'])
     assert not any(row['contiguous'] for row in rows)
+
+
+def test_profile_scan_patterns_have_four_routes_over_the_map():
+    """The GPU profiler's patterns fit ``bench_scan.make_inputs`` (4 routes), each route visiting the whole map."""
+    profile_scan = _load_tool('profile_scan', folder='benchmarks')
+    for name in profile_scan.PATTERNS:
+        pattern = profile_scan.make_pattern(name, 6, 8)
+        assert pattern.num_routes == 4, name
+        covered = torch.zeros(48, dtype=torch.long).index_add_(0, pattern.routes.reshape(-1),
+                                                               torch.ones(pattern.routes.numel(), dtype=torch.long))
+        assert (covered == 4).all() if name != 'atrous' else (covered == 1).all(), name
