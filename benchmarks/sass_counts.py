@@ -11,15 +11,15 @@ registers and spills ptxas reports.
 
 ``--chunked`` compiles the chunk-parallel kernels instead (the d_state > 8 path) at the programs the autotuner picked
 on the H200 at d_state 16, and adds the lane shuffles (``shfl.sync``) per source line, from the PTX line table.
-``--contiguous`` asks what they would cost on route-ordered copies with the map size specialised: Triton then
-vectorises the loads, a lane holds several consecutive steps and the forward lane scans need few shuffles.
+``--contiguous`` compiles their twins for route-ordered operands (``multi_scan_2d(..., fused=False)``,
+``selective_scan_fn``), specialised on the map size: Triton then vectorises the loads, a lane holds several
+consecutive steps and the forward lane scans need few shuffles.
 
 Usage: TRITON_INTERPRET=0 python benchmarks/sass_counts.py [--kernel fwd|bwd] [--layout nchw|nhwc] [--maxnreg N]
     [--chunked] [--json OUT.json]
 """
 import argparse
 import collections
-import copy
 import json
 import os
 import re
@@ -130,12 +130,11 @@ def compile_sass(module, name, lanes, block_d, warps, shape, layout='nchw', maxn
 
 def compile_chunked(module, name, block_d, warps, shape, state_dim=16, contiguous=False):
     """(SASS, ptxas -v output, PTX) of one chunk-parallel kernel, specialised as at run time for a B=128, K=4 cross
-    scan of a contiguous (D, H, W) map. ``contiguous``: route-ordered operands (no route table) with the map size
-    specialised too, so that Triton may vectorise the loads; the kernels do not run that way now."""
-    fn = jit_function(getattr(module, name))
+    scan of a contiguous (D, H, W) map. ``contiguous``: the kernel's twin for route-ordered operands (no route table),
+    specialised on the map size too, so that Triton may vectorise the loads."""
     if contiguous:
-        fn = copy.copy(fn)
-        fn.do_not_specialize = ()
+        name = name[:-len('_kernel')] + '_contiguous_kernel'
+    fn = jit_function(getattr(module, name))
     dim, height, width = shape
     positions = height * width
     ints = dict(D=dim, P=positions, L=positions, N=state_dim, NUM_CHUNKS=-(-positions // CHUNKED_FLAGS['CHUNK']),
@@ -180,7 +179,7 @@ def main():
     parser.add_argument('--chunked', action='store_true',
                         help='the chunk-parallel kernels (d_state > 8) instead of the row walk, with shuffles per line')
     parser.add_argument('--contiguous', action='store_true',
-                        help='with --chunked: route-ordered operands and a specialised map size (what-if; see above)')
+                        help='with --chunked: the twins for route-ordered operands (specialised on the map size)')
     args = parser.parse_args()
     if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
         sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')

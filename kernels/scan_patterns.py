@@ -229,8 +229,23 @@ def _check_map(fn: str, arg: str, x: torch.Tensor, pattern: ScanPattern) -> None
                          f'{pattern.height}x{pattern.width}')
 
 
+def _raster_route(x: torch.Tensor, kind: int) -> torch.Tensor:
+    """(..., H, W) map -> (..., L) in the order of raster route ``kind`` (see ``ScanPattern.route_kinds``)."""
+    flat = (x.transpose(-1, -2) if kind % 2 else x).flatten(-2)
+    return flat.flip(-1) if kind >= 2 else flat
+
+
+def _raster_map(y: torch.Tensor, kind: int, height: int, width: int) -> torch.Tensor:
+    """The inverse of ``_raster_route``: (..., L) in route ``kind``'s order -> (..., H, W)."""
+    y = y.flip(-1) if kind >= 2 else y
+    return y.unflatten(-1, (width, height)).transpose(-1, -2) if kind % 2 else y.unflatten(-1, (height, width))
+
+
 def cross_scan(x: torch.Tensor, pattern: ScanPattern) -> torch.Tensor:
     """Gather every route of ``pattern`` into its own copy.
+
+    Raster routes (patterns with ``route_kinds``) are flips and transposes of the map, copied as such; other routes
+    are gathered through their position tables (whose backward, an indexed scatter-add, is slower).
 
     Args:
         x: (B, C, H, W) map shared by all routes, or (B, K, C, H, W) with one map per route.
@@ -239,12 +254,15 @@ def cross_scan(x: torch.Tensor, pattern: ScanPattern) -> torch.Tensor:
         (B, K, C, L) tensor whose [:, k, :, l] is x at position ``routes[k, l]``.
     """
     _check_map('cross_scan', 'x', x, pattern)
+    if x.dim() == 5 and x.shape[1] != pattern.num_routes:
+        raise ValueError(f'cross_scan: x has {x.shape[1]} route maps but the pattern has {pattern.num_routes}')
+    if pattern.route_kinds is not None and x.dim() in (4, 5):
+        return torch.stack([_raster_route(x if x.dim() == 4 else x[:, k], kind)
+                            for k, kind in enumerate(pattern.route_kinds)], dim=1)
     routes = pattern.routes.to(x.device)
     if x.dim() == 4:
         return x.flatten(2)[:, :, routes].transpose(1, 2)
     if x.dim() == 5:
-        if x.shape[1] != pattern.num_routes:
-            raise ValueError(f'cross_scan: x has {x.shape[1]} route maps but the pattern has {pattern.num_routes}')
         flat = x.flatten(3)
         index = routes[None, :, None, :].expand(x.shape[0], -1, x.shape[2], -1)
         return torch.gather(flat, 3, index)
@@ -264,6 +282,12 @@ def cross_merge(ys: torch.Tensor, pattern: ScanPattern) -> torch.Tensor:
         raise ValueError(f'cross_merge: ys must be (B, {pattern.num_routes}, C, {pattern.route_length}), got '
                          f'{tuple(ys.shape)}')
     batch, _, channels, _ = ys.shape
+    if pattern.route_kinds is not None:
+        maps = [_raster_map(ys[:, k], kind, pattern.height, pattern.width)
+                for k, kind in enumerate(pattern.route_kinds)]
+        if len(maps) == 1:  # a fresh tensor, as with several routes, not a view of ys
+            return maps[0].clone(memory_format=torch.contiguous_format)
+        return functools.reduce(torch.add, maps)
     routes = pattern.routes.to(ys.device)
     out = ys.new_zeros(batch, channels, pattern.num_positions)
     out.index_add_(2, routes.reshape(-1), ys.permute(0, 2, 1, 3).reshape(batch, channels, -1))

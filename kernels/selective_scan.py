@@ -435,8 +435,17 @@ if HAS_TRITON:
     def _chunk_size() -> int:
         return 16 if triton_interpreting() else 64
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'], do_bench=_quick_bench)
-    @triton.jit(do_not_specialize=['P', 'L'])
+    def _chunk_kernel_pair(fn, key, reset_to_zero=None):
+        """Two autotuned kernels of one chunked program: for routed operands, read through the route table, with the
+        map size (P, L) left unspecialised, which gathers gain nothing from (sm_90: a few more instructions) and which
+        would compile anew per map size; and for route-ordered (contiguous) operands, with P and L specialised, so that
+        Triton may vectorise the loads when they are 16-element multiples and a lane holds consecutive steps (sm_90,
+        d_state 16: the backward's state loop 1,874 -> 1,136 instructions, the forward lane scan's shuffles 224 -> 16;
+        ``benchmarks/sass_counts.py --chunked [--contiguous]``)."""
+        tune = dict(configs=_configs(), key=key, do_bench=_quick_bench, reset_to_zero=reset_to_zero)
+        return (triton.autotune(**tune)(triton.jit(do_not_specialize=['P', 'L'])(fn)),
+                triton.autotune(**tune)(triton.jit(fn)))
+
     def _chunk_summary_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, routes_ptr, total_decay_ptr, chunk_end_ptr,
             D, P, L, N, NUM_CHUNKS, stride_u_b, stride_u_k,
@@ -460,6 +469,9 @@ if HAS_TRITON:
             tl.store(chunk_end_ptr + out_rows + n, tl.sum(weights * dt_u * B_n[None, :], axis=1), mask=mask_d)
             tl.store(total_decay_ptr + out_rows + n, _exp(A_n * total_dt), mask=mask_d)
 
+    _chunk_summary_fwd_kernel, _chunk_summary_fwd_contiguous_kernel = _chunk_kernel_pair(
+        _chunk_summary_fwd_kernel, ['D', 'L', 'N'])
+
     @triton.jit
     def _chunk_state_passing_kernel(decay_ptr, drive_ptr, entering_ptr, final_ptr, ROWS, NUM_CHUNKS, N,
                                     REVERSE: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -481,8 +493,6 @@ if HAS_TRITON:
         if final_ptr is not None:
             tl.store(final_ptr + rows, h, mask=mask)
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], do_bench=_quick_bench, reset_to_zero=['y_ptr'])
-    @triton.jit(do_not_specialize=['P', 'L'])
     def _scan_chunk_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr, entering_ptr,
             y_ptr, states_ptr,
@@ -518,6 +528,9 @@ if HAS_TRITON:
         else:
             tl.store(y_ptrs, y, mask=mask)
 
+    _scan_chunk_fwd_kernel, _scan_chunk_fwd_contiguous_kernel = _chunk_kernel_pair(
+        _scan_chunk_fwd_kernel, ['D', 'L', 'N', 'P'], reset_to_zero=['y_ptr'])
+
     @triton.jit
     def _load_next_dt(delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, steps, D, P, L, num_routes,
                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, IDENTITY: tl.constexpr):
@@ -547,8 +560,6 @@ if HAS_TRITON:
             g += tl.where(steps[None, :] == L - 1, dlast[:, None], 0.0)
         return tl.where(mask, g, 0.0)
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N'], do_bench=_quick_bench)
-    @triton.jit(do_not_specialize=['P', 'L'])
     def _chunk_summary_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, C_ptr, bias_ptr, routes_ptr, dy_ptr, dstates_ptr, dlast_ptr,
             total_decay_ptr, chunk_start_ptr,
@@ -582,9 +593,9 @@ if HAS_TRITON:
             total = tl.where(ends_route, 0.0, _exp(A_n * total_next))
             tl.store(total_decay_ptr + out_rows + n, total, mask=mask_d)
 
-    @triton.autotune(configs=_configs(), key=['D', 'L', 'N', 'P'], do_bench=_quick_bench,
-                     reset_to_zero=['du_ptr', 'ddelta_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
-    @triton.jit(do_not_specialize=['P', 'L'])
+    _chunk_summary_bwd_kernel, _chunk_summary_bwd_contiguous_kernel = _chunk_kernel_pair(
+        _chunk_summary_bwd_kernel, ['D', 'L', 'N'])
+
     def _scan_chunk_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, routes_ptr,
             dy_ptr, entering_ptr, dentering_ptr, dstates_ptr, dlast_ptr,
@@ -646,6 +657,10 @@ if HAS_TRITON:
         else:
             tl.store(ddelta_ptrs, ddt, mask=mask)
             tl.store(du_ptrs, du, mask=mask)
+
+    _scan_chunk_bwd_kernel, _scan_chunk_bwd_contiguous_kernel = _chunk_kernel_pair(
+        _scan_chunk_bwd_kernel, ['D', 'L', 'N', 'P'],
+        reset_to_zero=['du_ptr', 'ddelta_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1771,10 +1786,10 @@ def _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus):
     def grid(meta):
         return num_chunks, batch * cdiv(dim, meta['BLOCK_D']), num_routes
 
-    _chunk_summary_fwd_kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1],
-                                    dim, positions, length, state_dim, num_chunks, u.stride(0),
-                                    u.stride(1) if k_u > 1 else 0, HAS_BIAS=delta_bias is not None,
-                                    SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
+    kernel = _chunk_summary_fwd_kernel if routes is not None else _chunk_summary_fwd_contiguous_kernel
+    kernel[grid](u, delta, A, B, delta_bias, routes, summary[0], summary[1], dim, positions, length, state_dim,
+                 num_chunks, u.stride(0), u.stride(1) if k_u > 1 else 0, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
     last_state = torch.empty(batch, num_routes, dim, state_dim, device=u.device, dtype=torch.float32)
     return _pass_states(summary[0], summary[1], reverse=False, final=last_state), last_state
 
@@ -1799,7 +1814,8 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
                                                      dtype=torch.float32)
     states = (torch.empty if routes is None else torch.zeros)(
         batch, num_routes, dim, state_dim, positions if return_states else 0, device=u.device, dtype=torch.float32)
-    _scan_chunk_fwd_kernel[grid](
+    kernel = _scan_chunk_fwd_kernel if routes is not None else _scan_chunk_fwd_contiguous_kernel
+    kernel[grid](
         u, delta, A, B, C, D, delta_bias, routes, entering, y, states,
         dim, positions, length, state_dim, num_chunks, *stride_u, y.stride(0), y.stride(1) if y_routes > 1 else 0,
         HAS_D=D is not None, ACCUMULATE=accumulate, STORE_STATES=return_states, **flags)
@@ -1828,15 +1844,17 @@ def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, enteri
         dentering = torch.zeros_like(entering)
     else:
         summary = torch.empty(2, *entering.shape, device=u.device, dtype=torch.float32)
-        _chunk_summary_bwd_kernel[grid](u, delta, A, C, delta_bias, routes, dy, dstates, dlast, summary[0],
-                                        summary[1], dim, positions, length, state_dim, num_chunks, *strides, **flags)
+        kernel = _chunk_summary_bwd_kernel if routes is not None else _chunk_summary_bwd_contiguous_kernel
+        kernel[grid](u, delta, A, C, delta_bias, routes, dy, dstates, dlast, summary[0], summary[1], dim, positions,
+                     length, state_dim, num_chunks, *strides, **flags)
         dentering = _pass_states(summary[0], summary[1], reverse=True)
     du = torch.zeros(u.shape, device=u.device, dtype=torch.float32)
     ddelta = (torch.zeros if scatter_atomic else torch.empty)(delta.shape, device=u.device, dtype=torch.float32)
     if not scatter_atomic and routes is not None:
         ddelta.zero_()  # positions no route visits have zero gradient
     dA, dB, dC, dD, dbias = _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer)
-    _scan_chunk_bwd_kernel[grid](
+    kernel = _scan_chunk_bwd_kernel if routes is not None else _scan_chunk_bwd_contiguous_kernel
+    kernel[grid](
         u, delta, A, B, C, D, delta_bias, routes, dy, entering, dentering, dstates, dlast,
         du, ddelta, dA, dB, dC, dD, dbias,
         dim, positions, length, state_dim, num_chunks, *strides,

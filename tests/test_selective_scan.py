@@ -86,14 +86,17 @@ def test_one_chunk_backward_skips_the_chunk_summaries(monkeypatch, length, summa
     """A route of one chunk (the interpreter's chunks hold 16 steps) has no chunk to its right, so its backward runs
     no chunk summaries; the gradients, that of the last state included, still match the reference."""
     launched = []
-    real = ss._chunk_summary_bwd_kernel
 
     class Watch:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
         def __getitem__(self, grid):
             launched.append(grid)
-            return real[grid]
+            return self.kernel[grid]
 
-    monkeypatch.setattr(ss, '_chunk_summary_bwd_kernel', Watch())
+    for name in ('_chunk_summary_bwd_kernel', '_chunk_summary_bwd_contiguous_kernel'):  # routed and route-ordered
+        monkeypatch.setattr(ss, name, Watch(getattr(ss, name)))
     inputs = mamba_inputs(1, 8, length, 2, 16, torch.float32, True, True, True, seed=3)
     inputs = [t.requires_grad_(True) for t in inputs]
     out, last = K.selective_scan_fn(*inputs[:7], delta_bias=inputs[7], delta_softplus=True, return_last_state=True,
@@ -336,6 +339,63 @@ def test_patterns_follow_their_definitions():
     assert set(K.list_patterns()) >= {'cross', 'bidirectional', 'unidirectional', 'atrous'}
     x = torch.randn(2, 3, 2, 3)
     assert torch.equal(K.cross_merge(K.cross_scan(x, cross), cross), 4 * x)
+
+
+@pytest.mark.parametrize('make', [lambda: K.cross_pattern(3, 5), lambda: K.bidirectional_pattern(7),
+                                  lambda: K.unidirectional_pattern(2, 3), lambda: K.cross_pattern(1, 4)])
+def test_raster_cross_scan_and_merge_match_the_position_tables(make):
+    """Raster patterns copy their routes as flips and transposes of the map; the same routes given as a plain table
+    (no route kinds) take the gather / scatter-add path. Both give the same values and gradients, for a shared map
+    and for one map per route."""
+    pattern = make()
+    table = K.custom_pattern(pattern.routes, pattern.height, pattern.width, 'table')
+    assert pattern.route_kinds is not None and table.route_kinds is None
+    gen = torch.Generator().manual_seed(5)
+    shared = torch.randn(2, 3, pattern.height, pattern.width, generator=gen, dtype=torch.float64)
+    per_route = torch.randn(2, pattern.num_routes, 3, pattern.height, pattern.width, generator=gen,
+                            dtype=torch.float64)
+    ys = torch.randn(2, pattern.num_routes, 3, pattern.route_length, generator=gen, dtype=torch.float64)
+    for x in (shared, per_route):
+        cot = torch.randn(2, pattern.num_routes, 3, pattern.route_length, generator=gen, dtype=torch.float64)
+        outs, grads = [], []
+        for p in (pattern, table):
+            leaf = x.clone().requires_grad_(True)
+            out = K.cross_scan(leaf, p)
+            outs.append(out)
+            grads.append(torch.autograd.grad(out, leaf, cot)[0])
+        assert torch.equal(outs[0], outs[1]) and torch.allclose(grads[0], grads[1], rtol=0, atol=1e-12)
+    merged = [K.cross_merge(ys, p) for p in (pattern, table)]
+    assert torch.allclose(merged[0], merged[1], rtol=0, atol=1e-12) and merged[0].is_contiguous()
+    assert merged[0].data_ptr() != ys.data_ptr()
+
+
+def test_route_ordered_operands_run_the_specialised_twins(monkeypatch):
+    """Route-ordered (contiguous) operands launch the chunked kernels' twins specialised on the map size; routed
+    operands the unspecialised kernels."""
+    launched = []
+
+    class Watch:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.kernel[grid]
+
+    for name in ('_scan_chunk_fwd_kernel', '_scan_chunk_fwd_contiguous_kernel', '_scan_chunk_bwd_kernel',
+                 '_scan_chunk_bwd_contiguous_kernel'):
+        monkeypatch.setattr(ss, name, Watch(name, getattr(ss, name)))
+    u, delta, A, B, C, D, _, bias = [t if t is None else t.requires_grad_(True)
+                                     for t in mamba_inputs(1, 4, 9, 1, 16, torch.float32, False, True, True)]
+    K.selective_scan_fn(u, delta, A, B, C, D, delta_bias=bias, backend='triton').sum().backward()
+    assert launched == ['_scan_chunk_fwd_contiguous_kernel', '_scan_chunk_bwd_contiguous_kernel']
+    launched.clear()
+    x, dlt = torch.randn(1, 4, 3, 3, requires_grad=True), torch.randn(1, 2, 4, 3, 3, requires_grad=True)
+    Bm, Cm = torch.randn(1, 2, 16, 3, 3), torch.randn(1, 2, 16, 3, 3)
+    routes = torch.stack([torch.arange(9), torch.arange(9).flip(0)])
+    K.multi_scan_2d(x, dlt, -torch.rand(8, 16), Bm, Cm, pattern=K.custom_pattern(routes, 3, 3),
+                    backend='triton').sum().backward()
+    assert launched == ['_scan_chunk_fwd_kernel', '_scan_chunk_bwd_kernel']
 
 
 @pytest.mark.parametrize('call,message', [
