@@ -341,6 +341,32 @@ if HAS_TRITON:
         # (a, b) represents h -> a * h + b; composing left then right.
         return a_left * a_right, b_left * a_right + b_right
 
+    _REVERSE_SEGMENT = tl.constexpr(8)  # steps per lane segment of _reverse_linear_scan (16-byte bf16 loads)
+
+    @triton.jit
+    def _reverse_linear_scan(a, b, ROWS: tl.constexpr, CHUNK: tl.constexpr, SEGMENT: tl.constexpr):
+        """``tl.associative_scan((a, b), 1, _linear_recurrence_combine, reverse=True)`` of [ROWS, CHUNK] tiles whose
+        lanes hold SEGMENT consecutive steps each. Triton lowers ``reverse=True`` as lane permutations around a
+        forward scan; here the flips stay inside the lanes, and only the segments' totals cross lanes (sm_90, a bare
+        [8, 64] fp32 tile: 120 shuffles against 360)."""
+        GROUPS: tl.constexpr = CHUNK // SEGMENT
+        a3 = tl.reshape(a, [ROWS, GROUPS, SEGMENT])
+        b3 = tl.reshape(b, [ROWS, GROUPS, SEGMENT])
+        seg_a, seg_b = tl.associative_scan((tl.flip(a3, 2), tl.flip(b3, 2)), 2, _linear_recurrence_combine)
+        seg_a, seg_b = tl.flip(seg_a, 2), tl.flip(seg_b, 2)  # each step's suffix within its segment
+        first = tl.arange(0, SEGMENT)[None, None, :] == 0
+        total_a = tl.sum(tl.where(first, seg_a, 0.0), axis=2)
+        total_b = tl.sum(tl.where(first, seg_b, 0.0), axis=2)
+        after_a, after_b = tl.associative_scan((total_a, total_b), 1, _linear_recurrence_combine, reverse=True)
+        # What enters a segment from its right: the suffix of the next segment's start (identity for the last).
+        group = tl.arange(0, GROUPS)[None, :] + tl.zeros_like(total_a).to(tl.int32)
+        has_next = group + 1 < GROUPS
+        next_group = tl.minimum(group + 1, GROUPS - 1)
+        enter_a = tl.where(has_next, tl.gather(after_a, next_group, 1), 1.0)
+        enter_b = tl.where(has_next, tl.gather(after_b, next_group, 1), 0.0)
+        return (tl.reshape(enter_a[:, :, None] * seg_a, [ROWS, CHUNK]),
+                tl.reshape(enter_b[:, :, None] * seg_a + seg_b, [ROWS, CHUNK]))
+
     if triton_interpreting():  # the interpreter runs no PTX
         @triton.jit
         def _exp2(x):
@@ -440,8 +466,8 @@ if HAS_TRITON:
         map size (P, L) left unspecialised, which gathers gain nothing from (sm_90: a few more instructions) and which
         would compile anew per map size; and for route-ordered (contiguous) operands, with P and L specialised, so that
         Triton may vectorise the loads when they are 16-element multiples and a lane holds consecutive steps (sm_90,
-        d_state 16: the backward's state loop 1,874 -> 1,136 instructions, the forward lane scan's shuffles 224 -> 16;
-        ``benchmarks/sass_counts.py --chunked [--contiguous]``)."""
+        d_state 16: the backward's state loop 1,874 -> 844 instructions with ``_reverse_linear_scan``, the forward
+        lane scan's shuffles 224 -> 16; ``benchmarks/sass_counts.py --chunked [--contiguous]``)."""
         tune = dict(configs=_configs(), key=key, do_bench=_quick_bench, reset_to_zero=reset_to_zero)
         return (triton.autotune(**tune)(triton.jit(do_not_specialize=['P', 'L'])(fn)),
                 triton.autotune(**tune)(triton.jit(fn)))
@@ -634,7 +660,10 @@ if HAS_TRITON:
             g = _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes,
                                D, HAS_DSTATES, HAS_DLAST)
             decay_next = tl.where(mask_next[None, :], _exp(dt_next * A_n[:, None]), 0.0)
-            decay_rcum, g_rcum = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine, reverse=True)
+            if IDENTITY:  # route-ordered operands: vectorised loads, so a lane holds consecutive steps
+                decay_rcum, g_rcum = _reverse_linear_scan(decay_next, g, BLOCK_D, CHUNK, _REVERSE_SEGMENT)
+            else:
+                decay_rcum, g_rcum = tl.associative_scan((decay_next, g), 1, _linear_recurrence_combine, reverse=True)
             dh_entering = tl.load(dentering_ptr + entering_rows + n, mask=mask_d, other=0.0)
             dh = tl.where(mask, g_rcum + decay_rcum * dh_entering[:, None], 0.0)
             # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.

@@ -816,3 +816,34 @@ def test_raster_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         K.scan_routes(x.reshape(1, 1, 3, 6), delta.flatten(3), A.view(4, 3, 1), B.flatten(3), C.flatten(3),
                       routes=pattern.routes_on('cpu'), **kwargs)
+
+
+@pytest.mark.parametrize('rows,chunk', [(4, 16), (2, 64)])
+def test_segmented_reverse_scan_matches_tritons_reverse_scan(rows, chunk):
+    """``_reverse_linear_scan`` (in-lane flips, a scan of the segments' totals) computes what
+    ``tl.associative_scan(..., reverse=True)`` computes, zero decays (route ends) included."""
+    triton = pytest.importorskip('triton')
+    import triton.language as tl
+
+    @triton.jit
+    def both(a_ptr, b_ptr, out_ptr, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+        offsets = tl.arange(0, ROWS)[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
+        a, b = tl.load(a_ptr + offsets), tl.load(b_ptr + offsets)
+        seg_a, seg_b = ss._reverse_linear_scan(a, b, ROWS, CHUNK, 8)
+        ref_a, ref_b = tl.associative_scan((a, b), 1, ss._linear_recurrence_combine, reverse=True)
+        size: tl.constexpr = ROWS * CHUNK
+        tl.store(out_ptr + offsets, seg_a)
+        tl.store(out_ptr + size + offsets, seg_b)
+        tl.store(out_ptr + 2 * size + offsets, ref_a)
+        tl.store(out_ptr + 3 * size + offsets, ref_b)
+
+    gen = torch.Generator().manual_seed(rows * chunk)
+    a = torch.rand(rows, chunk, generator=gen)
+    a[:, -1] = 0.0  # the decay past a route's end
+    a[0, chunk // 3] = 0.0
+    b = torch.randn(rows, chunk, generator=gen)
+    out = torch.full((4, rows, chunk), float('nan'))
+    both[(1,)](a, b, out, ROWS=rows, CHUNK=chunk)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0], out[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], out[3], rtol=1e-5, atol=1e-5)
