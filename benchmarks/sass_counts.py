@@ -52,7 +52,7 @@ CASES = (('_raster_rows_fwd_kernel', 64, 1, 1, (96, 56, 56), 'nchw'),
          ('_raster_rows_bwd_kernel', 32, 4, 1, (192, 28, 28), 'nhwc'))
 # Chunked kernels: (kernel, channels per program, warps, (D, H, W)), cross pattern, d_state 16, bf16 activations,
 # 64-step chunks: the H200's autotuner picks of 2026-12-01 at VMamba-T's second stage.
-CHUNKED_FLAGS = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, IDENTITY=False, ACCUMULATE=True, STORE_STATES=False,
+CHUNKED_FLAGS = dict(HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, ACCUMULATE=True, STORE_STATES=False,
                      HAS_DSTATES=False, HAS_DLAST=False, SCATTER_ATOMIC=False, CHUNK=64)
 CHUNKED_CASES = (('_chunk_summary_fwd_kernel', 8, 1, (192, 28, 28)), ('_scan_chunk_fwd_kernel', 32, 2, (192, 28, 28)),
                  ('_chunk_summary_bwd_kernel', 8, 1, (192, 28, 28)), ('_scan_chunk_bwd_kernel', 8, 1, (192, 28, 28)))
@@ -139,7 +139,7 @@ def compile_chunked(module, name, block_d, warps, shape, state_dim=16, contiguou
     positions = height * width
     ints = dict(D=dim, P=positions, L=positions, N=state_dim, NUM_CHUNKS=-(-positions // CHUNKED_FLAGS['CHUNK']),
                 stride_u_b=dim * positions, stride_u_k=0, stride_y_b=dim * positions, stride_y_k=0)
-    flags = dict(CHUNKED_FLAGS, BLOCK_D=block_d, IDENTITY=contiguous or CHUNKED_FLAGS['IDENTITY'])
+    flags = dict(CHUNKED_FLAGS, BLOCK_D=block_d, IDENTITY=contiguous)  # IDENTITY: no route table
     return _compile_for_sm90(fn, _constants(fn, flags, ints), ints, warps)
 
 
@@ -169,6 +169,48 @@ def loop_counts(sass):
     return len(instructions), loops
 
 
+def _sass_summary(sass, ptxas):
+    """Instruction total, loops, registers, spilled bytes and local-memory instructions of one compiled kernel."""
+    total, loops = loop_counts(sass)
+    registers = re.search(r'Used (\d+) registers', ptxas)
+    spills = re.search(r'(\d+) bytes spill stores', ptxas)
+    return dict(total=total, loops=loops, registers=int(registers.group(1)) if registers else None,
+                spill_bytes=int(spills.group(1)) if spills else None,
+                local_memory_ops=sum(1 for line in sass.splitlines() if re.search(r'\b(LDL|STL)\b', line)))
+
+
+def _chunked_rows(args, ss):
+    rows = []
+    for name, block_d, warps, shape in CHUNKED_CASES:
+        if args.kernel and f'_{args.kernel}_' not in name:
+            continue
+        sass, ptxas, ptx = compile_chunked(ss, name, block_d, warps, shape, contiguous=args.contiguous)
+        row = dict(kernel=name, contiguous=args.contiguous, channels=block_d, warps=warps, stage=list(shape),
+                   **_sass_summary(sass, ptxas), shuffles_by_line=shuffles_by_line(ptx))
+        rows.append(row)
+        print(f"{name} channels={block_d} warps={warps}: {row['total']} instructions, loops "
+              f"{', '.join(str(loop['instructions']) for loop in row['loops'])}, {row['registers']} registers; "
+              f"shuffles by line {row['shuffles_by_line']}", flush=True)
+    return rows
+
+
+def _row_walk_rows(args, ss):
+    rows = []
+    for name, lanes, block_d, warps, shape, layout in CASES:
+        if (args.kernel and f'_{args.kernel}_' not in name) or (args.layout and layout != args.layout):
+            continue
+        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout, args.maxnreg)
+        row = dict(kernel=name, layout=layout, lanes=lanes, channels=block_d, warps=warps, stage=list(shape),
+                   maxnreg=args.maxnreg, **_sass_summary(sass, ptxas))
+        row['per_row'] = sum(loop['instructions'] for loop in row['loops'])
+        rows.append(row)
+        print(f"{name} {layout} lanes={lanes} channels={block_d} warps={warps}: {row['per_row']} instructions per row "
+              f"in {len(row['loops'])} loops ({', '.join(str(loop['instructions']) for loop in row['loops'])}), "
+              f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, "
+              f"{row['local_memory_ops']} local-memory instructions", flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--json', default='')
@@ -185,41 +227,7 @@ def main():
         sys.exit('run with TRITON_INTERPRET=0: the interpreter defines no compilable kernels')
     bs.import_kernels()  # makes vmamba_zoo.kernels importable from an uninstalled checkout
     from vmamba_zoo.kernels import selective_scan as ss
-    results = []
-    if args.chunked:
-        for name, block_d, warps, shape in CHUNKED_CASES:
-            if args.kernel and f'_{args.kernel}_' not in name:
-                continue
-            sass, ptxas, ptx = compile_chunked(ss, name, block_d, warps, shape, contiguous=args.contiguous)
-            total, loops = loop_counts(sass)
-            registers = re.search(r'Used (\d+) registers', ptxas)
-            row = dict(kernel=name, contiguous=args.contiguous, channels=block_d, warps=warps, stage=list(shape),
-                       total=total, registers=int(registers.group(1)) if registers else None, loops=loops,
-                       shuffles_by_line=shuffles_by_line(ptx))
-            results.append(row)
-            print(f"{name} channels={block_d} warps={warps}: {total} instructions, loops "
-                  f"{', '.join(str(loop['instructions']) for loop in loops)}, {row['registers']} registers; "
-                  f"shuffles by line {row['shuffles_by_line']}", flush=True)
-    for name, lanes, block_d, warps, shape, layout in ([] if args.chunked else CASES):
-        if (args.kernel and f'_{args.kernel}_' not in name) or (args.layout and layout != args.layout):
-            continue
-        sass, ptxas = compile_sass(ss, name, lanes, block_d, warps, shape, layout, args.maxnreg)
-        total, loops = loop_counts(sass)
-        registers = re.search(r'Used (\d+) registers', ptxas)
-        spills = re.search(r'(\d+) bytes spill stores', ptxas)
-        row = dict(kernel=name, layout=layout, lanes=lanes, channels=block_d, warps=warps, stage=list(shape),
-                   maxnreg=args.maxnreg, local_memory_ops=sum(1 for line in sass.splitlines()
-                                                              if re.search(r'\b(LDL|STL)\b', line)),
-                   total=total,
-                   registers=int(registers.group(1)) if registers else None,
-                   spill_bytes=int(spills.group(1)) if spills else None,
-                   per_row=sum(loop['instructions'] for loop in loops), loops=loops)
-        results.append(row)
-        print(f"{name} {layout} lanes={lanes} channels={block_d} warps={warps}: {row['per_row']} instructions per row "
-              f"in "
-              f"{len(loops)} loops ({', '.join(str(loop['instructions']) for loop in loops)}), "
-              f"{row['registers']} registers, {row['spill_bytes']} bytes spilled, "
-              f"{row['local_memory_ops']} local-memory instructions", flush=True)
+    results = (_chunked_rows if args.chunked else _row_walk_rows)(args, ss)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

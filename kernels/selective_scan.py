@@ -347,8 +347,9 @@ if HAS_TRITON:
     def _reverse_linear_scan(a, b, ROWS: tl.constexpr, CHUNK: tl.constexpr, SEGMENT: tl.constexpr):
         """``tl.associative_scan((a, b), 1, _linear_recurrence_combine, reverse=True)`` of [ROWS, CHUNK] tiles whose
         lanes hold SEGMENT consecutive steps each. Triton lowers ``reverse=True`` as lane permutations around a
-        forward scan; here the flips stay inside the lanes, and only the segments' totals cross lanes (sm_90, a bare
-        [8, 64] fp32 tile: 120 shuffles against 360)."""
+        forward scan; here the flips stay inside the lanes, and only the segments' totals cross lanes (sm_90: a bare
+        [8, 64] fp32 tile in 4-step segments, 120 shuffles against 360; the chunked backward twin in 8-step
+        segments, 56 against 336)."""
         GROUPS: tl.constexpr = CHUNK // SEGMENT
         a3 = tl.reshape(a, [ROWS, GROUPS, SEGMENT])
         b3 = tl.reshape(b, [ROWS, GROUPS, SEGMENT])
