@@ -8,14 +8,15 @@ forward + backward call under ``torch.profiler``, the memory one forward + backw
 for every autotuned scan kernel that ran, the configuration it picked and the times of those it tried (for the last
 key it tuned). Patterns: ``cross`` (VMamba), ``rows4`` (four row-major routes: cross without the column routes'
 strided gathers), ``atrous`` (EfficientVMamba) and ``bidirectional`` (Vim, over the flattened map, two routes
-repeated); ``--plain`` also times the plain cross-scan / scan / cross-merge path.
+repeated); ``--plain`` also times the plain cross-scan / scan / cross-merge path, ``--routed`` the fused path without
+the route-ordered copies (``ROUTE_ORDERED_MIN_STATE_DIM``).
 
 The 2026-12-01 (twelfth session) d_state-16 measurements were made with an earlier throwaway form of this script;
 a kernel variant (a changed config list, a reversed scan made forward, ...) is measured by running this on a
 modified copy of ``kernels/selective_scan.py``.
 
 Usage: python benchmarks/profile_scan.py [--state-dim 16] [--patterns cross rows4 atrous bidirectional]
-    [--stages 96x56x56 192x28x28] [--dtype bfloat16|float32] [--plain] [--out OUT.json]
+    [--stages 96x56x56 192x28x28] [--dtype bfloat16|float32] [--plain] [--routed] [--out OUT.json]
 """
 import argparse
 import datetime
@@ -101,24 +102,35 @@ def main():
                         help='DxHxW stage shapes (default: the four VMamba-T stages)')
     parser.add_argument('--dtype', default='bfloat16', choices=['bfloat16', 'float32'])
     parser.add_argument('--plain', action='store_true', help='also time the plain cross-scan / scan / merge path')
+    parser.add_argument('--routed', action='store_true',
+                        help='also time the fused path with the route-ordered copies off (the chunked kernels read '
+                             'through the route table at every d_state)')
     parser.add_argument('--out', default='')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit('profile_scan.py needs a CUDA GPU')
     kernels = bs.import_kernels()
+    from vmamba_zoo.kernels import selective_scan as ss
     dtype = getattr(torch, args.dtype)
     rows = []
     for stage in args.stages:
         dim, height, width = (int(v) for v in stage.split('x'))
         inputs = bs.make_inputs(dim, height, width, args.state_dim, dtype, requires_grad=True)
-        runs = [(name, True) for name in args.patterns] + ([('cross', False)] if args.plain else [])
-        for name, fused in runs:
-            row = dict(stage=[dim, height, width], pattern=name, fused=fused,
+        runs = [(name, True, False) for name in args.patterns]
+        runs += [(name, True, True) for name in args.patterns if args.routed]
+        runs += [('cross', False, False)] if args.plain else []
+        default_min_state = ss.ROUTE_ORDERED_MIN_STATE_DIM
+        for name, fused, routed in runs:
+            ss.ROUTE_ORDERED_MIN_STATE_DIM = 1 << 30 if routed else default_min_state
+            row = dict(stage=[dim, height, width], pattern=name, fused=fused, routed=routed,
+                       route_ordered=fused and args.state_dim >= ss.ROUTE_ORDERED_MIN_STATE_DIM,
                        **profile_call(kernels, inputs, make_pattern(name, height, width), fused))
             rows.append(row)
             top = ', '.join(f'{key[:40]} {ms}' for key, ms in list(row['kernels_ms'].items())[:4])
-            print(f"D{dim} {height}x{width} {name}{'' if fused else ' (plain)'}: fwd {row['fwd_ms']:.3f} ms, "
+            label = ' (plain)' if not fused else ' (routed)' if routed else ''
+            print(f"D{dim} {height}x{width} {name}{label}: fwd {row['fwd_ms']:.3f} ms, "
                   f"fwd+bwd {row['fwd_bwd_ms']:.3f} ms, +{row['peak_extra_mib']} MiB; {top}", flush=True)
+        ss.ROUTE_ORDERED_MIN_STATE_DIM = default_min_state
     result = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                   gpu=torch.cuda.get_device_name(), torch=torch.__version__, batch=bs.BATCH, routes=bs.ROUTES,
                   state_dim=args.state_dim, dtype=args.dtype, rows=rows, autotuners=autotuner_choices())

@@ -399,9 +399,12 @@ if HAS_TRITON:
         return tl.where(x <= 20.0, _log2(1.0 + _exp(x)) * 0.6931471805599453, x)
 
     @triton.jit
-    def _step_size(delta_ptrs, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-        """Step sizes at ``delta_ptrs``: raw (with the bias) and final (softplus applied, 0 where masked)."""
-        dt_raw = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
+    def _step_size(delta_ptrs, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, load_mask=None):
+        """Step sizes at ``delta_ptrs``: raw (with the bias) and final (softplus applied, 0 where masked). Loads
+        under ``load_mask`` where given (a wider mask of the same memory, so that the load may be vectorised)."""
+        if load_mask is None:
+            load_mask = mask
+        dt_raw = tl.load(delta_ptrs, mask=load_mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dt_raw += bias
         if SOFTPLUS:
@@ -428,22 +431,30 @@ if HAS_TRITON:
     def _load_chunk(u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L,
                     stride_u_b, stride_u_k, num_routes, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                     IDENTITY: tl.constexpr, CHUNK: tl.constexpr):
-        """Positions, input and step sizes of one chunk; steps past L get delta = 0 (an identity step)."""
+        """Positions, input and step sizes of one chunk; steps past L get delta = 0 (an identity step).
+
+        Also the masks for memory: ``mask_pos`` over steps and ``mem`` over (channel, step). Routed operands: those of
+        the steps. Route-ordered ones (IDENTITY) are rows of P >= L steps, the steps past L padding that the
+        recurrence ignores; masked by P, a multiple of 16, their loads and stores can be vectorised.
+        """
         steps = chunk * CHUNK + tl.arange(0, CHUNK)
         mask_l = steps < L
         if IDENTITY:
             pos = steps.to(tl.int64)
+            mask_pos = steps < P
         else:
             pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+            mask_pos = mask_l
         mask = mask_d[:, None] & mask_l[None, :]
-        u = tl.load(u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P + pos[None, :], mask=mask,
+        mem = mask_d[:, None] & mask_pos[None, :]
+        u = tl.load(u_ptr + b * stride_u_b + k * stride_u_k + d[:, None].to(tl.int64) * P + pos[None, :], mask=mem,
                     other=0.0).to(tl.float32)
         bias = 0.0
         if HAS_BIAS:
             bias = tl.load(bias_ptr + kd, mask=mask_d, other=0.0)[:, None]
         dt_raw, dt = _step_size(delta_ptr + ((b * num_routes + k) * D + d[:, None]) * P + pos[None, :], bias, mask,
-                                HAS_BIAS, SOFTPLUS)
-        return steps, mask_l, pos, mask, u, dt_raw, dt
+                                HAS_BIAS, SOFTPLUS, load_mask=mem)
+        return steps, mask_l, pos, mask, u, dt_raw, dt, mask_pos, mem
 
     # One-warp programs keep the lane scans and the channel reductions inside a warp. At d_state 16 (H200, bf16,
     # B=128, 2026-12-01) the autotuner picked BLOCK_D 8 on one warp for the backward at every VMamba-T stage and
@@ -480,7 +491,7 @@ if HAS_TRITON:
             CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
-        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+        steps, mask_l, pos, mask, u, dt_raw, dt, mask_pos, mem = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
         cum_dt = tl.cumsum(dt, axis=1)
@@ -490,7 +501,7 @@ if HAS_TRITON:
         bc_base = (b * num_routes + k) * N * P
         for n in range(0, N):
             A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
-            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_pos, other=0.0).to(tl.float32)
             # State reached at the chunk end from a zero start: sum_j exp(A (S_end - S_j)) dt_j u_j B_j (factors <= 1).
             weights = _exp(A_n[:, None] * (total_dt[:, None] - cum_dt))
             tl.store(chunk_end_ptr + out_rows + n, tl.sum(weights * dt_u * B_n[None, :], axis=1), mask=mask_d)
@@ -528,7 +539,7 @@ if HAS_TRITON:
             ACCUMULATE: tl.constexpr, STORE_STATES: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
-        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+        steps, mask_l, pos, mask, u, dt_raw, dt, mask_pos, mem = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
         dt_u = dt * u
@@ -537,8 +548,8 @@ if HAS_TRITON:
         y = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
         for n in range(0, N):
             A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
-            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_pos, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_pos, other=0.0).to(tl.float32)
             decay_cum, drive_cum = tl.associative_scan((_exp(dt * A_n[:, None]), dt_u * B_n[None, :]), 1,
                                                        _linear_recurrence_combine)
             h_start = tl.load(entering_ptr + entering_rows + n, mask=mask_d, other=0.0)
@@ -553,7 +564,7 @@ if HAS_TRITON:
         if ACCUMULATE:
             tl.atomic_add(y_ptrs, y, mask=mask, sem='relaxed')
         else:
-            tl.store(y_ptrs, y, mask=mask)
+            tl.store(y_ptrs, y, mask=mem)
 
     _scan_chunk_fwd_kernel, _scan_chunk_fwd_contiguous_kernel = _chunk_kernel_pair(
         _scan_chunk_fwd_kernel, ['D', 'L', 'N', 'P'], reset_to_zero=['y_ptr'])
@@ -595,13 +606,14 @@ if HAS_TRITON:
             HAS_DLAST: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
-        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+        steps, mask_l, pos, mask, u, dt_raw, dt, mask_pos, mem = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
         mask_next, dt_next = _load_next_dt(delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, steps, D, P, L,
                                            num_routes, HAS_BIAS, SOFTPLUS, IDENTITY)
         dy = tl.load(dy_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P + pos[None, :],
-                     mask=mask, other=0.0).to(tl.float32)
+                     mask=mem, other=0.0).to(tl.float32)
+        dy = tl.where(mask, dy, 0.0)
         # The adjoint at the chunk start is sum_l exp(A (S_l - dt_start)) g_l plus exp(A sum dt_next) times the
         # adjoint entering from the right; the last chunk has no right neighbour.
         cum_dt = tl.cumsum(dt, axis=1)
@@ -612,7 +624,7 @@ if HAS_TRITON:
         bc_base = (b * num_routes + k) * N * P
         for n in range(0, N):
             A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
-            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_pos, other=0.0).to(tl.float32)
             g = _adjoint_drive(dy, C_n, dstates_ptr, dlast_ptr, b, k, d, n, N, P, L, pos, mask, steps, num_routes,
                                D, HAS_DSTATES, HAS_DLAST)
             weights = _exp(A_n[:, None] * (cum_dt - first_dt[:, None]))
@@ -633,13 +645,14 @@ if HAS_TRITON:
             CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         chunk, b, d, k, num_routes, mask_d, kd = _program_coordinates(D, BLOCK_D)
-        steps, mask_l, pos, mask, u, dt_raw, dt = _load_chunk(
+        steps, mask_l, pos, mask, u, dt_raw, dt, mask_pos, mem = _load_chunk(
             u_ptr, delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, chunk, D, P, L, stride_u_b, stride_u_k,
             num_routes, HAS_BIAS, SOFTPLUS, IDENTITY, CHUNK)
         mask_next, dt_next = _load_next_dt(delta_ptr, bias_ptr, routes_ptr, b, k, d, mask_d, kd, steps, D, P, L,
                                            num_routes, HAS_BIAS, SOFTPLUS, IDENTITY)
         dy = tl.load(dy_ptr + b * stride_y_b + k * stride_y_k + d[:, None].to(tl.int64) * P + pos[None, :],
-                     mask=mask, other=0.0).to(tl.float32)
+                     mask=mem, other=0.0).to(tl.float32)
+        dy = tl.where(mask, dy, 0.0)
         dt_u = dt * u
         du = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
         ddt = tl.zeros([BLOCK_D, CHUNK], dtype=tl.float32)
@@ -651,8 +664,8 @@ if HAS_TRITON:
         bc_base = (b * num_routes + k) * N * P
         for n in range(0, N):
             A_n = tl.load(A_ptr + kd * N + n, mask=mask_d, other=0.0)
-            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
-            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_l, other=0.0).to(tl.float32)
+            B_n = tl.load(B_ptr + bc_base + n * P + pos, mask=mask_pos, other=0.0).to(tl.float32)
+            C_n = tl.load(C_ptr + bc_base + n * P + pos, mask=mask_pos, other=0.0).to(tl.float32)
             drive = dt_u * B_n[None, :]
             decay_cum, drive_cum = tl.associative_scan((_exp(dt * A_n[:, None]), drive), 1,
                                                        _linear_recurrence_combine)
@@ -669,8 +682,8 @@ if HAS_TRITON:
             dh = tl.where(mask, g_rcum + decay_rcum * dh_entering[:, None], 0.0)
             # decay_l * h_{l-1} == h_l - drive_l, so the decay gradient needs no division.
             dh_decay = dh * (h - drive)
-            tl.atomic_add(dC_ptr + bc_base + n * P + pos, tl.sum(dy * h, axis=0), mask=mask_l, sem='relaxed')
-            tl.atomic_add(dB_ptr + bc_base + n * P + pos, tl.sum(dh * dt_u, axis=0), mask=mask_l, sem='relaxed')
+            tl.atomic_add(dC_ptr + bc_base + n * P + pos, tl.sum(dy * h, axis=0), mask=mask_pos, sem='relaxed')
+            tl.atomic_add(dB_ptr + bc_base + n * P + pos, tl.sum(dh * dt_u, axis=0), mask=mask_pos, sem='relaxed')
             du += dh * dt * B_n[None, :]
             ddt += dh * u * B_n[None, :] + dh_decay * A_n[:, None]
             tl.atomic_add(dA_ptr + kd * N + n, tl.sum(dh_decay * dt, axis=1), mask=mask_d, sem='relaxed')
@@ -685,12 +698,81 @@ if HAS_TRITON:
             tl.atomic_add(ddelta_ptrs, ddt, mask=mask, sem='relaxed')
             tl.atomic_add(du_ptrs, du, mask=mask, sem='relaxed')
         else:
-            tl.store(ddelta_ptrs, ddt, mask=mask)
-            tl.store(du_ptrs, du, mask=mask)
+            tl.store(ddelta_ptrs, ddt, mask=mem)
+            tl.store(du_ptrs, du, mask=mem)
 
     _scan_chunk_bwd_kernel, _scan_chunk_bwd_contiguous_kernel = _chunk_kernel_pair(
         _scan_chunk_bwd_kernel, ['D', 'L', 'N', 'P'],
         reset_to_zero=['du_ptr', 'ddelta_ptr', 'dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
+
+    # Route-ordered copies for the chunked kernels' twins (d_state >= ROUTE_ORDERED_MIN_STATE_DIM). The twins read
+    # each route's steps contiguously, so a lane holds consecutive steps and the lane scans need few shuffles; reading
+    # through the route table, the same kernels lay a chunk over the lanes step by step (H200, d_state 16, 56x56:
+    # backward kernel 8.2 against 17.1 ms). Copying costs a read and a write of each operand, once per pass.
+    @triton.jit
+    def _route_gather_kernel(src_ptr, routes_ptr, dst_ptr, C, P, L, LP, stride_src_b, stride_src_k,
+                             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+        """dst[b, k, c, l] = src[b, k (or 0), c, routes[k, l]] for l < L, 0 up to the padded length LP."""
+        steps = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+        num_cblocks = tl.cdiv(C, BLOCK_C)
+        b = (tl.program_id(1) // num_cblocks).to(tl.int64)
+        c = (tl.program_id(1) % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        k = tl.program_id(2).to(tl.int64)
+        mask_l = steps < L
+        pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+        rows = c[:, None].to(tl.int64)
+        values = tl.load(src_ptr + b * stride_src_b + k * stride_src_k + rows * P + pos[None, :],
+                         mask=(c < C)[:, None] & mask_l[None, :], other=0.0)
+        dst_rows = ((b * tl.num_programs(2) + k) * C + rows) * LP
+        tl.store(dst_ptr + dst_rows + steps[None, :], values, mask=(c < C)[:, None] & (steps < LP)[None, :])
+
+    @triton.jit
+    def _route_merge_kernel(src_ptr, inverse_ptr, dst_ptr, C, P, LP, SUM_ROUTES: tl.constexpr, NUM_ROUTES,
+                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """dst[b, k (or 0), c, p] = sum over route k (or over all routes) of src[b, k, c, inverse[k, p]], 0 where
+        inverse[k, p] < 0 (k never visits p): the adjoint of _route_gather_kernel for routes that visit a position at
+        most once. It writes every element, so dst needs no zeroing, and it adds no atomics."""
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        num_cblocks = tl.cdiv(C, BLOCK_C)
+        b = (tl.program_id(1) // num_cblocks).to(tl.int64)
+        c = (tl.program_id(1) % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        rows = c[:, None].to(tl.int64)
+        mask_p = p < P
+        total = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        if SUM_ROUTES:
+            first, last = 0, NUM_ROUTES
+        else:
+            first = tl.program_id(2)
+            last = first + 1
+        for k in range(first, last):
+            step = tl.load(inverse_ptr + k * P + p, mask=mask_p, other=-1)
+            visited = (c < C)[:, None] & (step >= 0)[None, :]
+            total += tl.load(src_ptr + ((b * NUM_ROUTES + k) * C + rows) * LP + step[None, :], mask=visited,
+                             other=0.0)
+        dst_rows = ((b * tl.num_programs(2) + tl.program_id(2)) * C + rows) * P
+        tl.store(dst_ptr + dst_rows + p[None, :], total, mask=(c < C)[:, None] & mask_p[None, :])
+
+    @triton.jit
+    def _route_scatter_kernel(src_ptr, routes_ptr, dst_ptr, C, P, L, LP, SUM_ROUTES: tl.constexpr,
+                              BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+        """dst[b, k (or 0), c, routes[k, l]] += src[b, k, c, l] for l < L: the adjoint of _route_gather_kernel for
+        routes that revisit positions (atomic)."""
+        steps = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+        num_cblocks = tl.cdiv(C, BLOCK_C)
+        b = (tl.program_id(1) // num_cblocks).to(tl.int64)
+        c = (tl.program_id(1) % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        k = tl.program_id(2).to(tl.int64)
+        mask_l = steps < L
+        mask = (c < C)[:, None] & mask_l[None, :]
+        pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+        rows = c[:, None].to(tl.int64)
+        values = tl.load(src_ptr + ((b * tl.num_programs(2) + k) * C + rows) * LP + steps[None, :], mask=mask,
+                         other=0.0)
+        if SUM_ROUTES:
+            dst_rows = (b * C + rows) * P
+        else:
+            dst_rows = ((b * tl.num_programs(2) + k) * C + rows) * P
+        tl.atomic_add(dst_ptr + dst_rows + pos[None, :], values, mask=mask, sem='relaxed')
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1804,11 +1886,12 @@ def _pass_states(decay, drive, reverse, final=None):
     return entering
 
 
-def _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus):
-    """State entering every chunk of every route (B, K, D, chunks, N), and each route's final state."""
+def _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus, length=None):
+    """State entering every chunk of every route (B, K, D, chunks, N), and each route's final state. ``length``:
+    the route length of route-ordered operands whose rows are padded past it (default: all P positions)."""
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
-    length = positions if routes is None else routes.shape[1]
+    length = _route_length(positions, routes, length)
     chunk = _chunk_size()
     num_chunks = cdiv(length, chunk)
     summary = torch.empty(2, batch, num_routes, dim, num_chunks, state_dim, device=u.device, dtype=torch.float32)
@@ -1824,10 +1907,92 @@ def _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus):
     return _pass_states(summary[0], summary[1], reverse=False, final=last_state), last_state
 
 
-def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states):
+def _route_length(positions: int, routes: Optional[torch.Tensor], length: Optional[int]) -> int:
+    if routes is not None:
+        return routes.shape[1]
+    return positions if length is None else length
+
+
+# d_state from which the chunked path copies routed operands into route order for the kernels' twins (see
+# _route_gather_kernel); below it the copies cost more than the twins save.
+ROUTE_ORDERED_MIN_STATE_DIM = 9
+_ROUTE_ORDER_ALIGN = 16  # route-ordered rows padded to a multiple of this, for vectorised loads
+_ROUTE_COPY_BLOCK = (8, 128)  # (channels, steps) per program of the route copies
+
+
+def _route_ordered(routes: Optional[torch.Tensor], state_dim: int, return_states: bool) -> bool:
+    """Whether the chunked path runs on route-ordered copies (the states at every position stay routed)."""
+    return routes is not None and state_dim >= ROUTE_ORDERED_MIN_STATE_DIM and not return_states
+
+
+def _to_route_order(t: torch.Tensor, routes: torch.Tensor, num_routes: int) -> torch.Tensor:
+    """(B, Kt, C, P) with Kt in {1, K} -> (B, K, C, LP) in route order, rows zero-padded to LP, a multiple of 16."""
+    batch, k_t, channels, positions = t.shape
+    length = routes.shape[1]
+    padded = cdiv(length, _ROUTE_ORDER_ALIGN) * _ROUTE_ORDER_ALIGN
+    t = t.contiguous()
+    out = torch.empty(batch, num_routes, channels, padded, device=t.device, dtype=t.dtype)
+    block_c, block_l = _ROUTE_COPY_BLOCK
+    _route_gather_kernel[(cdiv(padded, block_l), batch * cdiv(channels, block_c), num_routes)](
+        t, routes, out, channels, positions, length, padded, t.stride(0), t.stride(1) if k_t > 1 else 0,
+        BLOCK_C=block_c, BLOCK_L=block_l)
+    return out
+
+
+def _route_inverse(routes: torch.Tensor, positions: int) -> Optional[torch.Tensor]:
+    """(K, P) int32: the step at which route k visits position p (-1 where it never does), or None when a route
+    visits a position twice. Deciding that reads the table on the host once: the answer is kept on the routes tensor
+    (``ScanPattern.routes_on`` hands out one tensor per pattern and device), keyed by its version."""
+    key = (routes._version, positions)
+    kept = getattr(routes, '_vmamba_zoo_inverse', None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    num_routes, length = routes.shape
+    index = routes.long()
+    visits = torch.zeros(num_routes, positions, device=routes.device, dtype=torch.int32)
+    visits.scatter_add_(1, index, torch.ones_like(routes))
+    inverse = None
+    if int(visits.max()) <= 1:
+        inverse = torch.full((num_routes, positions), -1, device=routes.device, dtype=torch.int32)
+        steps = torch.arange(length, device=routes.device, dtype=torch.int32)
+        inverse.scatter_(1, index, steps.expand(num_routes, length))
+    try:
+        routes._vmamba_zoo_inverse = (key, inverse)
+    except (AttributeError, RuntimeError):  # a tensor that takes no attributes: decided again next call
+        pass
+    return inverse
+
+
+def _from_route_order(t: torch.Tensor, routes: torch.Tensor, positions: int, sum_routes: bool) -> torch.Tensor:
+    """Adjoint of ``_to_route_order``: (B, K, C, LP) float32 -> (B, 1 if sum_routes else K, C, P) float32, each
+    route's steps added at the positions they visit (0 where none does)."""
+    batch, num_routes, channels, padded = t.shape
+    out_routes = 1 if sum_routes else num_routes
+    block_c, block_l = _ROUTE_COPY_BLOCK
+    inverse = _route_inverse(routes, positions)
+    if inverse is not None:  # each output element gathered once from the steps that visit it
+        out = torch.empty(batch, out_routes, channels, positions, device=t.device, dtype=torch.float32)
+        _route_merge_kernel[(cdiv(positions, block_l), batch * cdiv(channels, block_c), out_routes)](
+            t, inverse, out, channels, positions, padded, SUM_ROUTES=sum_routes, NUM_ROUTES=num_routes,
+            BLOCK_C=block_c, BLOCK_P=block_l)
+        return out
+    out = torch.zeros(batch, out_routes, channels, positions, device=t.device, dtype=torch.float32)
+    _route_scatter_kernel[(cdiv(routes.shape[1], block_l), batch * cdiv(channels, block_c), num_routes)](
+        t, routes, out, channels, positions, routes.shape[1], padded, SUM_ROUTES=sum_routes, BLOCK_C=block_c,
+        BLOCK_L=block_l)
+    return out
+
+
+def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, length=None):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
-    length = positions if routes is None else routes.shape[1]
+    if _route_ordered(routes, state_dim, return_states):
+        ordered = [_to_route_order(t, routes, num_routes) for t in (u, delta, B, C)]
+        y, last_state, entering, states = _triton_fwd(
+            *ordered[:2], A, *ordered[2:], D, delta_bias, None, delta_softplus, False, False, routes.shape[1])
+        y = _from_route_order(y, routes, positions, sum_routes=accumulate)
+        return (y[:, 0] if accumulate else y), last_state, entering, states
+    length = _route_length(positions, routes, length)
     chunk = _chunk_size()
     num_chunks = cdiv(length, chunk)
     flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, IDENTITY=routes is None, CHUNK=chunk)
@@ -1836,7 +2001,7 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
     def grid(meta):
         return num_chunks, batch * cdiv(dim, meta['BLOCK_D']), num_routes
 
-    entering, last_state = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus)
+    entering, last_state = _chunk_entering(u, delta, A, B, delta_bias, routes, delta_softplus, length)
     y_routes = 1 if accumulate else num_routes
     # Accumulated outputs are summed with atomics, and unvisited positions must read 0.
     full_cover = routes is None and not accumulate
@@ -1853,10 +2018,19 @@ def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumu
 
 
 def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, entering, dy, dstates, dlast,
-                scatter_atomic, one_buffer=False):
+                scatter_atomic, one_buffer=False, length=None):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
-    length = positions if routes is None else routes.shape[1]
+    if _route_ordered(routes, state_dim, dstates is not None):
+        ordered = [_to_route_order(t, routes, num_routes) for t in (u, delta, B, C)]
+        dy = _to_route_order(dy.view(batch, 1, dim, positions) if dy.dim() == 3 else dy, routes, num_routes)
+        du, ddelta, dA, dB, dC, dD, dbias = _triton_bwd(
+            *ordered[:2], A, *ordered[2:], D, delta_bias, None, delta_softplus, entering, dy, None, dlast, False,
+            one_buffer, routes.shape[1])
+        du = _from_route_order(du, routes, positions, sum_routes=k_u == 1)
+        ddelta, dB, dC = (_from_route_order(g, routes, positions, sum_routes=False) for g in (ddelta, dB, dC))
+        return du, ddelta, dA, dB, dC, dD, dbias
+    length = _route_length(positions, routes, length)
     chunk = _chunk_size()
     num_chunks = entering.shape[3]
     accumulate = dy.dim() == 3

@@ -45,6 +45,17 @@ def grads_of(out, inputs, cotangent):
     return torch.autograd.grad(out, leaves, cotangent.to(out.dtype))
 
 
+class _Launches:
+    """A kernel stand-in that records its name at each launch."""
+
+    def __init__(self, name, kernel, launched):
+        self.name, self.kernel, self.launched = name, kernel, launched
+
+    def __getitem__(self, grid):
+        self.launched.append(self.name)
+        return self.kernel[grid]
+
+
 # groups == 0 means B/C of shape (batch, N, L).
 MAMBA_CASES = [
     # backend, dtype, groups, N, z, D, bias, L
@@ -373,29 +384,68 @@ def test_route_ordered_operands_run_the_specialised_twins(monkeypatch):
     """Route-ordered (contiguous) operands launch the chunked kernels' twins specialised on the map size; routed
     operands the unspecialised kernels."""
     launched = []
-
-    class Watch:
-        def __init__(self, name, kernel):
-            self.name, self.kernel = name, kernel
-
-        def __getitem__(self, grid):
-            launched.append(self.name)
-            return self.kernel[grid]
-
     for name in ('_scan_chunk_fwd_kernel', '_scan_chunk_fwd_contiguous_kernel', '_scan_chunk_bwd_kernel',
                  '_scan_chunk_bwd_contiguous_kernel'):
-        monkeypatch.setattr(ss, name, Watch(name, getattr(ss, name)))
+        monkeypatch.setattr(ss, name, _Launches(name, getattr(ss, name), launched))
     u, delta, A, B, C, D, _, bias = [t if t is None else t.requires_grad_(True)
                                      for t in mamba_inputs(1, 4, 9, 1, 16, torch.float32, False, True, True)]
     K.selective_scan_fn(u, delta, A, B, C, D, delta_bias=bias, backend='triton').sum().backward()
     assert launched == ['_scan_chunk_fwd_contiguous_kernel', '_scan_chunk_bwd_contiguous_kernel']
-    launched.clear()
     x, dlt = torch.randn(1, 4, 3, 3, requires_grad=True), torch.randn(1, 2, 4, 3, 3, requires_grad=True)
     Bm, Cm = torch.randn(1, 2, 16, 3, 3), torch.randn(1, 2, 16, 3, 3)
     routes = torch.stack([torch.arange(9), torch.arange(9).flip(0)])
-    K.multi_scan_2d(x, dlt, -torch.rand(8, 16), Bm, Cm, pattern=K.custom_pattern(routes, 3, 3),
-                    backend='triton').sum().backward()
-    assert launched == ['_scan_chunk_fwd_kernel', '_scan_chunk_bwd_kernel']
+    for min_state_dim, kernels in ((16, ['_scan_chunk_fwd_contiguous_kernel', '_scan_chunk_bwd_contiguous_kernel']),
+                                   (17, ['_scan_chunk_fwd_kernel', '_scan_chunk_bwd_kernel'])):
+        launched.clear()
+        monkeypatch.setattr(ss, 'ROUTE_ORDERED_MIN_STATE_DIM', min_state_dim)  # copies into route order, or not
+        K.multi_scan_2d(x, dlt, -torch.rand(8, 16), Bm, Cm, pattern=K.custom_pattern(routes, 3, 3),
+                        backend='triton').sum().backward()
+        assert launched == kernels
+
+
+@pytest.mark.parametrize('pattern_name,shared,accumulate', [('custom_revisiting', True, True),
+                                                            ('atrous', False, False), ('cross', True, False)])
+def test_route_ordered_copies_match_the_routed_kernels(monkeypatch, pattern_name, shared, accumulate):
+    """From ROUTE_ORDERED_MIN_STATE_DIM the chunked path copies the operands into route order (rows padded to a
+    multiple of 16 that the kernels must ignore) and adds the outputs and gradients back at the routes' positions:
+    the same values and gradients as the kernels reading through the route table, on routes that revisit positions,
+    with one input per route and with separate route outputs. Every buffer allocated uninitialised is poisoned."""
+    pattern = PATTERN_FACTORIES[pattern_name]()
+    num_routes, positions, dim = pattern.num_routes, pattern.num_positions, 3
+    x, delta, A, B, C, D, bias = (t.detach() for t in routed_inputs(pattern, dim, 2, torch.float32, shared=shared))
+    inputs = [t.requires_grad_(True) for t in (
+        x.reshape(1, -1, dim, positions), delta.flatten(3), A.view(num_routes, dim, -1), B.flatten(3), C.flatten(3),
+        D.view(num_routes, dim), bias.view(num_routes, dim))]
+    gen = torch.Generator().manual_seed(2)
+    results = []
+    for min_state_dim in (1, 3):  # route-ordered copies (d_state 2 >= 1), then the routed kernels
+        monkeypatch.setattr(ss, 'ROUTE_ORDERED_MIN_STATE_DIM', min_state_dim)
+        real_empty = torch.empty
+        monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
+        copies, merges = [], []
+        real_copy = ss._to_route_order
+        monkeypatch.setattr(ss, '_to_route_order', lambda *a: copies.append(1) or real_copy(*a))
+        for name in ('_route_merge_kernel', '_route_scatter_kernel'):
+            monkeypatch.setattr(ss, name, _Launches(name, getattr(ss, name), merges))
+        y, last = K.scan_routes(*inputs[:5], D=inputs[5], delta_bias=inputs[6], routes=pattern.routes_on('cpu'),
+                                delta_softplus=True, accumulate=accumulate, return_last_state=True, backend='triton')
+        if not results:
+            cot, cot_last = torch.randn(y.shape, generator=gen), torch.randn(last.shape, generator=gen)
+        grads = torch.autograd.grad((y * cot).sum() + (last * cot_last).sum(), inputs)
+        monkeypatch.undo()
+        assert bool(copies) == (min_state_dim == 1)
+        # Routes that visit a position once gather their sums; a revisiting one adds atomically.
+        merge = '_route_scatter_kernel' if pattern_name == 'custom_revisiting' else '_route_merge_kernel'
+        assert set(merges) == ({merge} if copies else set())
+        results.append((y, last, *grads))
+    kept_inverse = pattern.routes_on('cpu')._vmamba_zoo_inverse  # decided once per routes tensor
+    assert (kept_inverse[1] is None) == (pattern_name == 'custom_revisiting')
+    ref = K.scan_routes_ref(*[t.detach().double() for t in inputs[:5]], D=inputs[5].detach().double(),
+                            delta_bias=inputs[6].detach().double(), routes=pattern.routes, delta_softplus=True,
+                            accumulate=accumulate)
+    assert_close(results[0][0], ref, torch.float32, 'y')
+    for name, got, want in zip('y last_state du ddelta dA dB dC dD dbias'.split(), *results):
+        assert_close(got, want, torch.float32, f'{name} route-ordered vs routed')
 
 
 @pytest.mark.parametrize('call,message', [
