@@ -1918,6 +1918,10 @@ def _route_length(positions: int, routes: Optional[torch.Tensor], length: Option
 ROUTE_ORDERED_MIN_STATE_DIM = 9
 _ROUTE_ORDER_ALIGN = 16  # route-ordered rows padded to a multiple of this, for vectorised loads
 _ROUTE_COPY_BLOCK = (8, 128)  # (channels, steps) per program of the route copies
+# The copies live for one call; batches are split so that one float32 route-ordered map (an output or a gradient)
+# stays under this size, which bounds the copies' memory to a few times it (vanilla VMamba-T's first stage at B=128:
+# 1.2 GB per map).
+ROUTE_ORDER_SLICE_BYTES = 512 << 20
 
 
 def _route_ordered(routes: Optional[torch.Tensor], state_dim: int, return_states: bool) -> bool:
@@ -1983,15 +1987,62 @@ def _from_route_order(t: torch.Tensor, routes: torch.Tensor, positions: int, sum
     return out
 
 
+def _route_order_slices(batch: int, num_routes: int, channels: int, length: int) -> List[slice]:
+    """Batch slices whose float32 route-ordered (K, channels, padded length) maps fit ROUTE_ORDER_SLICE_BYTES."""
+    per_sample = num_routes * channels * cdiv(length, _ROUTE_ORDER_ALIGN) * _ROUTE_ORDER_ALIGN * 4
+    size = cdiv(batch, cdiv(batch, max(1, ROUTE_ORDER_SLICE_BYTES // per_sample)))  # even slices
+    return [slice(start, min(start + size, batch)) for start in range(0, batch, size)]
+
+
+def _route_ordered_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate):
+    """``_triton_fwd`` on route-ordered copies (see ``_route_gather_kernel``), one batch slice at a time."""
+    batch, _, dim, positions = u.shape
+    num_routes = delta.shape[1]
+    parts = []
+    for part in _route_order_slices(batch, num_routes, dim, routes.shape[1]):
+        ordered = [_to_route_order(t[part], routes, num_routes) for t in (u, delta, B, C)]
+        y, last_state, entering, states = _triton_fwd(
+            *ordered[:2], A, *ordered[2:], D, delta_bias, None, delta_softplus, False, False, routes.shape[1])
+        del ordered
+        y = _from_route_order(y, routes, positions, sum_routes=accumulate)
+        parts.append(((y[:, 0] if accumulate else y), last_state, entering, states))
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(outputs) for outputs in zip(*parts))
+
+
+def _route_ordered_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, entering, dy, dlast, one_buffer):
+    """``_triton_bwd`` on route-ordered copies, one batch slice at a time (the batch slices' parameter gradients
+    summed)."""
+    batch, k_u, dim, positions = u.shape
+    num_routes = delta.shape[1]
+    dy = dy.view(batch, 1, dim, positions) if dy.dim() == 3 else dy
+    parts = []
+    for part in _route_order_slices(batch, num_routes, dim, routes.shape[1]):
+        ordered = [_to_route_order(t[part], routes, num_routes) for t in (u, delta, B, C, dy)]
+        du, ddelta, dA, dB, dC, dD, dbias = _triton_bwd(
+            *ordered[:2], A, *ordered[2:4], D, delta_bias, None, delta_softplus, entering[part], ordered[4], None,
+            None if dlast is None else dlast[part], False, one_buffer, routes.shape[1])
+        del ordered
+        du = _from_route_order(du, routes, positions, sum_routes=k_u == 1)
+        ddelta, dB, dC = (_from_route_order(g, routes, positions, sum_routes=False) for g in (ddelta, dB, dC))
+        parts.append((du, ddelta, dA, dB, dC, dD, dbias))
+    if len(parts) == 1:
+        return parts[0]
+    grads = []
+    for index, per_slice in enumerate(zip(*parts)):
+        if per_slice[0] is None:
+            grads.append(None)
+        elif index in (0, 1, 3, 4):  # du, ddelta, dB, dC: per sample
+            grads.append(torch.cat(per_slice))
+        else:  # dA, dD, dbias: summed over the batch
+            grads.append(torch.stack(per_slice).sum(0))
+    return tuple(grads)
+
+
 def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, length=None):
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     if _route_ordered(routes, state_dim, return_states):
-        ordered = [_to_route_order(t, routes, num_routes) for t in (u, delta, B, C)]
-        y, last_state, entering, states = _triton_fwd(
-            *ordered[:2], A, *ordered[2:], D, delta_bias, None, delta_softplus, False, False, routes.shape[1])
-        y = _from_route_order(y, routes, positions, sum_routes=accumulate)
-        return (y[:, 0] if accumulate else y), last_state, entering, states
+        return _route_ordered_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate)
     length = _route_length(positions, routes, length)
     chunk = _chunk_size()
     num_chunks = cdiv(length, chunk)
@@ -2022,14 +2073,8 @@ def _triton_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, enteri
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
     if _route_ordered(routes, state_dim, dstates is not None):
-        ordered = [_to_route_order(t, routes, num_routes) for t in (u, delta, B, C)]
-        dy = _to_route_order(dy.view(batch, 1, dim, positions) if dy.dim() == 3 else dy, routes, num_routes)
-        du, ddelta, dA, dB, dC, dD, dbias = _triton_bwd(
-            *ordered[:2], A, *ordered[2:], D, delta_bias, None, delta_softplus, entering, dy, None, dlast, False,
-            one_buffer, routes.shape[1])
-        du = _from_route_order(du, routes, positions, sum_routes=k_u == 1)
-        ddelta, dB, dC = (_from_route_order(g, routes, positions, sum_routes=False) for g in (ddelta, dB, dC))
-        return du, ddelta, dA, dB, dC, dD, dbias
+        return _route_ordered_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, entering, dy, dlast,
+                                  one_buffer)
     length = _route_length(positions, routes, length)
     chunk = _chunk_size()
     num_chunks = entering.shape[3]

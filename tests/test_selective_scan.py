@@ -409,17 +409,20 @@ def test_route_ordered_copies_match_the_routed_kernels(monkeypatch, pattern_name
     """From ROUTE_ORDERED_MIN_STATE_DIM the chunked path copies the operands into route order (rows padded to a
     multiple of 16 that the kernels must ignore) and adds the outputs and gradients back at the routes' positions:
     the same values and gradients as the kernels reading through the route table, on routes that revisit positions,
-    with one input per route and with separate route outputs. Every buffer allocated uninitialised is poisoned."""
+    with one input per route and with separate route outputs, in batch slices (one per sample here: the
+    per-sample gradients concatenated, the parameters' summed). Every buffer allocated uninitialised is poisoned."""
     pattern = PATTERN_FACTORIES[pattern_name]()
     num_routes, positions, dim = pattern.num_routes, pattern.num_positions, 3
-    x, delta, A, B, C, D, bias = (t.detach() for t in routed_inputs(pattern, dim, 2, torch.float32, shared=shared))
+    operands = routed_inputs(pattern, dim, 2, torch.float32, shared=shared, batch=2)
+    x, delta, A, B, C, D, bias = (t.detach() for t in operands)
     inputs = [t.requires_grad_(True) for t in (
-        x.reshape(1, -1, dim, positions), delta.flatten(3), A.view(num_routes, dim, -1), B.flatten(3), C.flatten(3),
+        x.reshape(2, -1, dim, positions), delta.flatten(3), A.view(num_routes, dim, -1), B.flatten(3), C.flatten(3),
         D.view(num_routes, dim), bias.view(num_routes, dim))]
     gen = torch.Generator().manual_seed(2)
     results = []
     for min_state_dim in (1, 3):  # route-ordered copies (d_state 2 >= 1), then the routed kernels
         monkeypatch.setattr(ss, 'ROUTE_ORDERED_MIN_STATE_DIM', min_state_dim)
+        monkeypatch.setattr(ss, 'ROUTE_ORDER_SLICE_BYTES', 1)
         real_empty = torch.empty
         monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
         copies, merges = [], []
@@ -433,7 +436,7 @@ def test_route_ordered_copies_match_the_routed_kernels(monkeypatch, pattern_name
             cot, cot_last = torch.randn(y.shape, generator=gen), torch.randn(last.shape, generator=gen)
         grads = torch.autograd.grad((y * cot).sum() + (last * cot_last).sum(), inputs)
         monkeypatch.undo()
-        assert bool(copies) == (min_state_dim == 1)
+        assert len(copies) == (2 * (4 + 5) if min_state_dim == 1 else 0)  # two slices: 4 operands, then dy too
         # Routes that visit a position once gather their sums; a revisiting one adds atomically.
         merge = '_route_scatter_kernel' if pattern_name == 'custom_revisiting' else '_route_merge_kernel'
         assert set(merges) == ({merge} if copies else set())
