@@ -10,13 +10,17 @@ One op serves the plain 1D scan with mamba_ssm's semantics and the fused 2D mult
 Route k walks positions ``routes[k, 0..L)`` and runs ``h_l = exp(delta_l A) h_{l-1} + delta_l B_l u_l``,
 ``y_l = <C_l, h_l> + D u_l`` with every operand read at that position. With ``accumulate`` the route outputs are
 summed into one (B, D, P) map (the cross-merge happens in the kernel); otherwise each route keeps its own output.
-Nothing is permuted or copied in memory: at ``d_state=1`` those copies, not the recurrence, dominate the bytes.
+Below ``ROUTE_ORDERED_MIN_STATE_DIM`` nothing is permuted or copied in memory: at ``d_state=1`` those copies, not the
+recurrence, dominate the bytes. From it (d_state 16: VMamba v0, Vim) the recurrence dominates, and the chunked path
+copies the routed operands into route order for a call (in batch slices), because its kernels run twice as fast on
+contiguous steps (see ``_route_gather_kernel``).
 
 Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton interpreter on CPU when asked for with
 ``backend='triton'`` (and ``TRITON_INTERPRET=1``). On the Triton side, routes that are raster walks (``route_kinds``:
 rows and columns, forward or reversed; the identity route of a plain 1D scan) run kernels without a route table:
 the whole-map kernels on small maps, the row walk (forward) and the chunked backward on larger ones. Other routes,
-and d_state > 8, run the chunk-parallel kernels over the route table. Every path goes through the custom op
+and d_state > 8, run the chunk-parallel kernels over the route table, or, from ``ROUTE_ORDERED_MIN_STATE_DIM``, on
+route-ordered copies. Every path goes through the custom op
 ``vmamba_zoo::scan_routes_fwd`` whenever a graph is recorded, traced or compiled or a dispatch mode watches: that op
 is what fvcore and ``torch.utils.flop_counter`` see, so the FLOP count does not depend on the path. Plain eager
 calls of the raster kernels skip the op's dispatch (less host time per call): inference launches them directly,
