@@ -714,9 +714,9 @@ if HAS_TRITON:
     # through the route table, the same kernels lay a chunk over the lanes step by step (H200, d_state 16, 56x56:
     # backward kernel 8.2 against 17.1 ms). Copying costs a read and a write of each operand, once per pass.
     @triton.jit
-    def _route_gather_kernel(src_ptr, routes_ptr, dst_ptr, C, P, L, LP, stride_src_b, stride_src_k,
-                             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-        """dst[b, k, c, l] = src[b, k (or 0), c, routes[k, l]] for l < L, 0 up to the padded length LP."""
+    def _route_copy_program(routes_ptr, C, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+        """(steps, sample, channels, route, step mask, positions) of a route-copy program: BLOCK_L steps of route k
+        for BLOCK_C channels of one sample."""
         steps = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
         num_cblocks = tl.cdiv(C, BLOCK_C)
         b = (tl.program_id(1) // num_cblocks).to(tl.int64)
@@ -724,6 +724,13 @@ if HAS_TRITON:
         k = tl.program_id(2).to(tl.int64)
         mask_l = steps < L
         pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
+        return steps, b, c, k, mask_l, pos
+
+    @triton.jit
+    def _route_gather_kernel(src_ptr, routes_ptr, dst_ptr, C, P, L, LP, stride_src_b, stride_src_k,
+                             BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+        """dst[b, k, c, l] = src[b, k (or 0), c, routes[k, l]] for l < L, 0 up to the padded length LP."""
+        steps, b, c, k, mask_l, pos = _route_copy_program(routes_ptr, C, L, BLOCK_C, BLOCK_L)
         rows = c[:, None].to(tl.int64)
         values = tl.load(src_ptr + b * stride_src_b + k * stride_src_k + rows * P + pos[None, :],
                          mask=(c < C)[:, None] & mask_l[None, :], other=0.0)
@@ -761,14 +768,8 @@ if HAS_TRITON:
                               BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
         """dst[b, k (or 0), c, routes[k, l]] += src[b, k, c, l] for l < L: the adjoint of _route_gather_kernel for
         routes that revisit positions (atomic)."""
-        steps = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-        num_cblocks = tl.cdiv(C, BLOCK_C)
-        b = (tl.program_id(1) // num_cblocks).to(tl.int64)
-        c = (tl.program_id(1) % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-        k = tl.program_id(2).to(tl.int64)
-        mask_l = steps < L
+        steps, b, c, k, mask_l, pos = _route_copy_program(routes_ptr, C, L, BLOCK_C, BLOCK_L)
         mask = (c < C)[:, None] & mask_l[None, :]
-        pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
         rows = c[:, None].to(tl.int64)
         values = tl.load(src_ptr + ((b * tl.num_programs(2) + k) * C + rows) * LP + steps[None, :], mask=mask,
                          other=0.0)
