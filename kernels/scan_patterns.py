@@ -2,7 +2,9 @@
 
 A pattern is a set of K routes. Route k is a sequence of flat spatial positions ``p = h * W + w`` over an (H, W)
 map; the selective scan walks it in order. Every tensor a route reads or writes stays in spatial layout, so a fused
-kernel can follow the route through the original (B, D, H, W) feature map instead of materialising K permuted copies.
+kernel can follow the route through the original (B, D, H, W) feature map instead of materialising K permuted copies
+(from d_state 9 the chunked kernels make transient route-ordered copies, which pay off there; see
+``selective_scan.ROUTE_ORDERED_MIN_STATE_DIM``).
 
 The plain pair ``cross_scan`` (gather each route into a (B, K, D, L) copy) and ``cross_merge`` (scatter-add the K
 route outputs back onto the map) is the readable reference for the fused path and a debugging aid.

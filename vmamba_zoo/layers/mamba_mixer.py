@@ -8,7 +8,9 @@ Here the reversal never materialises: the backward branch's causal conv over the
 anti-causal conv with a flipped kernel on the original order, the x/dt projections are pointwise (so they can be
 applied in token order), and one ``scan_routes`` call runs both directions with ``bidirectional_pattern`` routes
 (route 0 walks 0..L-1, route 1 walks L-1..0), summing the two outputs in place. The gate is shared by both
-directions, so ``(y_f * g + y_b * g) / 2 == (y_f + y_b) * g / 2``.
+directions, so ``(y_f * g + y_b * g) / 2 == (y_f + y_b) * g / 2``. (At d_state 16 the scan itself copies its
+operands into route order for the call, as its kernels run twice as fast on contiguous steps; see
+``kernels/selective_scan.py``.)
 
 Parameter names match mamba_ssm's ``Mamba(bimamba_type='v2')`` so official checkpoints load unchanged.
 """
