@@ -26,7 +26,7 @@ setup(
         'fvcore',
     ],
     extras_require={
-        'test': ['pytest>=8', 'hypothesis>=6', 'scikit-learn', 'matplotlib>=3.5'],
+        'test': ['pytest>=8', 'pytest-xdist>=3', 'hypothesis>=6', 'scikit-learn', 'matplotlib>=3.5'],
         'tools': ['matplotlib>=3.5', 'tqdm'],
         'official': ['einops'],  # tools/compare_official_*: importing official model code from a user checkout
         'mm': [
