@@ -714,28 +714,23 @@ if HAS_TRITON:
     # through the route table, the same kernels lay a chunk over the lanes step by step (H200, d_state 16, 56x56:
     # backward kernel 8.2 against 17.1 ms). Copying costs a read and a write of each operand, once per pass.
     @triton.jit
-    def _route_copy_program(routes_ptr, C, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-        """(steps, sample, channels, route, step mask, positions) of a route-copy program: BLOCK_L steps of route k
-        for BLOCK_C channels of one sample."""
-        steps = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-        num_cblocks = tl.cdiv(C, BLOCK_C)
-        b = (tl.program_id(1) // num_cblocks).to(tl.int64)
-        c = (tl.program_id(1) % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-        k = tl.program_id(2).to(tl.int64)
+    def _route_steps(routes_ptr, block, k, L, BLOCK_L: tl.constexpr):
+        """Block ``block`` of BLOCK_L steps of route k: the steps, their mask and the positions they visit."""
+        steps = block * BLOCK_L + tl.arange(0, BLOCK_L)
         mask_l = steps < L
-        pos = tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
-        return steps, b, c, k, mask_l, pos
+        return steps, mask_l, tl.load(routes_ptr + k * L + steps, mask=mask_l, other=0).to(tl.int64)
 
     @triton.jit
     def _route_gather_kernel(src_ptr, routes_ptr, dst_ptr, C, P, L, LP, stride_src_b, stride_src_k,
                              BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
         """dst[b, k, c, l] = src[b, k (or 0), c, routes[k, l]] for l < L, 0 up to the padded length LP."""
-        steps, b, c, k, mask_l, pos = _route_copy_program(routes_ptr, C, L, BLOCK_C, BLOCK_L)
+        block, b, c, k, num_routes, mask_c, unused_rows = _program_coordinates(C, BLOCK_C)
+        steps, mask_l, pos = _route_steps(routes_ptr, block, k, L, BLOCK_L)
         rows = c[:, None].to(tl.int64)
         values = tl.load(src_ptr + b * stride_src_b + k * stride_src_k + rows * P + pos[None, :],
-                         mask=(c < C)[:, None] & mask_l[None, :], other=0.0)
-        dst_rows = ((b * tl.num_programs(2) + k) * C + rows) * LP
-        tl.store(dst_ptr + dst_rows + steps[None, :], values, mask=(c < C)[:, None] & (steps < LP)[None, :])
+                         mask=mask_c[:, None] & mask_l[None, :], other=0.0)
+        dst_rows = ((b * num_routes + k) * C + rows) * LP
+        tl.store(dst_ptr + dst_rows + steps[None, :], values, mask=mask_c[:, None] & (steps < LP)[None, :])
 
     @triton.jit
     def _route_merge_kernel(src_ptr, inverse_ptr, dst_ptr, C, P, LP, SUM_ROUTES: tl.constexpr, NUM_ROUTES,
@@ -743,40 +738,38 @@ if HAS_TRITON:
         """dst[b, k (or 0), c, p] = sum over route k (or over all routes) of src[b, k, c, inverse[k, p]], 0 where
         inverse[k, p] < 0 (k never visits p): the adjoint of _route_gather_kernel for routes that visit a position at
         most once. It writes every element, so dst needs no zeroing, and it adds no atomics."""
-        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        num_cblocks = tl.cdiv(C, BLOCK_C)
-        b = (tl.program_id(1) // num_cblocks).to(tl.int64)
-        c = (tl.program_id(1) % num_cblocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        block, b, c, out_route, out_routes, mask_c, unused_rows = _program_coordinates(C, BLOCK_C)
+        p = block * BLOCK_P + tl.arange(0, BLOCK_P)
         rows = c[:, None].to(tl.int64)
         mask_p = p < P
         total = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
         if SUM_ROUTES:
             first, last = 0, NUM_ROUTES
         else:
-            first = tl.program_id(2)
+            first = out_route
             last = first + 1
         for k in range(first, last):
             step = tl.load(inverse_ptr + k * P + p, mask=mask_p, other=-1)
-            visited = (c < C)[:, None] & (step >= 0)[None, :]
+            visited = mask_c[:, None] & (step >= 0)[None, :]
             total += tl.load(src_ptr + ((b * NUM_ROUTES + k) * C + rows) * LP + step[None, :], mask=visited,
                              other=0.0)
-        dst_rows = ((b * tl.num_programs(2) + tl.program_id(2)) * C + rows) * P
-        tl.store(dst_ptr + dst_rows + p[None, :], total, mask=(c < C)[:, None] & mask_p[None, :])
+        dst_rows = ((b * out_routes + out_route) * C + rows) * P
+        tl.store(dst_ptr + dst_rows + p[None, :], total, mask=mask_c[:, None] & mask_p[None, :])
 
     @triton.jit
     def _route_scatter_kernel(src_ptr, routes_ptr, dst_ptr, C, P, L, LP, SUM_ROUTES: tl.constexpr,
                               BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
         """dst[b, k (or 0), c, routes[k, l]] += src[b, k, c, l] for l < L: the adjoint of _route_gather_kernel for
         routes that revisit positions (atomic)."""
-        steps, b, c, k, mask_l, pos = _route_copy_program(routes_ptr, C, L, BLOCK_C, BLOCK_L)
-        mask = (c < C)[:, None] & mask_l[None, :]
+        block, b, c, k, num_routes, mask_c, unused_rows = _program_coordinates(C, BLOCK_C)
+        steps, mask_l, pos = _route_steps(routes_ptr, block, k, L, BLOCK_L)
+        mask = mask_c[:, None] & mask_l[None, :]
         rows = c[:, None].to(tl.int64)
-        values = tl.load(src_ptr + ((b * tl.num_programs(2) + k) * C + rows) * LP + steps[None, :], mask=mask,
-                         other=0.0)
+        values = tl.load(src_ptr + ((b * num_routes + k) * C + rows) * LP + steps[None, :], mask=mask, other=0.0)
         if SUM_ROUTES:
             dst_rows = (b * C + rows) * P
         else:
-            dst_rows = ((b * tl.num_programs(2) + k) * C + rows) * P
+            dst_rows = ((b * num_routes + k) * C + rows) * P
         tl.atomic_add(dst_ptr + dst_rows + pos[None, :], values, mask=mask, sem='relaxed')
 
 
@@ -1953,26 +1946,28 @@ def _to_route_order(t: torch.Tensor, routes: torch.Tensor, num_routes: int) -> t
 
 def _route_inverse(routes: torch.Tensor, positions: int) -> Optional[torch.Tensor]:
     """(K, P) int32: the step at which route k visits position p (-1 where it never does), or None when a route
-    visits a position twice. Deciding that reads the table on the host once: the answer is kept on the routes tensor
-    (``ScanPattern.routes_on`` hands out one tensor per pattern and device), keyed by its version."""
+    visits a position twice. Kept on the routes tensor (``ScanPattern.routes_on`` hands out one tensor per pattern
+    and device), keyed by its version."""
     key = (routes._version, positions)
     kept = getattr(routes, '_vmamba_zoo_inverse', None)
     if kept is not None and kept[0] == key:
         return kept[1]
-    num_routes, length = routes.shape
-    index = routes.long()
-    visits = torch.zeros(num_routes, positions, device=routes.device, dtype=torch.int32)
-    visits.scatter_add_(1, index, torch.ones_like(routes))
     inverse = None
-    if int(visits.max()) <= 1:
+    if not _routes_revisit(routes):
+        num_routes, length = routes.shape
         inverse = torch.full((num_routes, positions), -1, device=routes.device, dtype=torch.int32)
         steps = torch.arange(length, device=routes.device, dtype=torch.int32)
-        inverse.scatter_(1, index, steps.expand(num_routes, length))
-    try:
-        routes._vmamba_zoo_inverse = (key, inverse)
-    except (AttributeError, RuntimeError):  # a tensor that takes no attributes: decided again next call
-        pass
+        inverse.scatter_(1, routes.long(), steps.expand(num_routes, length))
+    _keep_on(routes, '_vmamba_zoo_inverse', (key, inverse))
     return inverse
+
+
+def _keep_on(routes: torch.Tensor, name: str, value) -> None:
+    """Keep an answer derived from ``routes`` on the tensor (a tensor that takes no attributes decides anew)."""
+    try:
+        setattr(routes, name, value)
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def _from_route_order(t: torch.Tensor, routes: torch.Tensor, positions: int, sum_routes: bool) -> torch.Tensor:
@@ -2035,15 +2030,13 @@ def _route_ordered_bwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus,
         parts.append((du, ddelta, dA, dB, dC, dD, dbias))
     if len(parts) == 1:
         return parts[0]
-    grads = []
-    for index, per_slice in enumerate(zip(*parts)):
-        if per_slice[0] is None:
-            grads.append(None)
-        elif index in (0, 1, 3, 4):  # du, ddelta, dB, dC: per sample
-            grads.append(torch.cat(per_slice))
-        else:  # dA, dD, dbias: summed over the batch
-            grads.append(torch.stack(per_slice).sum(0))
-    return tuple(grads)
+    du, ddelta, dA, dB, dC, dD, dbias = zip(*parts)
+
+    def batch_sum(per_slice):  # parameter gradients: summed over the samples, so over the slices
+        return None if per_slice[0] is None else torch.stack(per_slice).sum(0)
+
+    return (torch.cat(du), torch.cat(ddelta), batch_sum(dA), torch.cat(dB), torch.cat(dC), batch_sum(dD),
+            batch_sum(dbias))
 
 
 def _triton_fwd(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, return_states, length=None):
@@ -2267,8 +2260,14 @@ def _scatter_atomic(u: torch.Tensor, routes: Optional[torch.Tensor]) -> bool:
 
 
 def _routes_revisit(routes: torch.Tensor) -> bool:
-    # A route that visits a position twice must accumulate its delta/u gradients there; distinct visits can store.
-    return bool((routes.sort(dim=1).values.diff(dim=1) == 0).any())
+    """Whether a route visits a position twice (it must then accumulate its delta/u gradients there; distinct visits
+    can store). Answering reads the table on the host, so the answer is kept on the tensor, keyed by its version."""
+    kept = getattr(routes, '_vmamba_zoo_revisits', None)
+    if kept is not None and kept[0] == routes._version:
+        return kept[1]
+    revisits = bool((routes.sort(dim=1).values.diff(dim=1) == 0).any())
+    _keep_on(routes, '_vmamba_zoo_revisits', (routes._version, revisits))
+    return revisits
 
 
 def _backward(ctx, dy, dlast, dchunk, dstates):
