@@ -14,7 +14,8 @@ and one training step of each variant run under ``torch.cuda.set_sync_debug_mode
 the operators that synchronise the host with the GPU.
 
 Model names take a variant after a colon, as ``bench_layout.set_variant`` reads it (none: every fused node on,
-':scan_node' only SS2D's core and the MLP as nodes, ':composite' op by op, ':tensor_args', ':fresh_casts').
+':scan_node' only SS2D's core and the MLP as nodes, ':composite' op by op, ':tensor_args', ':fresh_casts',
+':scalar_walk').
 
 Usage: python benchmarks/ab_nodes.py [--rounds 3] [--no-gc] [--drop-path 0.2] [--out OUT.json] [MODEL ...]
 """

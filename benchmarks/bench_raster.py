@@ -3,7 +3,8 @@
 For B=128, K=4 (cross pattern), N=1 (and N=16 at stage 1), bf16 inputs, it prints and writes to JSON:
 
 * on contiguous (NCHW) maps and on channel-last (NHWC) maps, which the row walk reads in place;
-* the row-walk forward and the whole-map forward (the latter only on maps up to 14x14, NCHW only);
+* the vectorised row-walk forward (NCHW, d_state 1; ``VECTOR_ROW_WALK``), the row-walk forward (one lane per
+  thread) and the whole-map forward (the latter only on maps up to 14x14, NCHW only);
 * forward+backward with the default dispatch (``WHOLE_MAP_*_MAX_TILE``, ``ROW_WALK_BACKWARD``), and with the row
   walk in both directions;
 * the bytes floor from ``bench_scan.bytes_floor`` at the measured copy bandwidth.
@@ -12,8 +13,9 @@ A few maps are first checked against the float64 PyTorch path with each kernel f
 thresholds in ``kernels/selective_scan.py`` were chosen; ``bench_scan.py`` holds the full comparison with the other
 paths and mamba_ssm.
 
-With ``--sweep SECONDS`` it then times the row-walk kernels one (channels per program, warps) configuration at a
-time, on both layouts, which is how their programs were chosen.
+With ``--sweep SECONDS`` it also times the vectorised forward at several channels per program, then the row-walk
+kernels one (channels per program, warps) configuration at a time, on both layouts, which is how their programs were
+chosen.
 
 Usage: python benchmarks/bench_raster.py [--no-checks] [--sweep SECONDS] [--out OUT.json]
 """
@@ -39,6 +41,8 @@ CHECKS = ((56, 56, 1, torch.bfloat16, 0, False), (28, 28, 4, torch.float32, 0, F
 # on contiguous maps and on channel-last maps (a channel-last program needs several channels for coalesced loads).
 SWEEP_FWD = ((1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2), (16, 1), (16, 2), (32, 4))
 SWEEP_BWD = ((1, 1), (2, 1), (4, 1), (4, 2), (8, 2), (8, 4))
+# (lanes per thread, channels per program) of the vectorised forward (``VECTOR_WALK_LANES``, ``_CHANNELS``)
+VECTOR_SWEEP = tuple((lanes, channels) for lanes in (2, 4, 8) for channels in (1, 2, 4, 8))
 SWEEP_FWD_NHWC = ((2, 1), (4, 1), (4, 2), (8, 1), (8, 2), (8, 4), (16, 2), (16, 4), (32, 4), (32, 8))
 SWEEP_BWD_NHWC = ((4, 1), (4, 2), (8, 2), (8, 4), (16, 4), (16, 8))
 LAYOUTS = ('nchw', 'nhwc')
@@ -137,14 +141,26 @@ def main():
             return kernels.multi_scan_2d(*args[:6], delta_bias=args[6], delta_softplus=True)
 
         row = {}
-        for name, tile in (('row_walk_fwd_ms', 0), ('whole_map_fwd_ms', 1 << 20)):
+        for name, tile, vector in (('vector_row_walk_fwd_ms', 0, True), ('row_walk_fwd_ms', 0, False),
+                                   ('whole_map_fwd_ms', 1 << 20, False)):
             if state_dim > ss.RASTER_MAX_STATE_DIM or (layout == 'nhwc' and name.startswith('whole')):
                 break  # the chunked kernels run
             if name.startswith('whole') and height >= 28:
                 continue  # 1 to 6 ms on the larger maps (first measurement, benchmarks/results/README.md)
+            if vector and layout == 'nhwc':
+                continue  # the vectorised walk reads NCHW maps only
             set_whole_map_limit(ss, tile)
+            ss.VECTOR_ROW_WALK = vector
             with torch.no_grad():
                 row[name] = bench(forward)
+            if vector and state_dim == 1 and args_cli.sweep:
+                default_lanes = ss.VECTOR_WALK_LANES
+                for lanes, channels in VECTOR_SWEEP:
+                    ss.VECTOR_WALK_LANES, ss.VECTOR_WALK_CHANNELS = lanes, channels
+                    with torch.no_grad():
+                        row[f'vector_row_walk_fwd_ms_lanes{lanes}_channels{channels}'] = bench(forward)
+                ss.VECTOR_WALK_LANES, ss.VECTOR_WALK_CHANNELS = default_lanes, None
+        ss.VECTOR_ROW_WALK = True
         ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE, ss.ROW_WALK_BACKWARD = defaults
         grad = torch.randn(bs.BATCH, dim, height, width, device='cuda')
         if layout == 'nhwc':
@@ -156,6 +172,9 @@ def main():
             set_whole_map_limit(ss, 0)
             ss.ROW_WALK_BACKWARD = True
             row['row_walk_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
+            ss.VECTOR_ROW_WALK = False
+            row['scalar_row_walk_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
+            ss.VECTOR_ROW_WALK = True
             ss.ROW_WALK_BACKWARD = defaults[2]
             ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE = defaults[:2]
         row['floor_ms_fwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, False) / bandwidth / 1e6

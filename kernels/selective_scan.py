@@ -1438,6 +1438,254 @@ if HAS_TRITON:
         _store_last_state(s3, 3, last_ptr, b, D, N, W, dd, nn, lanes, NUM_ROUTES)
 
     # -----------------------------------------------------------------------------------------------------------------
+    # Forward at d_state 1, vectorised: the row walk with V consecutive lanes of a row in each thread.
+    #
+    # The row walk above gives every thread one lane of a row (Triton cannot prove its rows aligned, so its loads are
+    # scalar and its layout has one element per thread): each row scan is five levels of shuffles and every operand a
+    # 16-bit load. Here the map width is W = WV * V with V a power of two (V <= 16 bytes / element size), so Triton
+    # proves every row start a multiple of V and loads V lanes per thread in one vector: the tiles are
+    # [BLOCK_D, T, V], T threads per row, and a row scan runs V steps inside the thread before log2(T) levels of
+    # shuffles over the threads' totals. Column routes need no shuffles at all. Reversed row routes flip their lanes
+    # inside the thread (register renaming) rather than through a reversed Triton scan, which permutes through
+    # shuffles. Same walks, same kept states as the row walk, so its backward runs unchanged.
+    # -----------------------------------------------------------------------------------------------------------------
+    @triton.jit
+    def _vector_route_parameters(k: tl.constexpr, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES: tl.constexpr,
+                                 HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+        """Route k's A (times log2(e), for exp2), delta bias and skip D as [BLOCK_D, 1, 1]; zeros beyond NUM_ROUTES."""
+        A = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        bias = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        skip = tl.zeros([d.shape[0], 1, 1], tl.float32)
+        if k < NUM_ROUTES:
+            A = tl.load(A_ptr + k * D + d, mask=d < D, other=0.0)[:, None, None] * 1.4426950408889634
+            if HAS_BIAS:
+                bias = tl.load(bias_ptr + k * D + d, mask=d < D, other=0.0)[:, None, None]
+            if HAS_D:
+                skip = tl.load(Dskip_ptr + k * D + d, mask=d < D, other=0.0)[:, None, None]
+        return A, bias, skip
+
+    @triton.jit
+    def _vector_step(row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
+                     NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     IDENTITY_PADDING: tl.constexpr):
+        """Decay and drive of route k on the row starting at flat position ``row``. ``IDENTITY_PADDING``: lanes past
+        the row's end are identity steps (a row scan runs through them); a column route's padding lanes are columns
+        of their own, which nothing reads."""
+        dt = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
+                     other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = tl.where(dt > 20.0, dt, _log2(1.0 + _exp2(dt * 1.4426950408889634)) * 0.6931471805599453)
+        decay = _exp2(dt * A_log2)
+        # B is shared by the channels: its pointers are broadcast over them so that its load takes the tile's layout.
+        B_row = tl.load(B_ptr + (b * NUM_ROUTES + k) * P + row + lanes + dd * 0, mask=mask, other=0.0).to(tl.float32)
+        drive = (dt * u) * B_row
+        if IDENTITY_PADDING:
+            decay = tl.where(mask, decay, 1.0)
+        return decay, drive
+
+    @triton.jit
+    def _vector_column_totals(total_decay, total_drive, row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b,
+                              dd, lanes, mask, P, NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d,
+                              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """``_column_totals`` of the vectorised walk: the row at ``row`` added to column route k's totals."""
+        if k < NUM_ROUTES:
+            if KIND % 2 == 1:
+                decay, drive = _vector_step(row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
+                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, False)
+                if KIND == 1:
+                    total_decay, total_drive = total_decay * decay, decay * total_drive + drive
+                else:
+                    total_decay, total_drive = total_decay * decay, total_drive + total_decay * drive
+        return total_decay, total_drive
+
+    @triton.jit
+    def _vector_column_start(total_decay, total_drive, k: tl.constexpr, entering_ptr, b, dd, lanes, D, W, MAX_LINES,
+                             NUM_ROUTES: tl.constexpr, KIND: tl.constexpr):
+        """A column route's state entering each column (an exclusive scan of the column totals in route order, once
+        per program), kept by map column for the backward; zeros for a row route."""
+        state = tl.zeros(total_decay.shape, tl.float32)
+        if k < NUM_ROUTES:
+            if KIND % 2 == 1:
+                shape: tl.constexpr = total_decay.shape
+                flat_shape: tl.constexpr = [shape[0], shape[1] * shape[2]]
+                unused_a, unused_b, unused_a_excl, entering = tl.associative_scan(
+                    (tl.reshape(total_decay, flat_shape), tl.reshape(total_drive, flat_shape),
+                     tl.full(flat_shape, 1.0, tl.float32), tl.zeros(flat_shape, tl.float32)), 1,
+                    _combine_keeping_exclusive, reverse=KIND == 3)
+                state = tl.reshape(entering, shape)
+                tl.store(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + lanes, state,
+                         mask=(dd < D) & (lanes < W))
+        return state
+
+    @triton.jit
+    def _vector_row_scan(decay, drive, state, REVERSE: tl.constexpr):
+        """States of a row route along the lanes of a [BLOCK_D, T, V] row entered with ``state`` [BLOCK_D, 1, 1], and
+        the state leaving the row: V steps in each thread, then the threads' totals across the T threads."""
+        if REVERSE:  # flipping inside a thread is register renaming; a reversed Triton scan permutes through shuffles
+            lane_decay, lane_drive = tl.associative_scan((tl.flip(decay, 2), tl.flip(drive, 2)), 2,
+                                                         _linear_recurrence_combine)
+            lane_decay, lane_drive = tl.flip(lane_decay, 2), tl.flip(lane_drive, 2)
+        else:
+            lane_decay, lane_drive = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine)
+        V: tl.constexpr = decay.shape[2]
+        T: tl.constexpr = decay.shape[1]
+        thread_end = tl.arange(0, V)[None, None, :] == (V - 1) * (1 - REVERSE)  # in-thread: the compiler picks it
+        total_decay = tl.sum(tl.where(thread_end, lane_decay, 0.0), axis=2)
+        total_drive = tl.sum(tl.where(thread_end, lane_drive, 0.0), axis=2)
+        all_decay, all_drive, before_decay, before_drive = tl.associative_scan(
+            (total_decay, total_drive, tl.full(total_decay.shape, 1.0, tl.float32),
+             tl.zeros(total_decay.shape, tl.float32)), 1, _combine_keeping_exclusive, reverse=REVERSE)
+        entering = tl.reshape(state, [state.shape[0], 1])
+        thread_entering = before_drive + before_decay * entering
+        h = lane_drive + lane_decay * thread_entering[:, :, None]
+        last_thread = tl.arange(0, T)[None, :] == (T - 1) * (1 - REVERSE)
+        leaving = tl.sum(tl.where(last_thread, all_drive + all_decay * entering, 0.0), axis=1)
+        return h, leaving[:, None, None]
+
+    @triton.jit
+    def _vector_route_row(state, y, walk: tl.constexpr, r, row, k: tl.constexpr, u, delta_ptr, B_ptr, C_ptr, A_log2,
+                          bias, entering_ptr, b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES: tl.constexpr, sdt_b,
+                          sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """Route k on row r (at flat position ``row``) when this walk is the route's: its new state, and its output
+        added to y."""
+        if k < NUM_ROUTES:
+            if (KIND >> 1) == walk:
+                decay, drive = _vector_step(row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
+                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, KIND % 2 == 0)
+                C_row = tl.load(C_ptr + (b * NUM_ROUTES + k) * P + row + lanes + dd * 0, mask=mask,
+                                other=0.0).to(tl.float32)
+                if KIND % 2 == 1:
+                    h = decay * state + drive
+                    state = h
+                else:
+                    # The backward rebuilds the row from the state entering it.
+                    tl.store(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + r, state, mask=dd < D)
+                    h, state = _vector_row_scan(decay, drive, state, KIND == 2)
+                y += h * C_row
+        return state, y
+
+    @triton.jit
+    def _vector_store_last(state, k: tl.constexpr, last_ptr, b, d, lanes, D, W, NUM_ROUTES: tl.constexpr,
+                           KIND: tl.constexpr):
+        """Route k's final state: a row route's carried state, or a column route's in its last column (the map's last
+        for a forward route, its first for a reversed one)."""
+        if k < NUM_ROUTES:
+            if KIND % 2 == 1:
+                last_lane = (W - 1) * (KIND == 1)
+                last = tl.sum(tl.sum(tl.where(lanes == last_lane, state, 0.0), axis=2), axis=1)
+            else:
+                last = tl.sum(tl.sum(state, axis=2), axis=1)
+            tl.store(last_ptr + (b * NUM_ROUTES + k) * D + d, last, mask=d < D)
+
+    @triton.jit
+    def _vector_row_out(y, y_row, lanes, mask, channel_ok, W, ADD: tl.constexpr):
+        """Stores a float32 [BLOCK_D, T, V] row tile of y at ``y_row`` + ``lanes`` under ``mask`` (``channel_ok``
+        [BLOCK_D, 1, 1] and lanes < W), adding what is there when ADD.
+        More than four lanes per thread are stored as two halves, each a 16-byte store in the tile's own layout:
+        stored whole, the tile would be re-laid out across the threads for stores of four."""
+        shape: tl.constexpr = y.shape
+        if shape[2] > 4:
+            half: tl.constexpr = shape[2] // 2
+            first, second = tl.split(tl.permute(tl.reshape(y, [shape[0], shape[1], 2, half]), (0, 1, 3, 2)))
+            first_lanes = tl.arange(0, shape[1])[None, :, None] * shape[2] + tl.arange(0, half)[None, None, :]
+            first_mask = channel_ok & (first_lanes < W)
+            if ADD:
+                first += tl.load(y_row + first_lanes, mask=first_mask, other=0.0)
+                second += tl.load(y_row + half + first_lanes, mask=first_mask, other=0.0)
+            tl.store(y_row + first_lanes, first, mask=first_mask)
+            tl.store(y_row + half + first_lanes, second, mask=first_mask)
+        else:
+            if ADD:
+                y += tl.load(y_row + lanes, mask=mask, other=0.0)
+            tl.store(y_row + lanes, y, mask=mask)
+
+    @triton.jit(do_not_specialize=['H'])
+    def _vector_rows_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, entering_ptr,
+            D, H, WV, MAX_LINES, sdt_b, sdt_k, sdt_d,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, HAS_FORWARD_ROUTES: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
+            BLOCK_D: tl.constexpr,
+    ):
+        """The row walk's forward at d_state 1 on a shared NCHW input and a merged float32 output, V lanes per thread.
+        The map is (H, WV * V); delta's batch, route and channel strides are given in units of H * W."""
+        W = WV * V  # a multiple of V that Triton can see: every row starts V-aligned
+        P = H * W
+        b, d = _image_and_channels(D, BLOCK_D)
+        dd = d[:, None, None]
+        lanes = tl.arange(0, T)[None, :, None] * V + tl.arange(0, V)[None, None, :]
+        mask = (dd < D) & (lanes < W)
+        u_lanes = u_ptr + (b * D + dd) * P + lanes
+        y_rows = y_ptr + (b * D + dd) * P
+        K0: tl.constexpr = KINDS & 3
+        K1: tl.constexpr = (KINDS >> 2) & 3
+        K2: tl.constexpr = (KINDS >> 4) & 3
+        K3: tl.constexpr = (KINDS >> 6) & 3
+        A0, bias0, skip0 = _vector_route_parameters(0, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A1, bias1, skip1 = _vector_route_parameters(1, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A2, bias2, skip2 = _vector_route_parameters(2, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A3, bias3, skip3 = _vector_route_parameters(3, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        skip = skip0 + skip1 + skip2 + skip3  # every route reads the same u
+        ones = tl.full([BLOCK_D, T, V], 1.0, tl.float32)
+        zeros = tl.zeros([BLOCK_D, T, V], tl.float32)
+        # Walk 1: column totals of the column routes.
+        a0, b0, a1, b1, a2, b2, a3, b3 = ones, zeros, ones, zeros, ones, zeros, ones, zeros
+        if (KINDS & 0x55) != 0:
+            for r in range(0, H):
+                row = r * W
+                u = tl.load(u_lanes + row, mask=mask, other=0.0).to(tl.float32)
+                a0, b0 = _vector_column_totals(a0, b0, row, 0, u, delta_ptr, B_ptr, A0, bias0, b, dd, lanes, mask, P,
+                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K0)
+                a1, b1 = _vector_column_totals(a1, b1, row, 1, u, delta_ptr, B_ptr, A1, bias1, b, dd, lanes, mask, P,
+                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K1)
+                a2, b2 = _vector_column_totals(a2, b2, row, 2, u, delta_ptr, B_ptr, A2, bias2, b, dd, lanes, mask, P,
+                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K2)
+                a3, b3 = _vector_column_totals(a3, b3, row, 3, u, delta_ptr, B_ptr, A3, bias3, b, dd, lanes, mask, P,
+                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K3)
+        s0 = _vector_column_start(a0, b0, 0, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K0)
+        s1 = _vector_column_start(a1, b1, 1, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K1)
+        s2 = _vector_column_start(a2, b2, 2, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K2)
+        s3 = _vector_column_start(a3, b3, 3, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K3)
+        if K0 % 2 == 0:  # a row route carries one state per channel
+            s0 = tl.zeros([BLOCK_D, 1, 1], tl.float32)
+        if K1 % 2 == 0:
+            s1 = tl.zeros([BLOCK_D, 1, 1], tl.float32)
+        if K2 % 2 == 0:
+            s2 = tl.zeros([BLOCK_D, 1, 1], tl.float32)
+        if K3 % 2 == 0:
+            s3 = tl.zeros([BLOCK_D, 1, 1], tl.float32)
+        # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; each thread adds walk 3's
+        # outputs to the lanes it stored in walk 2.
+        for walk in tl.static_range(2):
+            for i in range(0, H):
+                if walk == 0:
+                    r = i
+                else:
+                    r = H - 1 - i
+                row = r * W
+                u = tl.load(u_lanes + row, mask=mask, other=0.0).to(tl.float32)
+                y = skip * u * (1 - walk)
+                s0, y = _vector_route_row(s0, y, walk, r, row, 0, u, delta_ptr, B_ptr, C_ptr, A0, bias0, entering_ptr,
+                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                                          HAS_BIAS, SOFTPLUS, K0)
+                s1, y = _vector_route_row(s1, y, walk, r, row, 1, u, delta_ptr, B_ptr, C_ptr, A1, bias1, entering_ptr,
+                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                                          HAS_BIAS, SOFTPLUS, K1)
+                s2, y = _vector_route_row(s2, y, walk, r, row, 2, u, delta_ptr, B_ptr, C_ptr, A2, bias2, entering_ptr,
+                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                                          HAS_BIAS, SOFTPLUS, K2)
+                s3, y = _vector_route_row(s3, y, walk, r, row, 3, u, delta_ptr, B_ptr, C_ptr, A3, bias3, entering_ptr,
+                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                                          HAS_BIAS, SOFTPLUS, K3)
+                _vector_row_out(y, y_rows + row, lanes, mask, dd < D, W, walk == 1 and HAS_FORWARD_ROUTES)
+        _vector_store_last(s0, 0, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K0)
+        _vector_store_last(s1, 1, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K1)
+        _vector_store_last(s2, 2, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K2)
+        _vector_store_last(s3, 3, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K3)
+
+    # -----------------------------------------------------------------------------------------------------------------
     # Backward for large maps, in the row walk's form. Each route is walked against its own direction: row routes in
     # one walk (the state entering each row, kept by the forward, rebuilds the row's states with a lane scan; the
     # adjoint runs as the mirrored lane scan with its state carried from row to row); column routes in two walks, the
@@ -1662,7 +1910,8 @@ RASTER_MAX_STATE_DIM = 8
 # The raster kernels launch through their compiled handles once a specialization repeats: Triton's per-call binding
 # cost more host time than some of these kernels run at the small stages (2026-11-30 H200 host profile).
 _LAUNCH = {name: CachedLaunch(globals()[name]) for name in (
-    '_raster_scan_fwd_kernel', '_raster_rows_fwd_kernel', '_raster_scan_bwd_kernel', '_raster_rows_bwd_kernel')
+    '_raster_scan_fwd_kernel', '_raster_rows_fwd_kernel', '_raster_scan_bwd_kernel', '_raster_rows_bwd_kernel',
+    '_vector_rows_fwd_kernel')
 } if HAS_TRITON else {}
 
 
@@ -1771,12 +2020,55 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     # Row routes fill H of the max(H, W) lines and column routes W: on a non-square map the rest is zeroed, so that
     # the op's outputs are defined everywhere (torch.compile's checks compare them whole).
     entering = (torch.empty if height == width else torch.zeros)(entering_shape, device=u.device, dtype=torch.float32)
+    vector = _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states)
+    if vector is not None:
+        threads, lanes_per_thread, block_d, delta_strides = vector
+        _LAUNCH['_vector_rows_fwd_kernel'](
+            (batch * cdiv(dim, block_d),), u, delta, A, B, C, D, delta_bias, y, last_state, entering, dim, height,
+            width // lanes_per_thread, entering_shape[-1], *delta_strides, KINDS=kinds, NUM_ROUTES=num_routes,
+            HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), T=threads, V=lanes_per_thread,
+            BLOCK_D=block_d, num_warps=max(1, threads * block_d // 32))
+        return y, last_state, entering, states
     _LAUNCH['_raster_rows_fwd_kernel'](
         grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
         *_row_walk_strides(u, delta, y, accumulate), **flags,
         HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), LANES=tile_w,
         NP=next_power_of_2(state_dim))
     return y, last_state, entering, states
+
+
+# The vectorised row walk (``_vector_rows_fwd_kernel``) runs the forward where it applies; False keeps the row walk.
+VECTOR_ROW_WALK = True
+# Channels per program of the vectorised row walk; None: one warp's worth (32 threads over T threads per row).
+VECTOR_WALK_CHANNELS = None
+# At most this many lanes per thread (a power of two, also at most 16 bytes of the widest operand). Four won at the
+# two large VMamba-T stages in bf16 and fp32 (H200 sweep of 2026-12-01, ``benchmarks/results/README.md``): at 56x56
+# bf16 0.577 ms against 0.692 with eight lanes and 0.806 with two, one warp per program each.
+VECTOR_WALK_LANES = 4
+
+
+def _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states):
+    """(threads per row, lanes per thread, channels per program, delta's strides in map units) of the vectorised row
+    walk for this forward, or None where it does not apply: it runs d_state 1 with one input map shared by the
+    routes, NCHW-contiguous, a merged output, delta's positions adjacent and its other strides whole maps, and rows
+    that fill the map (a row-only pattern's rows of 64 may leave the last one short)."""
+    batch, k_u, dim, positions = u.shape
+    height, width, tile_h, tile_w, kinds = plan
+    if not (VECTOR_ROW_WALK and state_dim == 1 and k_u == 1 and accumulate and not return_states
+            and height * width == positions):
+        return None
+    if u.stride()[2:] != (positions, 1) or u.stride(0) != dim * positions or not y.is_contiguous():
+        return None
+    if delta.stride(3) != 1 or any(stride % positions for stride in delta.stride()[:3]) or min(delta.stride()) < 0:
+        return None
+    if not (B.is_contiguous() and C.is_contiguous()):
+        return None
+    widest = max(t.element_size() for t in (u, delta, B, C))
+    lanes_per_thread = min(VECTOR_WALK_LANES, 16 // widest, width & -width)  # W's largest power-of-two divisor
+    threads = tile_w // lanes_per_thread
+    block_d = 2 if triton_interpreting() else VECTOR_WALK_CHANNELS or max(1, 32 // threads)
+    return threads, lanes_per_thread, block_d, tuple(stride // positions for stride in delta.stride()[:3])
 
 
 def _row_walk_strides(u, delta, y, accumulate):

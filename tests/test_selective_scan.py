@@ -705,6 +705,88 @@ def test_row_walk_backward_runs_one_fixed_program_per_stage(monkeypatch, cap):
     assert all(c.maxnreg is None for c in configs)
 
 
+VECTOR_CASES = [  # pattern, input dtype, map of the plan (row-only patterns run rows of up to 64 lanes)
+    (K.cross_pattern(5, 8), torch.float32),
+    (K.cross_pattern(4, 6), torch.float16),
+    (K.cross_pattern(3, 16), torch.float16),
+    (K.cross_pattern(6, 4), torch.float32),
+    (K.cross_pattern(5, 7), torch.float32),  # an odd width: one lane per thread
+    (K.bidirectional_pattern(4, 16), torch.float32),
+    (K.unidirectional_pattern(2, 64), torch.float16),
+]
+
+
+@pytest.mark.parametrize('pattern,dtype', VECTOR_CASES,
+                         ids=['cross5x8', 'cross4x6_fp16', 'cross3x16_fp16', 'cross6x4', 'cross5x7', 'bidirectional',
+                              'unidirectional_fp16'])
+def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern, dtype):
+    """At d_state 1 on a shared NCHW input the forward runs the vectorised row walk (several lanes per thread): y,
+    the last state and every gradient (through the row-walk backward, from the states the vectorised forward kept)
+    match the float64 reference and the one-lane row walk, and every output element is written (poisoned buffers)."""
+    for name, value in RASTER_KERNELS['row_walk'].items():
+        monkeypatch.setattr(ss, name, value)
+    launched = []
+    real_vector_walk = ss._vector_walk
+    monkeypatch.setattr(ss, '_vector_walk', lambda *a, **k: launched.append(real_vector_walk(*a, **k)) or launched[-1])
+    x, delta, A, B, C, D, bias = routed_inputs(pattern, 3, 1, dtype, batch=2)
+    num_routes, positions = pattern.num_routes, pattern.height * pattern.width
+
+    def scan(vector, *inputs):
+        monkeypatch.setattr(ss, 'VECTOR_ROW_WALK', vector)
+        x, delta, A, B, C, D, bias = inputs
+        return K.scan_routes(
+            x.reshape(2, 1, 3, positions), delta.flatten(3), A.view(num_routes, 3, 1), B.flatten(3), C.flatten(3),
+            D.view(num_routes, 3), bias.view(num_routes, 3), routes=pattern.routes_on('cpu'), delta_softplus=True,
+            accumulate=True, return_last_state=True, backend='triton' if inputs[0].dtype != torch.float64 else 'torch',
+            route_kinds=pattern.route_kinds, map_hw=(pattern.height, pattern.width))
+
+    inputs = (x, delta, A, B, C, D, bias)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
+    vector = scan(True, *inputs)
+    assert launched and launched[-1] is not None, 'the vectorised row walk did not run'
+    launched.clear()
+    row_walk = scan(False, *inputs)
+    assert not launched or launched[-1] is None
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    ref = scan(True, *ref_inputs)
+    for name, out, one_lane, expected in zip(('y', 'last_state'), vector, row_walk, ref):
+        assert_close(out, expected, torch.float32, name)
+        torch.testing.assert_close(out, one_lane, rtol=1e-5, atol=1e-5, msg=name)
+    cotangents = [torch.randn_like(t) for t in ref]
+    grads = torch.autograd.grad(vector, inputs, [c.float() for c in cotangents])
+    ref_grads = torch.autograd.grad(ref, ref_inputs, cotangents)
+    for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
+        assert_close(g, r, g.dtype, name)  # half-precision inputs get half-precision gradients
+
+
+def test_vector_row_walk_applies_only_where_it_can():
+    """The vectorised forward takes d_state 1, one input map shared by the routes in NCHW order, a merged output,
+    delta with adjacent positions and whole-map strides, and rows that fill the map; anything else runs the
+    one-lane row walk."""
+    pattern = K.cross_pattern(4, 8)
+    plan = ss._raster_plan(3, 32, pattern.route_kinds, (4, 8), 1)
+    u, delta = torch.zeros(2, 1, 3, 32), torch.zeros(2, 4, 3, 32)
+    B = C = torch.zeros(2, 4, 1, 32)
+    y = torch.zeros(2, 3, 32)
+    threads, lanes, channels, strides = ss._vector_walk(u, delta, B, C, y, plan, 1, True, False)
+    assert (threads * lanes, strides) == (plan[3], (4 * 3, 3, 1))
+    model_delta = torch.zeros(4, 3, 2, 32).permute(2, 0, 1, 3)  # (K, D, B, H * W) in memory, as SS2D's dt_proj
+    assert ss._vector_walk(u, model_delta, B, C, y, plan, 1, True, False)[3] == (1, 3 * 2, 2)
+    refused = {
+        'd_state 2': (u, delta, B, C, y, plan, 2, True, False),
+        'per-route input': (torch.zeros(2, 4, 3, 32), delta, B, C, y, plan, 1, True, False),
+        'separate outputs': (u, delta, B, C, torch.zeros(2, 4, 3, 32), plan, 1, False, False),
+        'states returned': (u, delta, B, C, y, plan, 1, True, True),
+        'channel-last input': (torch.zeros(2, 32, 1, 3).permute(0, 2, 3, 1), delta, B, C, y, plan, 1, True, False),
+        'strided delta': (u, torch.zeros(2, 4, 3, 64)[..., ::2], B, C, y, plan, 1, True, False),
+        'short last row': (u[..., :30], delta[..., :30], B[..., :30], C[..., :30], y[..., :30],
+                           ss._raster_plan(3, 30, (0,), (1, 30), 1), 1, True, False),
+    }
+    for what, args in refused.items():
+        assert ss._vector_walk(*args) is None, what
+
+
 class _WatchingMode(TorchDispatchMode):
     """A dispatch mode that only passes operators on, as a FLOP counter watching the scan would."""
 
