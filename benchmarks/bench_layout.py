@@ -31,8 +31,7 @@ def set_variant(variant: str):
     nodes, without the pre-norms and SS2D's other layers), 'composite' (op by op), 'tensor_args' (all on, but the
     cached Triton launches hand the launcher tensors instead of addresses), 'fresh_casts' (all on, but inference
     casts the weights on every call), 'block_residual' (all on, but the VSS blocks sum their residuals themselves),
-    'scalar_walk' (all on, but the scans' forward runs the row walk with one lane per thread, not the vectorised
-    one)."""
+    'scalar_walk' (all on, but the scans run the row walks with one lane per thread, not the vectorised ones)."""
     from vmamba_zoo.kernels import selective_scan
     from vmamba_zoo.kernels._triton_utils import CachedLaunch
     from vmamba_zoo.layers import SS2D, Mlp
@@ -41,7 +40,8 @@ def set_variant(variant: str):
     VSSBlock.residual_in_layer = variant not in ('composite', 'block_residual')
     SS2D.fused_scan_node = Mlp.fused_node = variant != 'composite'
     SS2D.fused_branch_node = variant in ('', 'tensor_args', 'fresh_casts', 'block_residual', 'scalar_walk')
-    selective_scan.VECTOR_ROW_WALK = variant != 'scalar_walk'
+    selective_scan.VECTOR_ROW_WALK = selective_scan.VECTOR_ROW_WALK_BWD = variant != 'scalar_walk'
+    selective_scan.ROW_WALK_BWD_ALIGNED = variant != 'scalar_walk'
     CachedLaunch.addresses = variant != 'tensor_args'
     kept_casts.enabled = variant != 'fresh_casts'
 

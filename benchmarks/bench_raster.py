@@ -6,7 +6,9 @@ For B=128, K=4 (cross pattern), N=1 (and N=16 at stage 1), bf16 inputs, it print
 * the vectorised row-walk forward (NCHW, d_state 1; ``VECTOR_ROW_WALK``), the row-walk forward (one lane per
   thread) and the whole-map forward (the latter only on maps up to 14x14, NCHW only);
 * forward+backward with the default dispatch (``WHOLE_MAP_*_MAX_TILE``, ``ROW_WALK_BACKWARD``), and with the row
-  walk in both directions;
+  walk in both directions: vectorised (the defaults), the vectorised forward with the one-lane backward told its
+  rows are aligned (``VECTOR_ROW_WALK_BWD = False``), and one lane per thread in both (``scalar``: the kernels
+  before the vectorised walks);
 * the bytes floor from ``bench_scan.bytes_floor`` at the measured copy bandwidth.
 
 A few maps are first checked against the float64 PyTorch path with each kernel forced. This is how the dispatch
@@ -172,9 +174,11 @@ def main():
             set_whole_map_limit(ss, 0)
             ss.ROW_WALK_BACKWARD = True
             row['row_walk_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
-            ss.VECTOR_ROW_WALK = False
+            ss.VECTOR_ROW_WALK_BWD = False
+            row['aligned_row_walk_bwd_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
+            ss.VECTOR_ROW_WALK = ss.ROW_WALK_BWD_ALIGNED = False
             row['scalar_row_walk_fwd_bwd_ms'] = bench(lambda: forward().backward(grad), rep=30)
-            ss.VECTOR_ROW_WALK = True
+            ss.VECTOR_ROW_WALK = ss.ROW_WALK_BWD_ALIGNED = ss.VECTOR_ROW_WALK_BWD = True
             ss.ROW_WALK_BACKWARD = defaults[2]
             ss.WHOLE_MAP_FWD_MAX_TILE, ss.WHOLE_MAP_BWD_MAX_TILE = defaults[:2]
         row['floor_ms_fwd'] = bs.bytes_floor(dim, height, width, state_dim, 2, False) / bandwidth / 1e6

@@ -18,7 +18,8 @@ contiguous steps (see ``_route_gather_kernel``).
 Dispatch: Triton on CUDA tensors; the chunked PyTorch path on CPU; the Triton interpreter on CPU when asked for with
 ``backend='triton'`` (and ``TRITON_INTERPRET=1``). On the Triton side, routes that are raster walks (``route_kinds``:
 rows and columns, forward or reversed; the identity route of a plain 1D scan) run kernels without a route table:
-the whole-map kernels on small maps, the row walk (forward) and the chunked backward on larger ones. Other routes,
+the whole-map kernels on small maps, the row walks on larger ones (at d_state 1 on NCHW maps their vectorised
+forms, several lanes of a row per thread). Other routes,
 and d_state > 8, run the chunk-parallel kernels over the route table, or, from ``ROUTE_ORDERED_MIN_STATE_DIM``, on
 route-ordered copies. Every path goes through the custom op
 ``vmamba_zoo::scan_routes_fwd`` whenever a graph is recorded, traced or compiled or a dispatch mode watches: that op
@@ -1501,6 +1502,18 @@ if HAS_TRITON:
         return total_decay, total_drive
 
     @triton.jit
+    def _vector_column_entering(total_decay, total_drive, REVERSE: tl.constexpr):
+        """What enters each column (lane) of a [BLOCK_D, T, V] tile from a zero start: the exclusive composition of
+        the columns' maps (``total_decay`` h + ``total_drive``) before it, in lane order or, REVERSE, against it."""
+        shape: tl.constexpr = total_decay.shape
+        flat_shape: tl.constexpr = [shape[0], shape[1] * shape[2]]
+        unused_a, unused_b, unused_a_excl, entering = tl.associative_scan(
+            (tl.reshape(total_decay, flat_shape), tl.reshape(total_drive, flat_shape),
+             tl.full(flat_shape, 1.0, tl.float32), tl.zeros(flat_shape, tl.float32)), 1,
+            _combine_keeping_exclusive, reverse=REVERSE)
+        return tl.reshape(entering, shape)
+
+    @triton.jit
     def _vector_column_start(total_decay, total_drive, k: tl.constexpr, entering_ptr, b, dd, lanes, D, W, MAX_LINES,
                              NUM_ROUTES: tl.constexpr, KIND: tl.constexpr):
         """A column route's state entering each column (an exclusive scan of the column totals in route order, once
@@ -1508,13 +1521,7 @@ if HAS_TRITON:
         state = tl.zeros(total_decay.shape, tl.float32)
         if k < NUM_ROUTES:
             if KIND % 2 == 1:
-                shape: tl.constexpr = total_decay.shape
-                flat_shape: tl.constexpr = [shape[0], shape[1] * shape[2]]
-                unused_a, unused_b, unused_a_excl, entering = tl.associative_scan(
-                    (tl.reshape(total_decay, flat_shape), tl.reshape(total_drive, flat_shape),
-                     tl.full(flat_shape, 1.0, tl.float32), tl.zeros(flat_shape, tl.float32)), 1,
-                    _combine_keeping_exclusive, reverse=KIND == 3)
-                state = tl.reshape(entering, shape)
+                state = _vector_column_entering(total_decay, total_drive, KIND == 3)
                 tl.store(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + lanes, state,
                          mask=(dd < D) & (lanes < W))
         return state
@@ -1684,6 +1691,184 @@ if HAS_TRITON:
         _vector_store_last(s1, 1, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K1)
         _vector_store_last(s2, 2, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K2)
         _vector_store_last(s3, 3, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K3)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Backward at d_state 1, vectorised: the row-walk backward's walks on the forward's [BLOCK_D, T, V] tiles.
+    #
+    # The adjoint runs against each route. It is carried as e_l = decay_l * dh_l, the part of dh_l that reaches the
+    # state before step l: e_l = decay_l * (g_l + e_succ(l)) is a recurrence over the same positions as the route's
+    # own (no successor's step size to read and recompute), and dh_l = g_l + e_succ(l) is its exclusive value, which
+    # the keeping-exclusive scan delivers with the inclusive one. Column routes rebuild their states along the route
+    # into a per-program scratch slab and total each column's adjoint map, then run the adjoint one column per lane.
+    # -----------------------------------------------------------------------------------------------------------------
+    @triton.jit
+    def _vector_row_adjoint(decay, g, entering, REVERSE: tl.constexpr):
+        """dh of a row route on a [BLOCK_D, T, V] row, its adjoint walking the lanes backwards (REVERSE) or forwards,
+        entered with ``entering`` [BLOCK_D, 1, 1] (the e of the step after the row's last on the adjoint's walk);
+        and the e leaving the row (at its last step on the adjoint's walk)."""
+        drive = decay * g
+        ones = tl.full(decay.shape, 1.0, tl.float32)
+        zeros = tl.zeros(decay.shape, tl.float32)
+        if REVERSE:
+            all_a, all_b, before_a, before_b = tl.associative_scan(
+                (tl.flip(decay, 2), tl.flip(drive, 2), ones, zeros), 2, _combine_keeping_exclusive)
+            all_a, all_b = tl.flip(all_a, 2), tl.flip(all_b, 2)
+            before_a, before_b = tl.flip(before_a, 2), tl.flip(before_b, 2)
+        else:
+            all_a, all_b, before_a, before_b = tl.associative_scan((decay, drive, ones, zeros), 2,
+                                                                   _combine_keeping_exclusive)
+        V: tl.constexpr = decay.shape[2]
+        T: tl.constexpr = decay.shape[1]
+        thread_end = tl.arange(0, V)[None, None, :] == (V - 1) * (1 - REVERSE)
+        total_a = tl.sum(tl.where(thread_end, all_a, 0.0), axis=2)
+        total_b = tl.sum(tl.where(thread_end, all_b, 0.0), axis=2)
+        row_a, row_b, thread_a, thread_b = tl.associative_scan(
+            (total_a, total_b, tl.full(total_a.shape, 1.0, tl.float32), tl.zeros(total_a.shape, tl.float32)), 1,
+            _combine_keeping_exclusive, reverse=REVERSE)
+        e_in = tl.reshape(entering, [entering.shape[0], 1])
+        thread_e = thread_b + thread_a * e_in
+        dh = g + before_b + before_a * thread_e[:, :, None]
+        last_thread = tl.arange(0, T)[None, :] == (T - 1) * (1 - REVERSE)
+        leaving = tl.sum(tl.where(last_thread, row_b + row_a * e_in, 0.0), axis=1)
+        return dh, leaving[:, None, None]
+
+    @triton.jit
+    def _vector_bwd_inputs(row, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2, bias, b, dd, lanes,
+                           mask, D, P, NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr,
+                           SOFTPLUS: tl.constexpr):
+        """Route k's operands on the row at ``row``: u, the raw and final step sizes, decay (1 on padding lanes),
+        drive, B, C and dy."""
+        map_offsets = (b * D + dd) * P + row + lanes
+        u = tl.load(u_ptr + map_offsets, mask=mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
+                         other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw += bias
+        dt = dt_raw
+        if SOFTPLUS:
+            dt = tl.where(dt_raw > 20.0, dt_raw, _log2(1.0 + _exp2(dt_raw * 1.4426950408889634)) * 0.6931471805599453)
+        decay = tl.where(mask, _exp2(dt * A_log2), 1.0)
+        bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
+        B_row = tl.load(B_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
+        C_row = tl.load(C_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + map_offsets, mask=mask, other=0.0)
+        return map_offsets, u, dt_raw, dt, decay, (dt * u) * B_row, B_row, C_row, dy
+
+    @triton.jit
+    def _vector_row_gradients(dh, h, row, k: tl.constexpr, u, dt_raw, dt, drive, B_row, dy, A_log2, skip, b, dd, lanes,
+                              mask, map_offsets, du_ptr, ddelta_ptr, dB_ptr, dC_ptr, W, P, NUM_ROUTES: tl.constexpr,
+                              sdt_b, sdt_k, sdt_d, SOFTPLUS: tl.constexpr, FIRST_ROUTE: tl.constexpr):
+        """Stores route k's ddelta and adds its du, dB and dC on one row, given the row's states h and adjoint dh;
+        returns the row's dA, dD and ddelta_bias terms per element."""
+        dh = tl.where(mask, dh, 0.0)
+        dh_decay = dh * (h - drive)  # decay_l * h_{l-1} == h_l - drive_l: no division
+        # B and C are shared by the channels: one sum over the program's channels, one atomic per position.
+        bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes
+        tl.atomic_add(dC_ptr + bc_offsets, tl.sum(dy * h, axis=0, keep_dims=True), mask=lanes < W, sem='relaxed')
+        tl.atomic_add(dB_ptr + bc_offsets, tl.sum(dh * (dt * u), axis=0, keep_dims=True), mask=lanes < W,
+                      sem='relaxed')
+        ddt = dh * u * B_row + dh_decay * (A_log2 * 0.6931471805599453)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask, ddt, 0.0)
+        tl.store(ddelta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, ddt, mask=mask)
+        du = dh * dt * B_row + skip * dy
+        if not FIRST_ROUTE:  # the same thread stored this element for the routes before
+            du += tl.load(du_ptr + map_offsets, mask=mask, other=0.0)
+        tl.store(du_ptr + map_offsets, du, mask=mask)
+        return dh_decay * dt, u * dy, ddt
+
+    @triton.jit
+    def _vector_route_bwd(k: tl.constexpr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr,
+                          dy_ptr, scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+                          b, d, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d,
+                          NUM_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          SOFTPLUS: tl.constexpr, KIND: tl.constexpr, FIRST_ROUTE: tl.constexpr):
+        """Gradients of route k (of KIND); du is stored by the first route and accumulated by the others."""
+        A_log2, bias, skip = _vector_route_parameters(k, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS,
+                                                      HAS_D)
+        entering_rows = entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES
+        shape: tl.constexpr = lanes.shape
+        tile: tl.constexpr = [dd.shape[0], shape[1], shape[2]]
+        dA = tl.zeros(tile, tl.float32)
+        dD = tl.zeros(tile, tl.float32)
+        dbias = tl.zeros(tile, tl.float32)
+        # This program's scratch rows for a column route's rebuilt states, [H, BLOCK_D, T * V].
+        scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * H * (tile[0] * tile[1] * tile[2]) \
+            + (tl.arange(0, tile[0])[:, None, None] * (tile[1] * tile[2]) + lanes)
+        if KIND % 2 == 1:
+            # Walk 1, along the route: the states into the scratch rows, and each column's adjoint map
+            # e_first = total_drive + total_decay * e_entering, composed in route order.
+            h = tl.load(entering_rows + lanes, mask=mask, other=0.0)
+            total_decay = tl.full(tile, 1.0, tl.float32)
+            total_drive = tl.zeros(tile, tl.float32)
+            for i in range(0, H):
+                if KIND == 1:
+                    r = i
+                else:
+                    r = H - 1 - i
+                map_offsets, u, dt_raw, dt, decay, drive, B_row, C_row, dy = _vector_bwd_inputs(
+                    r * W, k, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2, bias, b, dd, lanes, mask, D, P,
+                    NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS)
+                h = decay * h + drive
+                tl.store(scratch + r * (tile[0] * tile[1] * tile[2]), h)
+                total_decay *= decay
+                total_drive += total_decay * (dy * C_row)
+            # The adjoint enters a column from the next column on the route: a scan against the route's order.
+            e = _vector_column_entering(total_decay, total_drive, KIND == 1)
+        else:
+            e = tl.zeros([tile[0], 1, 1], tl.float32)
+        for i in range(0, H):  # against the route
+            if KIND == 0 or KIND == 1:
+                r = H - 1 - i
+            else:
+                r = i
+            row = r * W
+            map_offsets, u, dt_raw, dt, decay, drive, B_row, C_row, dy = _vector_bwd_inputs(
+                row, k, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2, bias, b, dd, lanes, mask, D, P,
+                NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS)
+            g = dy * C_row
+            if KIND % 2 == 1:
+                h = tl.load(scratch + r * (tile[0] * tile[1] * tile[2]))
+                dh = g + e
+                e = decay * dh
+            else:
+                entering = tl.load(entering_rows + r, mask=dd < D, other=0.0)
+                h, unused_leaving = _vector_row_scan(decay, drive, entering, KIND == 2)
+                dh, e = _vector_row_adjoint(decay, g, e, KIND == 0)
+            dA_row, dD_row, dbias_row = _vector_row_gradients(
+                dh, h, row, k, u, dt_raw, dt, drive, B_row, dy, A_log2, skip, b, dd, lanes, mask, map_offsets, du_ptr,
+                ddelta_ptr, dB_ptr, dC_ptr, W, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, SOFTPLUS, FIRST_ROUTE)
+            dA += dA_row
+            dD += dD_row
+            dbias += dbias_row
+        kd = k * D + d
+        tl.atomic_add(dA_ptr + kd, tl.sum(tl.sum(dA, axis=2), axis=1), mask=d < D, sem='relaxed')
+        if HAS_D:
+            tl.atomic_add(dDskip_ptr + kd, tl.sum(tl.sum(dD, axis=2), axis=1), mask=d < D, sem='relaxed')
+        if HAS_BIAS:
+            tl.atomic_add(dbias_ptr + kd, tl.sum(tl.sum(dbias, axis=2), axis=1), mask=d < D, sem='relaxed')
+
+    @triton.jit(do_not_specialize=['H'])
+    def _vector_rows_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, scratch_ptr, du_ptr,
+            ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr, D, H, WV, MAX_LINES, sdt_b, sdt_k, sdt_d,
+            KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+            SOFTPLUS: tl.constexpr, T: tl.constexpr, V: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """The row-walk backward at d_state 1 for ``_vector_rows_fwd_kernel``'s calls (float32 NCHW dy, no upstream
+        gradient of the states): gradients of every route, from the states the forward kept."""
+        W = WV * V
+        P = H * W
+        b, d = _image_and_channels(D, BLOCK_D)
+        dd = d[:, None, None]
+        lanes = tl.arange(0, T)[None, :, None] * V + tl.arange(0, V)[None, None, :]
+        mask = (dd < D) & (lanes < W)
+        for k in tl.static_range(NUM_ROUTES):
+            _vector_route_bwd(k, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr,
+                              scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
+                              b, d, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d, NUM_ROUTES, HAS_D,
+                              HAS_BIAS, SOFTPLUS, (KINDS >> (2 * k)) & 3, k == 0)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Backward for large maps, in the row walk's form. Each route is walked against its own direction: row routes in
@@ -1872,7 +2057,7 @@ if HAS_TRITON:
             tl.atomic_add(dbias_ptr + k * D + d, dbias, mask=d < D, sem='relaxed')
         tl.debug_barrier()  # the next route reads du back through other threads
 
-    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'W', 'N', 'LANES', 'stride_u_d'],
+    @triton.autotune(configs=_raster_rows_configs(), key=['D', 'H', 'WV', 'N', 'LANES', 'stride_u_d', 'V'],
                      do_bench=_quick_bench, prune_configs_by={'early_config_prune': _row_walk_pruner(
                          _row_walk_bwd_programs, _row_walk_bwd_channel_last_programs)},
                      reset_to_zero=['dA_ptr', 'dB_ptr', 'dC_ptr', 'dDskip_ptr', 'dbias_ptr'])
@@ -1880,13 +2065,22 @@ if HAS_TRITON:
     def _raster_rows_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, dstates_ptr, dlast_ptr,
             scratch_ptr, du_ptr, ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr,
-            D, P, H, W, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
+            D, P, H, WV, N, MAX_LINES, stride_u_b, stride_u_k, stride_u_d, stride_u_p, stride_dt_b, stride_dt_k,
             stride_dt_d, stride_dt_p, stride_y_b, stride_y_k, stride_y_d, stride_y_p,
             KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, U_SHARED: tl.constexpr, HAS_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_DSTATES: tl.constexpr,
             HAS_DLAST: tl.constexpr, LANES: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr,
-            NUM_STAGES: tl.constexpr,
+            NUM_STAGES: tl.constexpr, V: tl.constexpr,
     ):
+        # V > 1 (``_row_walk_alignment``): the map is (H, WV * V), every stride but the positions' (1) is given in
+        # units of V, and P = H * W. Triton then sees every row start V-aligned, loads V lanes per thread as one
+        # vector and scans them inside the thread before shuffling.
+        W = WV * V
+        if V > 1:
+            P = H * W
+            stride_u_b, stride_u_k, stride_u_d = stride_u_b * V, stride_u_k * V, stride_u_d * V
+            stride_dt_b, stride_dt_k, stride_dt_d = stride_dt_b * V, stride_dt_k * V, stride_dt_d * V
+            stride_y_b, stride_y_k, stride_y_d = stride_y_b * V, stride_y_k * V, stride_y_d * V
         b, d, dd, nn, lanes = _row_walk_program(D, BLOCK_D, NP, LANES)
         for k in tl.static_range(NUM_ROUTES):
             _row_walk_route_bwd(
@@ -1911,7 +2105,7 @@ RASTER_MAX_STATE_DIM = 8
 # cost more host time than some of these kernels run at the small stages (2026-11-30 H200 host profile).
 _LAUNCH = {name: CachedLaunch(globals()[name]) for name in (
     '_raster_scan_fwd_kernel', '_raster_rows_fwd_kernel', '_raster_scan_bwd_kernel', '_raster_rows_bwd_kernel',
-    '_vector_rows_fwd_kernel')
+    '_vector_rows_fwd_kernel', '_vector_rows_bwd_kernel')
 } if HAS_TRITON else {}
 
 
@@ -2028,7 +2222,8 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
             width // lanes_per_thread, entering_shape[-1], *delta_strides, KINDS=kinds, NUM_ROUTES=num_routes,
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), T=threads, V=lanes_per_thread,
-            BLOCK_D=block_d, num_warps=max(1, threads * block_d // 32))
+            BLOCK_D=block_d, num_warps=max(1, threads * block_d // 32),
+            **({} if VECTOR_ROW_WALK_FWD_MAX_REGISTERS is None else {'maxnreg': VECTOR_ROW_WALK_FWD_MAX_REGISTERS}))
         return y, last_state, entering, states
     _LAUNCH['_raster_rows_fwd_kernel'](
         grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
@@ -2042,6 +2237,10 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
 VECTOR_ROW_WALK = True
 # Channels per program of the vectorised row walk; None: one warp's worth (32 threads over T threads per row).
 VECTOR_WALK_CHANNELS = None
+# A cap on the vectorised forward's registers per thread (Triton's ``maxnreg``); None leaves it to the compiler, which
+# gives it 64-79: capped at 72 / 64 / 56 it was no faster at any VMamba-T stage (H200, 2026-12-01: 0.566 ms uncapped at
+# 56x56 against 0.579 / 0.605 / 0.627).
+VECTOR_ROW_WALK_FWD_MAX_REGISTERS = None
 # At most this many lanes per thread (a power of two, also at most 16 bytes of the widest operand). Four won at the
 # two large VMamba-T stages in bf16 and fp32 (H200 sweep of 2026-12-01, ``benchmarks/results/README.md``): at 56x56
 # bf16 0.577 ms against 0.692 with eight lanes and 0.806 with two, one warp per program each.
@@ -2069,6 +2268,30 @@ def _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states):
     threads = tile_w // lanes_per_thread
     block_d = 2 if triton_interpreting() else VECTOR_WALK_CHANNELS or max(1, 32 // threads)
     return threads, lanes_per_thread, block_d, tuple(stride // positions for stride in delta.stride()[:3])
+
+
+# The row-walk backward is told its rows start V-aligned (V > 1) where the layout allows; False keeps V = 1.
+ROW_WALK_BWD_ALIGNED = True
+# The vectorised backward (``_vector_rows_bwd_kernel``) runs where the vectorised forward would, for the backward of
+# a merged output without upstream gradients of the states; False runs the row-walk backward there.
+VECTOR_ROW_WALK_BWD = True
+# A cap on the vectorised backward's registers per thread (Triton's ``maxnreg``); None leaves it to the compiler.
+# H200, 2026-12-01 (the backward alone, bf16, delta in SS2D's layout): capped at 80, 1.666 / 0.876 / 0.456 / 0.471 ms
+# at VMamba-T's four stages against 1.909 / 0.983 / 0.636 / 0.784 uncapped (the one-lane backward: 2.201 / 1.117 /
+# 0.769 / 0.542); the two small stages' timings are partly host time.
+VECTOR_ROW_WALK_BWD_MAX_REGISTERS = 80
+
+
+def _row_walk_alignment(strides, positions, height, width, widest) -> int:
+    """V for the row-walk backward: the largest power of two up to ``VECTOR_WALK_LANES`` lanes (and 16 bytes of the
+    widest operand) that divides the width and every stride but the positions' (which must be 1: NCHW maps), on a
+    map that its rows fill; 1 where that fails (channel-last maps, a row-only pattern's short last row)."""
+    if not ROW_WALK_BWD_ALIGNED or height * width != positions or any(stride != 1 for stride in strides[3::4]):
+        return 1
+    alignment = min(VECTOR_WALK_LANES, 16 // widest, width & -width)
+    while alignment > 1 and (any(stride % alignment for stride in strides) or positions // alignment <= 1):
+        alignment //= 2
+    return alignment
 
 
 def _row_walk_strides(u, delta, y, accumulate):
@@ -2152,6 +2375,22 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
         _LAUNCH['_raster_scan_bwd_kernel'](grid, *inputs, *upstream, *grads, *sizes, *strides, **flags, HP=tile_h,
                                            WP=tile_w)
         return grads
+    vector = _vector_walk(u, delta, B, C, dy, plan, state_dim, accumulate, False) \
+        if VECTOR_ROW_WALK_BWD and dstates is None and dlast is None and dy.dtype == torch.float32 else None
+    if vector is not None:
+        threads, lanes_per_thread, block_d, delta_strides = vector
+        programs = batch * cdiv(dim, block_d)
+        # Per program, the rebuilt states of a column route: (H, channels, lanes).
+        columns = _has_column_routes(kinds, num_routes)
+        scratch = torch.empty(programs * height * block_d * tile_w if columns else 0, device=u.device,
+                              dtype=torch.float32)
+        _LAUNCH['_vector_rows_bwd_kernel'](
+            (programs,), *inputs, entering, dy, scratch, *grads, dim, height, width // lanes_per_thread,
+            entering.shape[-1], *delta_strides, KINDS=kinds, NUM_ROUTES=num_routes, HAS_D=D is not None,
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, T=threads, V=lanes_per_thread, BLOCK_D=block_d,
+            num_warps=max(1, threads * block_d // 32),
+            **({} if VECTOR_ROW_WALK_BWD_MAX_REGISTERS is None else {'maxnreg': VECTOR_ROW_WALK_BWD_MAX_REGISTERS}))
+        return grads
     state_tile = next_power_of_2(state_dim)
     # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
     # largest BLOCK_D the autotuner may pick (the programs' channel blocks cover dim rounded up to it).
@@ -2159,9 +2398,14 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     has_columns = _has_column_routes(kinds, num_routes)
     scratch = torch.empty(batch * (dim + widest) * height * state_tile * tile_w if has_columns else 0,
                           device=u.device, dtype=torch.float32)
+    strides = _row_walk_strides(u, delta, dy, accumulate)
+    alignment = _row_walk_alignment(strides, positions, height, width, max(u.element_size(), delta.element_size()))
+    if alignment > 1:
+        sizes = sizes[:3] + (width // alignment,) + sizes[4:]
+        strides = tuple(stride if position % 4 == 3 else stride // alignment for position, stride in enumerate(strides))
     _LAUNCH['_raster_rows_bwd_kernel'](grid, *inputs, entering, *upstream, scratch, *grads, *sizes,
-                                       entering.shape[-1], *_row_walk_strides(u, delta, dy, accumulate), **flags,
-                                       LANES=tile_w, NP=state_tile)
+                                       entering.shape[-1], *strides, **flags, LANES=tile_w, NP=state_tile,
+                                       V=alignment)
     return grads
 
 

@@ -720,9 +720,10 @@ VECTOR_CASES = [  # pattern, input dtype, map of the plan (row-only patterns run
                          ids=['cross5x8', 'cross4x6_fp16', 'cross3x16_fp16', 'cross6x4', 'cross5x7', 'bidirectional',
                               'unidirectional_fp16'])
 def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern, dtype):
-    """At d_state 1 on a shared NCHW input the forward runs the vectorised row walk (several lanes per thread): y,
-    the last state and every gradient (through the row-walk backward, from the states the vectorised forward kept)
-    match the float64 reference and the one-lane row walk, and every output element is written (poisoned buffers)."""
+    """At d_state 1 on a shared NCHW input the forward runs the vectorised row walk (several lanes per thread): y and
+    the last state match the float64 reference and the one-lane row walk, and every output element is written
+    (poisoned buffers). Gradients of y and the last state run the row-walk backward from the states the vectorised
+    forward kept; gradients of y alone run the vectorised backward; both match the reference."""
     for name, value in RASTER_KERNELS['row_walk'].items():
         monkeypatch.setattr(ss, name, value)
     launched = []
@@ -741,8 +742,9 @@ def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern
             route_kinds=pattern.route_kinds, map_hw=(pattern.height, pattern.width))
 
     inputs = (x, delta, A, B, C, D, bias)
-    real_empty = torch.empty
+    real_empty, real_empty_strided = torch.empty, torch.empty_strided
     monkeypatch.setattr(torch, 'empty', lambda *a, **k: real_empty(*a, **k).fill_(float('nan')))
+    monkeypatch.setattr(torch, 'empty_strided', lambda *a, **k: real_empty_strided(*a, **k).fill_(float('nan')))
     vector = scan(True, *inputs)
     assert launched and launched[-1] is not None, 'the vectorised row walk did not run'
     launched.clear()
@@ -754,10 +756,17 @@ def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern
         assert_close(out, expected, torch.float32, name)
         torch.testing.assert_close(out, one_lane, rtol=1e-5, atol=1e-5, msg=name)
     cotangents = [torch.randn_like(t) for t in ref]
-    grads = torch.autograd.grad(vector, inputs, [c.float() for c in cotangents])
-    ref_grads = torch.autograd.grad(ref, ref_inputs, cotangents)
-    for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
-        assert_close(g, r, g.dtype, name)  # half-precision inputs get half-precision gradients
+    # With the last state's gradient the row-walk backward runs; with y's alone, the vectorised backward.
+    backward_calls = []
+    real_launch = ss._LAUNCH['_vector_rows_bwd_kernel']
+    monkeypatch.setitem(ss._LAUNCH, '_vector_rows_bwd_kernel',
+                        lambda *a, **k: backward_calls.append(1) or real_launch(*a, **k))
+    for outputs, expected, dy in ((vector, ref, cotangents), (vector[:1], ref[:1], cotangents[:1])):
+        grads = torch.autograd.grad(outputs, inputs, [c.float() for c in dy], retain_graph=True)
+        ref_grads = torch.autograd.grad(expected, ref_inputs, dy, retain_graph=True)
+        for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
+            assert_close(g, r, g.dtype, name)  # half-precision inputs get half-precision gradients
+    assert backward_calls == [1], 'the vectorised backward ran for the wrong calls'
 
 
 def test_vector_row_walk_applies_only_where_it_can():
