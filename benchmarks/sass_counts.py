@@ -35,7 +35,7 @@ ACTIVATIONS = {'u_ptr', 'delta_ptr', 'B_ptr', 'C_ptr'}
 CROSS_KINDS = 0 | 1 << 2 | 2 << 4 | 3 << 6
 FLAGS = dict(KINDS=CROSS_KINDS, NUM_ROUTES=4, U_SHARED=True, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True,
              ACCUMULATE=True, STORE_STATES=False, HAS_FORWARD_ROUTES=True, HAS_DSTATES=False, HAS_DLAST=False, NP=1,
-             NUM_STAGES=1)
+             NUM_STAGES=1, V=1)  # V: the one-lane backward not told its rows are aligned
 # (kernel, lanes, channels per program, warps, (D, H, W), layout) at VMamba-T's stages: the forward's and the
 # backward's fixed programs (kernels/selective_scan.py, from the 2026-11-30 H200 sweeps and in-model timings) on
 # contiguous (NCHW) maps, and channel-last (NHWC) maps at 56x56 and 28x28, where a program spans several channels
@@ -71,7 +71,8 @@ def _runtime_ints(dim, height, width, layout):
     tensors ('nchw'), or the channel-last layouts of a channel-last model ('nhwc': u and y (B, H, W, D), delta
     (B, H, W, K, D))."""
     positions, routes = height * width, 4
-    ints = dict(D=dim, P=positions, H=height, W=width, N=1, MAX_LINES=max(height, width), stride_u_b=dim * positions,
+    ints = dict(D=dim, P=positions, H=height, W=width, WV=width, N=1, MAX_LINES=max(height, width),
+                stride_u_b=dim * positions,
                 stride_u_k=0, stride_dt_b=routes * dim * positions, stride_y_b=dim * positions, stride_y_k=0)
     if layout == 'nchw':
         return dict(ints, stride_u_d=positions, stride_u_p=1, stride_dt_k=dim * positions, stride_dt_d=positions,

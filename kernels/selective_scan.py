@@ -2214,7 +2214,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     # Row routes fill H of the max(H, W) lines and column routes W: on a non-square map the rest is zeroed, so that
     # the op's outputs are defined everywhere (torch.compile's checks compare them whole).
     entering = (torch.empty if height == width else torch.zeros)(entering_shape, device=u.device, dtype=torch.float32)
-    vector = _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states)
+    vector = _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states) if VECTOR_ROW_WALK else None
     if vector is not None:
         threads, lanes_per_thread, block_d, delta_strides = vector
         _LAUNCH['_vector_rows_fwd_kernel'](
@@ -2247,6 +2247,12 @@ VECTOR_ROW_WALK_FWD_MAX_REGISTERS = None
 VECTOR_WALK_LANES = 4
 
 
+def _lanes_per_thread(width: int, widest: int) -> int:
+    """Lanes of a row per thread in the vectorised and aligned row walks: the largest power of two dividing the
+    width, at most ``VECTOR_WALK_LANES`` and 16 bytes of the widest operand (one vector load)."""
+    return min(VECTOR_WALK_LANES, 16 // widest, width & -width)
+
+
 def _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states):
     """(threads per row, lanes per thread, channels per program, delta's strides in map units) of the vectorised row
     walk for this forward, or None where it does not apply: it runs d_state 1 with one input map shared by the
@@ -2254,8 +2260,7 @@ def _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states):
     that fill the map (a row-only pattern's rows of 64 may leave the last one short)."""
     batch, k_u, dim, positions = u.shape
     height, width, tile_h, tile_w, kinds = plan
-    if not (VECTOR_ROW_WALK and state_dim == 1 and k_u == 1 and accumulate and not return_states
-            and height * width == positions):
+    if not (state_dim == 1 and k_u == 1 and accumulate and not return_states and height * width == positions):
         return None
     if u.stride()[2:] != (positions, 1) or u.stride(0) != dim * positions or not y.is_contiguous():
         return None
@@ -2263,8 +2268,7 @@ def _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states):
         return None
     if not (B.is_contiguous() and C.is_contiguous()):
         return None
-    widest = max(t.element_size() for t in (u, delta, B, C))
-    lanes_per_thread = min(VECTOR_WALK_LANES, 16 // widest, width & -width)  # W's largest power-of-two divisor
+    lanes_per_thread = _lanes_per_thread(width, max(t.element_size() for t in (u, delta, B, C)))
     threads = tile_w // lanes_per_thread
     block_d = 2 if triton_interpreting() else VECTOR_WALK_CHANNELS or max(1, 32 // threads)
     return threads, lanes_per_thread, block_d, tuple(stride // positions for stride in delta.stride()[:3])
@@ -2288,8 +2292,9 @@ def _row_walk_alignment(strides, positions, height, width, widest) -> int:
     map that its rows fill; 1 where that fails (channel-last maps, a row-only pattern's short last row)."""
     if not ROW_WALK_BWD_ALIGNED or height * width != positions or any(stride != 1 for stride in strides[3::4]):
         return 1
-    alignment = min(VECTOR_WALK_LANES, 16 // widest, width & -width)
-    while alignment > 1 and (any(stride % alignment for stride in strides) or positions // alignment <= 1):
+    alignment = _lanes_per_thread(width, widest)
+    while alignment > 1 and (any(stride % alignment for stride in strides[:3] + strides[4:7] + strides[8:11])
+                             or positions // alignment <= 1):
         alignment //= 2
     return alignment
 

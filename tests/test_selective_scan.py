@@ -796,6 +796,25 @@ def test_vector_row_walk_applies_only_where_it_can():
         assert ss._vector_walk(*args) is None, what
 
 
+@pytest.mark.parametrize('height,width,layout,widest,expected', [
+    (56, 56, 'nchw', 2, 4), (28, 28, 'nchw', 4, 4), (14, 14, 'nchw', 2, 2), (7, 7, 'nchw', 2, 1),
+    (56, 56, 'nhwc', 2, 1), (4, 4, 'nchw', 8, 2)])
+def test_row_walk_backward_alignment_follows_the_layout(monkeypatch, height, width, layout, widest, expected):
+    """The one-lane backward is told its rows start V-aligned only on NCHW maps whose width and strides V divides,
+    with V at most ``VECTOR_WALK_LANES`` and 16 bytes of the widest operand; ``ROW_WALK_BWD_ALIGNED`` turns it off."""
+    positions = height * width
+    u = torch.zeros(2, 1, 3, positions)
+    delta = torch.zeros(2, 4, 3, positions)
+    if layout == 'nhwc':
+        u = torch.zeros(2, positions, 1, 3).permute(0, 2, 3, 1)
+        delta = torch.zeros(2, positions, 4, 3).permute(0, 2, 3, 1)
+    strides = ss._row_walk_strides(u, delta, torch.zeros(2, 3, positions), True)
+    assert ss._row_walk_alignment(strides, positions, height, width, widest) == expected
+    assert ss._row_walk_alignment(strides, positions + 1, height, width, widest) == 1  # a short last row
+    monkeypatch.setattr(ss, 'ROW_WALK_BWD_ALIGNED', False)
+    assert ss._row_walk_alignment(strides, positions, height, width, widest) == 1
+
+
 class _WatchingMode(TorchDispatchMode):
     """A dispatch mode that only passes operators on, as a FLOP counter watching the scan would."""
 
@@ -849,12 +868,14 @@ def test_raster_eager_paths_match_the_custom_op(monkeypatch, kernel, accumulate,
         torch.testing.assert_close(y_only, with_op[0].view(y_only.shape))
 
 
-OPCHECK_CASES = [  # kernel switches, map, route kinds (None: the chunked kernels), channel-last input, return_states
-    ('torch', {}, (3, 5), [0, 1, 2, 3], False, False),
-    ('torch_states', {}, (3, 5), [0, 1, 2, 3], False, True),
-    ('row_walk', RASTER_KERNELS['row_walk'], (3, 5), [0, 1, 2, 3], True, True),
-    ('whole_map', RASTER_KERNELS['whole_map'], (3, 5), [0, 1, 2, 3], False, False),
-    ('chunked', {}, (3, 5), None, False, True),
+OPCHECK_CASES = [  # kernel switches, map, route kinds (None: the chunked kernels), channel-last input, return_states,
+    # d_state
+    ('torch', {}, (3, 5), [0, 1, 2, 3], False, False, 2),
+    ('torch_states', {}, (3, 5), [0, 1, 2, 3], False, True, 2),
+    ('row_walk', RASTER_KERNELS['row_walk'], (3, 5), [0, 1, 2, 3], True, True, 2),
+    ('vector_row_walk', RASTER_KERNELS['row_walk'], (3, 4), [0, 1, 2, 3], False, False, 1),
+    ('whole_map', RASTER_KERNELS['whole_map'], (3, 5), [0, 1, 2, 3], False, False, 2),
+    ('chunked', {}, (3, 5), None, False, True, 2),
 ]
 
 
@@ -863,17 +884,18 @@ def test_scan_custom_ops_pass_opcheck(monkeypatch, case):
     """torch.compile (inductor) runs the scan through its custom ops: their fakes must give every output's exact
     shape, strides and storage offset, and the outputs must be defined everywhere (AOT tracing compares them whole).
     A wrong fake fails only inside a compiled model, at run time (inductor asserts the strides it planned for)."""
-    name, switches, (height, width), route_kinds, channel_last, return_states = case
+    name, switches, (height, width), route_kinds, channel_last, return_states, state_dim = case
     for switch, value in switches.items():
         monkeypatch.setattr(ss, switch, value)
     pattern = K.cross_pattern(height, width)
-    x, delta, A, B, C, D, bias = [t.detach() for t in routed_inputs(pattern, 3, 2, torch.float32, batch=2)]
+    x, delta, A, B, C, D, bias = [t.detach() for t in routed_inputs(pattern, 3, state_dim, torch.float32, batch=2)]
     u = x.reshape(2, 1, 3, height * width)
     if channel_last:
         u = _channel_last(x, 1).reshape(2, 1, 3, height * width)
         assert u.stride(2) == 1
     args = [t.requires_grad_(True)
-            for t in (u, delta.flatten(3), A.view(4, 3, 2), B.flatten(3), C.flatten(3), D.view(4, 3), bias.view(4, 3))]
+            for t in (u, delta.flatten(3), A.view(4, 3, state_dim), B.flatten(3), C.flatten(3), D.view(4, 3),
+                      bias.view(4, 3))]
     backend = 'torch' if name.startswith('torch') else 'triton'
     args += [pattern.routes_on('cpu').to(torch.int32), True, True, return_states, backend, route_kinds,
              [height, width] if route_kinds else None]
