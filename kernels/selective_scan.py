@@ -2247,31 +2247,41 @@ VECTOR_ROW_WALK_FWD_MAX_REGISTERS = None
 VECTOR_WALK_LANES = 4
 
 
-def _lanes_per_thread(width: int, widest: int) -> int:
+def _lanes_per_thread(width: int, widest: int, max_lanes: int) -> int:
     """Lanes of a row per thread in the vectorised and aligned row walks: the largest power of two dividing the
-    width, at most ``VECTOR_WALK_LANES`` and 16 bytes of the widest operand (one vector load)."""
-    return min(VECTOR_WALK_LANES, 16 // widest, width & -width)
+    width, at most ``max_lanes`` (``VECTOR_WALK_LANES``) and 16 bytes of the widest operand (one vector load)."""
+    return min(max_lanes, 16 // widest, width & -width)
 
 
 def _vector_walk(u, delta, B, C, y, plan, state_dim, accumulate, return_states):
     """(threads per row, lanes per thread, channels per program, delta's strides in map units) of the vectorised row
     walk for this forward, or None where it does not apply: it runs d_state 1 with one input map shared by the
     routes, NCHW-contiguous, a merged output, delta's positions adjacent and its other strides whole maps, and rows
-    that fill the map (a row-only pattern's rows of 64 may leave the last one short)."""
-    batch, k_u, dim, positions = u.shape
+    that fill the map (a row-only pattern's rows of 64 may leave the last one short). The answer is kept per layout:
+    eager training asks twice per scan layer and step, with the same few layouts."""
+    if state_dim != 1 or u.shape[1] != 1 or not accumulate or return_states:
+        return None
+    return _vector_walk_by_layout(
+        u.shape, u.stride(), delta.stride(), max(t.element_size() for t in (u, delta, B, C)),
+        B.is_contiguous() and C.is_contiguous() and y.is_contiguous(), plan, VECTOR_WALK_LANES, VECTOR_WALK_CHANNELS,
+        triton_interpreting())
+
+
+@functools.lru_cache(maxsize=1024)
+def _vector_walk_by_layout(u_shape, u_strides, delta_strides, widest, dense_operands, plan, max_lanes, channels,
+                           interpreting):
+    batch, k_u, dim, positions = u_shape
     height, width, tile_h, tile_w, kinds = plan
-    if not (state_dim == 1 and k_u == 1 and accumulate and not return_states and height * width == positions):
+    if height * width != positions or not dense_operands:
         return None
-    if u.stride()[2:] != (positions, 1) or u.stride(0) != dim * positions or not y.is_contiguous():
+    if u_strides[2:] != (positions, 1) or u_strides[0] != dim * positions:
         return None
-    if delta.stride(3) != 1 or any(stride % positions for stride in delta.stride()[:3]) or min(delta.stride()) < 0:
+    if delta_strides[3] != 1 or any(stride % positions for stride in delta_strides[:3]) or min(delta_strides) < 0:
         return None
-    if not (B.is_contiguous() and C.is_contiguous()):
-        return None
-    lanes_per_thread = _lanes_per_thread(width, max(t.element_size() for t in (u, delta, B, C)))
+    lanes_per_thread = _lanes_per_thread(width, widest, max_lanes)
     threads = tile_w // lanes_per_thread
-    block_d = 2 if triton_interpreting() else VECTOR_WALK_CHANNELS or max(1, 32 // threads)
-    return threads, lanes_per_thread, block_d, tuple(stride // positions for stride in delta.stride()[:3])
+    block_d = 2 if interpreting else channels or max(1, 32 // threads)
+    return threads, lanes_per_thread, block_d, tuple(stride // positions for stride in delta_strides[:3])
 
 
 # The row-walk backward is told its rows start V-aligned (V > 1) where the layout allows; False keeps V = 1.
@@ -2292,7 +2302,7 @@ def _row_walk_alignment(strides, positions, height, width, widest) -> int:
     map that its rows fill; 1 where that fails (channel-last maps, a row-only pattern's short last row)."""
     if not ROW_WALK_BWD_ALIGNED or height * width != positions or any(stride != 1 for stride in strides[3::4]):
         return 1
-    alignment = _lanes_per_thread(width, widest)
+    alignment = _lanes_per_thread(width, widest, VECTOR_WALK_LANES)
     while alignment > 1 and (any(stride % alignment for stride in strides[:3] + strides[4:7] + strides[8:11])
                              or positions // alignment <= 1):
         alignment //= 2
