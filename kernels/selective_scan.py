@@ -1477,7 +1477,7 @@ if HAS_TRITON:
         if HAS_BIAS:
             dt += bias
         if SOFTPLUS:
-            dt = tl.where(dt > 20.0, dt, _log2(1.0 + _exp2(dt * 1.4426950408889634)) * 0.6931471805599453)
+            dt = _softplus(dt)
         decay = _exp2(dt * A_log2)
         # B is shared by the channels: its pointers are broadcast over them so that its load takes the tile's layout.
         B_row = tl.load(B_ptr + (b * NUM_ROUTES + k) * P + row + lanes + dd * 0, mask=mask, other=0.0).to(tl.float32)
@@ -1746,7 +1746,7 @@ if HAS_TRITON:
             dt_raw += bias
         dt = dt_raw
         if SOFTPLUS:
-            dt = tl.where(dt_raw > 20.0, dt_raw, _log2(1.0 + _exp2(dt_raw * 1.4426950408889634)) * 0.6931471805599453)
+            dt = _softplus(dt_raw)
         decay = tl.where(mask, _exp2(dt * A_log2), 1.0)
         bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
         B_row = tl.load(B_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
