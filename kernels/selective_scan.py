@@ -1453,38 +1453,42 @@ if HAS_TRITON:
     @triton.jit
     def _vector_route_parameters(k: tl.constexpr, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES: tl.constexpr,
                                  HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
-        """Route k's A (times log2(e), for exp2), delta bias and skip D as [BLOCK_D, 1, 1]; zeros beyond NUM_ROUTES."""
+        """Route k's A (times log2(e), for exp2), delta bias and skip D as [BLOCK_D, 1, 1] (the row walk's
+        ``_route_parameters`` at d_state 1); zeros beyond NUM_ROUTES."""
         A = tl.zeros([d.shape[0], 1, 1], tl.float32)
         bias = tl.zeros([d.shape[0], 1, 1], tl.float32)
         skip = tl.zeros([d.shape[0], 1, 1], tl.float32)
         if k < NUM_ROUTES:
-            A = tl.load(A_ptr + k * D + d, mask=d < D, other=0.0)[:, None, None] * 1.4426950408889634
-            if HAS_BIAS:
-                bias = tl.load(bias_ptr + k * D + d, mask=d < D, other=0.0)[:, None, None]
-            if HAS_D:
-                skip = tl.load(Dskip_ptr + k * D + d, mask=d < D, other=0.0)[:, None, None]
+            only_state = tl.zeros([1, 1, 1], tl.int32)
+            A, bias, skip = _route_parameters(k, A_ptr, bias_ptr, Dskip_ptr, d, d[:, None, None], only_state, D, 1,
+                                              HAS_BIAS, HAS_D)
+            A = A * 1.4426950408889634
         return A, bias, skip
 
     @triton.jit
     def _vector_step(row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
                      NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                      IDENTITY_PADDING: tl.constexpr):
-        """Decay and drive of route k on the row starting at flat position ``row``. ``IDENTITY_PADDING``: lanes past
-        the row's end are identity steps (a row scan runs through them); a column route's padding lanes are columns
-        of their own, which nothing reads."""
-        dt = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
-                     other=0.0).to(tl.float32)
+        """Decay and drive of route k on the row starting at flat position ``row``, with the raw (biased) and final
+        step sizes, B and B's offsets (which C shares). ``IDENTITY_PADDING``: lanes past the row's end are identity
+        steps (a row scan runs through them); a column route's padding lanes are columns of their own, which nothing
+        reads. Unlike the row walk's ``_step_size`` it leaves the padding's step sizes unmasked: u is 0 there, and so
+        is the drive."""
+        dt_raw = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
+                         other=0.0).to(tl.float32)
         if HAS_BIAS:
-            dt += bias
+            dt_raw += bias
+        dt = dt_raw
         if SOFTPLUS:
-            dt = _softplus(dt)
+            dt = _softplus(dt_raw)
         decay = _exp2(dt * A_log2)
         # B is shared by the channels: its pointers are broadcast over them so that its load takes the tile's layout.
-        B_row = tl.load(B_ptr + (b * NUM_ROUTES + k) * P + row + lanes + dd * 0, mask=mask, other=0.0).to(tl.float32)
+        bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
+        B_row = tl.load(B_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
         drive = (dt * u) * B_row
         if IDENTITY_PADDING:
             decay = tl.where(mask, decay, 1.0)
-        return decay, drive
+        return decay, drive, dt_raw, dt, B_row, bc_offsets
 
     @triton.jit
     def _vector_column_totals(total_decay, total_drive, row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b,
@@ -1493,8 +1497,9 @@ if HAS_TRITON:
         """``_column_totals`` of the vectorised walk: the row at ``row`` added to column route k's totals."""
         if k < NUM_ROUTES:
             if KIND % 2 == 1:
-                decay, drive = _vector_step(row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
-                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, False)
+                decay, drive, unused_raw, unused_dt, unused_B, unused_bc = _vector_step(
+                    row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                    HAS_BIAS, SOFTPLUS, False)
                 if KIND == 1:
                     total_decay, total_drive = total_decay * decay, decay * total_drive + drive
                 else:
@@ -1506,11 +1511,9 @@ if HAS_TRITON:
         """What enters each column (lane) of a [BLOCK_D, T, V] tile from a zero start: the exclusive composition of
         the columns' maps (``total_decay`` h + ``total_drive``) before it, in lane order or, REVERSE, against it."""
         shape: tl.constexpr = total_decay.shape
-        flat_shape: tl.constexpr = [shape[0], shape[1] * shape[2]]
-        unused_a, unused_b, unused_a_excl, entering = tl.associative_scan(
-            (tl.reshape(total_decay, flat_shape), tl.reshape(total_drive, flat_shape),
-             tl.full(flat_shape, 1.0, tl.float32), tl.zeros(flat_shape, tl.float32)), 1,
-            _combine_keeping_exclusive, reverse=REVERSE)
+        row_shape: tl.constexpr = [shape[0], 1, shape[1] * shape[2]]
+        entering = _column_entering(tl.reshape(total_decay, row_shape), tl.reshape(total_drive, row_shape),
+                                    1 + 2 * REVERSE)  # the row walk's kinds: 1 forward, 3 reversed
         return tl.reshape(entering, shape)
 
     @triton.jit
@@ -1527,6 +1530,25 @@ if HAS_TRITON:
         return state
 
     @triton.jit
+    def _vector_across_threads(lane_decay, lane_drive, entering, REVERSE: tl.constexpr):
+        """The second level of a lane scan of [BLOCK_D, T, V] rows whose V steps per thread are scanned already
+        (``lane_decay``, ``lane_drive``: inclusive, in the scan's direction): what enters each thread's steps, [BLOCK_D,
+        T], and what leaves the row, [BLOCK_D, 1, 1], for a row entered with ``entering`` [BLOCK_D, 1, 1]."""
+        V: tl.constexpr = lane_decay.shape[2]
+        T: tl.constexpr = lane_decay.shape[1]
+        thread_end = tl.arange(0, V)[None, None, :] == (V - 1) * (1 - REVERSE)  # in-thread: the compiler picks it
+        total_decay = tl.sum(tl.where(thread_end, lane_decay, 0.0), axis=2)
+        total_drive = tl.sum(tl.where(thread_end, lane_drive, 0.0), axis=2)
+        all_decay, all_drive, before_decay, before_drive = tl.associative_scan(
+            (total_decay, total_drive, tl.full(total_decay.shape, 1.0, tl.float32),
+             tl.zeros(total_decay.shape, tl.float32)), 1, _combine_keeping_exclusive, reverse=REVERSE)
+        row_entering = tl.reshape(entering, [entering.shape[0], 1])
+        thread_entering = before_drive + before_decay * row_entering
+        last_thread = tl.arange(0, T)[None, :] == (T - 1) * (1 - REVERSE)
+        leaving = tl.sum(tl.where(last_thread, all_drive + all_decay * row_entering, 0.0), axis=1)
+        return thread_entering, leaving[:, None, None]
+
+    @triton.jit
     def _vector_row_scan(decay, drive, state, REVERSE: tl.constexpr):
         """States of a row route along the lanes of a [BLOCK_D, T, V] row entered with ``state`` [BLOCK_D, 1, 1], and
         the state leaving the row: V steps in each thread, then the threads' totals across the T threads."""
@@ -1536,20 +1558,8 @@ if HAS_TRITON:
             lane_decay, lane_drive = tl.flip(lane_decay, 2), tl.flip(lane_drive, 2)
         else:
             lane_decay, lane_drive = tl.associative_scan((decay, drive), 2, _linear_recurrence_combine)
-        V: tl.constexpr = decay.shape[2]
-        T: tl.constexpr = decay.shape[1]
-        thread_end = tl.arange(0, V)[None, None, :] == (V - 1) * (1 - REVERSE)  # in-thread: the compiler picks it
-        total_decay = tl.sum(tl.where(thread_end, lane_decay, 0.0), axis=2)
-        total_drive = tl.sum(tl.where(thread_end, lane_drive, 0.0), axis=2)
-        all_decay, all_drive, before_decay, before_drive = tl.associative_scan(
-            (total_decay, total_drive, tl.full(total_decay.shape, 1.0, tl.float32),
-             tl.zeros(total_decay.shape, tl.float32)), 1, _combine_keeping_exclusive, reverse=REVERSE)
-        entering = tl.reshape(state, [state.shape[0], 1])
-        thread_entering = before_drive + before_decay * entering
-        h = lane_drive + lane_decay * thread_entering[:, :, None]
-        last_thread = tl.arange(0, T)[None, :] == (T - 1) * (1 - REVERSE)
-        leaving = tl.sum(tl.where(last_thread, all_drive + all_decay * entering, 0.0), axis=1)
-        return h, leaving[:, None, None]
+        thread_entering, leaving = _vector_across_threads(lane_decay, lane_drive, state, REVERSE)
+        return lane_drive + lane_decay * thread_entering[:, :, None], leaving
 
     @triton.jit
     def _vector_route_row(state, y, walk: tl.constexpr, r, row, k: tl.constexpr, u, delta_ptr, B_ptr, C_ptr, A_log2,
@@ -1559,8 +1569,11 @@ if HAS_TRITON:
         added to y."""
         if k < NUM_ROUTES:
             if (KIND >> 1) == walk:
-                decay, drive = _vector_step(row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
-                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, KIND % 2 == 0)
+                decay, drive, unused_raw, unused_dt, unused_B, unused_bc = _vector_step(
+                    row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                    HAS_BIAS, SOFTPLUS, KIND % 2 == 0)
+                # C's offsets written out again rather than taken from _vector_step: sharing them made the compiler
+                # issue the C load early (sm_90 SASS: 251 instead of 240 instructions per row at 56x56).
                 C_row = tl.load(C_ptr + (b * NUM_ROUTES + k) * P + row + lanes + dd * 0, mask=mask,
                                 other=0.0).to(tl.float32)
                 if KIND % 2 == 1:
@@ -1717,20 +1730,8 @@ if HAS_TRITON:
         else:
             all_a, all_b, before_a, before_b = tl.associative_scan((decay, drive, ones, zeros), 2,
                                                                    _combine_keeping_exclusive)
-        V: tl.constexpr = decay.shape[2]
-        T: tl.constexpr = decay.shape[1]
-        thread_end = tl.arange(0, V)[None, None, :] == (V - 1) * (1 - REVERSE)
-        total_a = tl.sum(tl.where(thread_end, all_a, 0.0), axis=2)
-        total_b = tl.sum(tl.where(thread_end, all_b, 0.0), axis=2)
-        row_a, row_b, thread_a, thread_b = tl.associative_scan(
-            (total_a, total_b, tl.full(total_a.shape, 1.0, tl.float32), tl.zeros(total_a.shape, tl.float32)), 1,
-            _combine_keeping_exclusive, reverse=REVERSE)
-        e_in = tl.reshape(entering, [entering.shape[0], 1])
-        thread_e = thread_b + thread_a * e_in
-        dh = g + before_b + before_a * thread_e[:, :, None]
-        last_thread = tl.arange(0, T)[None, :] == (T - 1) * (1 - REVERSE)
-        leaving = tl.sum(tl.where(last_thread, row_b + row_a * e_in, 0.0), axis=1)
-        return dh, leaving[:, None, None]
+        thread_e, leaving = _vector_across_threads(all_a, all_b, entering, REVERSE)
+        return g + before_b + before_a * thread_e[:, :, None], leaving
 
     @triton.jit
     def _vector_bwd_inputs(row, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2, bias, b, dd, lanes,
@@ -1740,19 +1741,12 @@ if HAS_TRITON:
         drive, B, C and dy."""
         map_offsets = (b * D + dd) * P + row + lanes
         u = tl.load(u_ptr + map_offsets, mask=mask, other=0.0).to(tl.float32)
-        dt_raw = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
-                         other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw += bias
-        dt = dt_raw
-        if SOFTPLUS:
-            dt = _softplus(dt_raw)
-        decay = tl.where(mask, _exp2(dt * A_log2), 1.0)
-        bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
-        B_row = tl.load(B_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
+        decay, drive, dt_raw, dt, B_row, bc_offsets = _vector_step(
+            row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS,
+            SOFTPLUS, True)
         C_row = tl.load(C_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + map_offsets, mask=mask, other=0.0)
-        return map_offsets, u, dt_raw, dt, decay, (dt * u) * B_row, B_row, C_row, dy
+        return map_offsets, u, dt_raw, dt, decay, drive, B_row, C_row, dy
 
     @triton.jit
     def _vector_row_gradients(dh, h, row, k: tl.constexpr, u, dt_raw, dt, drive, B_row, dy, A_log2, skip, b, dd, lanes,
