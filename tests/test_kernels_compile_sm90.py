@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent('''
     FLAGS = ('HAS_D', 'HAS_BIAS', 'SOFTPLUS', 'IDENTITY', 'ACCUMULATE', 'STORE_STATES', 'HAS_DSTATES', 'HAS_DLAST',
              'SCATTER_ATOMIC', 'U_SHARED', 'REVERSE', 'HAS_FORWARD_ROUTES', 'HAS_WEIGHT', 'STORE_STATS')
     SIZES = dict(KINDS=0 | 1 << 2 | 2 << 4 | 3 << 6, NUM_ROUTES=4, CHUNK=64, BLOCK_D=4, BLOCK_R=128, HP=16, WP=16,
-                 LANES=64, NP=2, NUM_STAGES=3, BLOCK_C=128, BLOCK_P=32, T=8, V=4)
+                 LANES=64, NP=2, NUM_STAGES=3, BLOCK_C=128, BLOCK_P=32, T=8, V=4, WALKS=3, SLABS=0, NUM_SLABS=1)
     KERNELS = [(ss, name) for name in (
         '_chunk_summary_fwd_kernel', '_chunk_state_passing_kernel', '_scan_chunk_fwd_kernel',
         '_chunk_summary_bwd_kernel', '_scan_chunk_bwd_kernel', '_raster_scan_fwd_kernel', '_raster_scan_bwd_kernel',

@@ -705,6 +705,15 @@ def test_row_walk_backward_runs_one_fixed_program_per_stage(monkeypatch, cap):
     assert all(c.maxnreg is None for c in configs)
 
 
+def raster_pattern(height, width, kinds):
+    """A user-defined pattern of whole-map raster walks of the given kinds (``ScanPattern.route_kinds``)."""
+    rows = torch.arange(height * width)
+    columns = rows.view(height, width).t().reshape(-1)
+    walks = {0: rows, 1: columns, 2: rows.flip(0), 3: columns.flip(0)}
+    return K.ScanPattern('raster' + ''.join(map(str, kinds)), height, width,
+                         torch.stack([walks[kind] for kind in kinds]), tuple(kinds))
+
+
 VECTOR_CASES = [  # pattern, input dtype, map of the plan (row-only patterns run rows of up to 64 lanes)
     (K.cross_pattern(5, 8), torch.float32),
     (K.cross_pattern(4, 6), torch.float16),
@@ -713,12 +722,14 @@ VECTOR_CASES = [  # pattern, input dtype, map of the plan (row-only patterns run
     (K.cross_pattern(5, 7), torch.float32),  # an odd width: one lane per thread
     (K.bidirectional_pattern(4, 16), torch.float32),
     (K.unidirectional_pattern(2, 64), torch.float16),
+    # Two column routes in the group walked top to bottom (two scratch slabs), one in the other, a reversed row route.
+    (raster_pattern(5, 8, (3, 1, 1, 2)), torch.float32),
 ]
 
 
 @pytest.mark.parametrize('pattern,dtype', VECTOR_CASES,
                          ids=['cross5x8', 'cross4x6_fp16', 'cross3x16_fp16', 'cross6x4', 'cross5x7', 'bidirectional',
-                              'unidirectional_fp16'])
+                              'unidirectional_fp16', 'raster3112'])
 def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern, dtype):
     """At d_state 1 on a shared NCHW input the forward runs the vectorised row walk (several lanes per thread): y and
     the last state match the float64 reference and the one-lane row walk, and every output element is written
