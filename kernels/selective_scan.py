@@ -1466,40 +1466,67 @@ if HAS_TRITON:
         return A, bias, skip
 
     @triton.jit
-    def _vector_step(row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
-                     NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     IDENTITY_PADDING: tl.constexpr):
-        """Decay and drive of route k on the row starting at flat position ``row``, with the raw (biased) and final
-        step sizes, B and B's offsets (which C shares). ``IDENTITY_PADDING``: lanes past the row's end are identity
-        steps (a row scan runs through them); a column route's padding lanes are columns of their own, which nothing
-        reads. Unlike the row walk's ``_step_size`` it leaves the padding's step sizes unmasked: u is 0 there, and so
-        is the drive."""
-        dt_raw = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
-                         other=0.0).to(tl.float32)
+    def _vector_loads(row, k: tl.constexpr, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES: tl.constexpr,
+                      sdt_b, sdt_k, sdt_d, ACTIVE: tl.constexpr, WITH_C: tl.constexpr):
+        """Route k's delta, B and (WITH_C) C on the row starting at flat position ``row``, as stored: the loads a walk
+        issues a row ahead. Zeros where the route is not ACTIVE (not this walk's)."""
+        dt_stored = tl.zeros(mask.shape, tl.float32)
+        B_stored = tl.zeros(mask.shape, tl.float32)
+        C_stored = tl.zeros(mask.shape, tl.float32)
+        if k < NUM_ROUTES:
+            if ACTIVE:
+                dt_stored = tl.load(delta_ptr + (b * sdt_b + k * sdt_k + dd * sdt_d) * P + row + lanes, mask=mask,
+                                    other=0.0)
+                # B and C are shared by the channels: their pointers are broadcast over them so that the loads take
+                # the tile's layout.
+                bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
+                B_stored = tl.load(B_ptr + bc_offsets, mask=mask, other=0.0)
+                if WITH_C:
+                    C_stored = tl.load(C_ptr + bc_offsets, mask=mask, other=0.0)
+        return dt_stored, B_stored, C_stored
+
+    @triton.jit
+    def _vector_step_values(dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                            IDENTITY_PADDING: tl.constexpr):
+        """Decay and drive of a route's row from its loaded delta and B, with the raw (biased) and final step sizes
+        and B. ``IDENTITY_PADDING``: lanes past the row's end are identity steps (a row scan runs through them); a
+        column route's padding lanes are columns of their own, which nothing reads. Unlike the row walk's
+        ``_step_size`` it leaves the padding's step sizes unmasked: u is 0 there, and so is the drive."""
+        dt_raw = dt_stored.to(tl.float32)
         if HAS_BIAS:
             dt_raw += bias
         dt = dt_raw
         if SOFTPLUS:
             dt = _softplus(dt_raw)
         decay = _exp2(dt * A_log2)
-        # B is shared by the channels: its pointers are broadcast over them so that its load takes the tile's layout.
-        bc_offsets = (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
-        B_row = tl.load(B_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
+        B_row = B_stored.to(tl.float32)
         drive = (dt * u) * B_row
         if IDENTITY_PADDING:
             decay = tl.where(mask, decay, 1.0)
-        return decay, drive, dt_raw, dt, B_row, bc_offsets
+        return decay, drive, dt_raw, dt, B_row
 
     @triton.jit
-    def _vector_column_totals(total_decay, total_drive, row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b,
-                              dd, lanes, mask, P, NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d,
-                              HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
-        """``_column_totals`` of the vectorised walk: the row at ``row`` added to column route k's totals."""
+    def _vector_step(row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
+                     NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                     IDENTITY_PADDING: tl.constexpr):
+        """``_vector_step_values`` of route k on the row starting at flat position ``row``, loading its delta and B;
+        also B's offsets (which C shares)."""
+        dt_stored, B_stored, unused_C = _vector_loads(row, k, delta_ptr, B_ptr, B_ptr, b, dd, lanes, mask, P,
+                                                      NUM_ROUTES, sdt_b, sdt_k, sdt_d, True, False)
+        decay, drive, dt_raw, dt, B_row = _vector_step_values(dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS,
+                                                              SOFTPLUS, IDENTITY_PADDING)
+        return decay, drive, dt_raw, dt, B_row, (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
+
+    @triton.jit
+    def _vector_column_totals(total_decay, total_drive, k: tl.constexpr, u, dt_stored, B_stored, A_log2, bias, mask,
+                              NUM_ROUTES: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                              KIND: tl.constexpr):
+        """``_column_totals`` of the vectorised walk: a row (its loaded delta and B) added to column route k's
+        totals."""
         if k < NUM_ROUTES:
             if KIND % 2 == 1:
-                decay, drive, unused_raw, unused_dt, unused_B, unused_bc = _vector_step(
-                    row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                    HAS_BIAS, SOFTPLUS, False)
+                decay, drive, unused_raw, unused_dt, unused_B = _vector_step_values(
+                    dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS, SOFTPLUS, False)
                 if KIND == 1:
                     total_decay, total_drive = total_decay * decay, decay * total_drive + drive
                 else:
@@ -1562,20 +1589,15 @@ if HAS_TRITON:
         return lane_drive + lane_decay * thread_entering[:, :, None], leaving
 
     @triton.jit
-    def _vector_route_row(state, y, walk: tl.constexpr, r, row, k: tl.constexpr, u, delta_ptr, B_ptr, C_ptr, A_log2,
-                          bias, entering_ptr, b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES: tl.constexpr, sdt_b,
-                          sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
-        """Route k on row r (at flat position ``row``) when this walk is the route's: its new state, and its output
+    def _vector_route_row(state, y, walk: tl.constexpr, r, k: tl.constexpr, u, dt_stored, B_stored, C_stored, A_log2,
+                          bias, entering_ptr, b, dd, mask, D, MAX_LINES, NUM_ROUTES: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """Route k on row r (its loaded delta, B and C) when this walk is the route's: its new state, and its output
         added to y."""
         if k < NUM_ROUTES:
             if (KIND >> 1) == walk:
-                decay, drive, unused_raw, unused_dt, unused_B, unused_bc = _vector_step(
-                    row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                    HAS_BIAS, SOFTPLUS, KIND % 2 == 0)
-                # C's offsets written out again rather than taken from _vector_step: sharing them made the compiler
-                # issue the C load early (sm_90 SASS: 251 instead of 240 instructions per row at 56x56).
-                C_row = tl.load(C_ptr + (b * NUM_ROUTES + k) * P + row + lanes + dd * 0, mask=mask,
-                                other=0.0).to(tl.float32)
+                decay, drive, unused_raw, unused_dt, unused_B = _vector_step_values(
+                    dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS, SOFTPLUS, KIND % 2 == 0)
                 if KIND % 2 == 1:
                     h = decay * state + drive
                     state = h
@@ -1583,7 +1605,7 @@ if HAS_TRITON:
                     # The backward rebuilds the row from the state entering it.
                     tl.store(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + r, state, mask=dd < D)
                     h, state = _vector_row_scan(decay, drive, state, KIND == 2)
-                y += h * C_row
+                y += h * C_stored.to(tl.float32)
         return state, y
 
     @triton.jit
@@ -1650,20 +1672,44 @@ if HAS_TRITON:
         skip = skip0 + skip1 + skip2 + skip3  # every route reads the same u
         ones = tl.full([BLOCK_D, T, V], 1.0, tl.float32)
         zeros = tl.zeros([BLOCK_D, T, V], tl.float32)
+        # Every walk loads the next row's operands before working on the current one, so that its loads are in flight
+        # while the row is computed: the walks are bound by load latency (Nsight Compute, H200: 8.5 of 13 cycles
+        # between a warp's instructions stalled on a load), and the compiler cannot move a load above the previous
+        # row's stores, which it cannot prove to go elsewhere.
         # Walk 1: column totals of the column routes.
         a0, b0, a1, b1, a2, b2, a3, b3 = ones, zeros, ones, zeros, ones, zeros, ones, zeros
         if (KINDS & 0x55) != 0:
+            u_next = tl.load(u_lanes, mask=mask, other=0.0)
+            dt0_next, B0_next, unused_C = _vector_loads(0, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0 % 2 == 1, False)
+            dt1_next, B1_next, unused_C = _vector_loads(0, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1 % 2 == 1, False)
+            dt2_next, B2_next, unused_C = _vector_loads(0, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2 % 2 == 1, False)
+            dt3_next, B3_next, unused_C = _vector_loads(0, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3 % 2 == 1, False)
             for r in range(0, H):
-                row = r * W
-                u = tl.load(u_lanes + row, mask=mask, other=0.0).to(tl.float32)
-                a0, b0 = _vector_column_totals(a0, b0, row, 0, u, delta_ptr, B_ptr, A0, bias0, b, dd, lanes, mask, P,
-                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K0)
-                a1, b1 = _vector_column_totals(a1, b1, row, 1, u, delta_ptr, B_ptr, A1, bias1, b, dd, lanes, mask, P,
-                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K1)
-                a2, b2 = _vector_column_totals(a2, b2, row, 2, u, delta_ptr, B_ptr, A2, bias2, b, dd, lanes, mask, P,
-                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K2)
-                a3, b3 = _vector_column_totals(a3, b3, row, 3, u, delta_ptr, B_ptr, A3, bias3, b, dd, lanes, mask, P,
-                                               NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K3)
+                u = u_next.to(tl.float32)
+                dt0, B0, dt1, B1, dt2, B2, dt3, B3 = dt0_next, B0_next, dt1_next, B1_next, dt2_next, B2_next, \
+                    dt3_next, B3_next
+                ahead = tl.minimum(r + 1, H - 1) * W  # the last row loads itself again
+                u_next = tl.load(u_lanes + ahead, mask=mask, other=0.0)
+                dt0_next, B0_next, unused_C = _vector_loads(ahead, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0 % 2 == 1, False)
+                dt1_next, B1_next, unused_C = _vector_loads(ahead, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1 % 2 == 1, False)
+                dt2_next, B2_next, unused_C = _vector_loads(ahead, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2 % 2 == 1, False)
+                dt3_next, B3_next, unused_C = _vector_loads(ahead, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3 % 2 == 1, False)
+                a0, b0 = _vector_column_totals(a0, b0, 0, u, dt0, B0, A0, bias0, mask, NUM_ROUTES, HAS_BIAS, SOFTPLUS,
+                                               K0)
+                a1, b1 = _vector_column_totals(a1, b1, 1, u, dt1, B1, A1, bias1, mask, NUM_ROUTES, HAS_BIAS, SOFTPLUS,
+                                               K1)
+                a2, b2 = _vector_column_totals(a2, b2, 2, u, dt2, B2, A2, bias2, mask, NUM_ROUTES, HAS_BIAS, SOFTPLUS,
+                                               K2)
+                a3, b3 = _vector_column_totals(a3, b3, 3, u, dt3, B3, A3, bias3, mask, NUM_ROUTES, HAS_BIAS, SOFTPLUS,
+                                               K3)
         s0 = _vector_column_start(a0, b0, 0, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K0)
         s1 = _vector_column_start(a1, b1, 1, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K1)
         s2 = _vector_column_start(a2, b2, 2, entering_ptr, b, dd, lanes, D, W, MAX_LINES, NUM_ROUTES, K2)
@@ -1679,27 +1725,45 @@ if HAS_TRITON:
         # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; each thread adds walk 3's
         # outputs to the lanes it stored in walk 2.
         for walk in tl.static_range(2):
+            first = (H - 1) * walk * W
+            u_next = tl.load(u_lanes + first, mask=mask, other=0.0)
+            dt0_next, B0_next, C0_next = _vector_loads(first, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K0 >> 1) == walk, True)
+            dt1_next, B1_next, C1_next = _vector_loads(first, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K1 >> 1) == walk, True)
+            dt2_next, B2_next, C2_next = _vector_loads(first, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K2 >> 1) == walk, True)
+            dt3_next, B3_next, C3_next = _vector_loads(first, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K3 >> 1) == walk, True)
             for i in range(0, H):
                 if walk == 0:
                     r = i
+                    ahead = tl.minimum(i + 1, H - 1) * W
                 else:
                     r = H - 1 - i
-                row = r * W
-                u = tl.load(u_lanes + row, mask=mask, other=0.0).to(tl.float32)
+                    ahead = tl.maximum(H - 2 - i, 0) * W
+                u = u_next.to(tl.float32)
+                dt0, B0, C0, dt1, B1, C1 = dt0_next, B0_next, C0_next, dt1_next, B1_next, C1_next
+                dt2, B2, C2, dt3, B3, C3 = dt2_next, B2_next, C2_next, dt3_next, B3_next, C3_next
+                u_next = tl.load(u_lanes + ahead, mask=mask, other=0.0)
+                dt0_next, B0_next, C0_next = _vector_loads(ahead, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K0 >> 1) == walk, True)
+                dt1_next, B1_next, C1_next = _vector_loads(ahead, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K1 >> 1) == walk, True)
+                dt2_next, B2_next, C2_next = _vector_loads(ahead, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K2 >> 1) == walk, True)
+                dt3_next, B3_next, C3_next = _vector_loads(ahead, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K3 >> 1) == walk, True)
                 y = skip * u * (1 - walk)
-                s0, y = _vector_route_row(s0, y, walk, r, row, 0, u, delta_ptr, B_ptr, C_ptr, A0, bias0, entering_ptr,
-                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                                          HAS_BIAS, SOFTPLUS, K0)
-                s1, y = _vector_route_row(s1, y, walk, r, row, 1, u, delta_ptr, B_ptr, C_ptr, A1, bias1, entering_ptr,
-                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                                          HAS_BIAS, SOFTPLUS, K1)
-                s2, y = _vector_route_row(s2, y, walk, r, row, 2, u, delta_ptr, B_ptr, C_ptr, A2, bias2, entering_ptr,
-                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                                          HAS_BIAS, SOFTPLUS, K2)
-                s3, y = _vector_route_row(s3, y, walk, r, row, 3, u, delta_ptr, B_ptr, C_ptr, A3, bias3, entering_ptr,
-                                          b, dd, lanes, mask, D, P, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                                          HAS_BIAS, SOFTPLUS, K3)
-                _vector_row_out(y, y_rows + row, lanes, mask, dd < D, W, walk == 1 and HAS_FORWARD_ROUTES)
+                s0, y = _vector_route_row(s0, y, walk, r, 0, u, dt0, B0, C0, A0, bias0, entering_ptr, b, dd, mask, D,
+                                          MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K0)
+                s1, y = _vector_route_row(s1, y, walk, r, 1, u, dt1, B1, C1, A1, bias1, entering_ptr, b, dd, mask, D,
+                                          MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K1)
+                s2, y = _vector_route_row(s2, y, walk, r, 2, u, dt2, B2, C2, A2, bias2, entering_ptr, b, dd, mask, D,
+                                          MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K2)
+                s3, y = _vector_route_row(s3, y, walk, r, 3, u, dt3, B3, C3, A3, bias3, entering_ptr, b, dd, mask, D,
+                                          MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K3)
+                _vector_row_out(y, y_rows + r * W, lanes, mask, dd < D, W, walk == 1 and HAS_FORWARD_ROUTES)
         _vector_store_last(s0, 0, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K0)
         _vector_store_last(s1, 1, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K1)
         _vector_store_last(s2, 2, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K2)
@@ -1738,21 +1802,6 @@ if HAS_TRITON:
         return g + before_b + before_a * thread_e[:, :, None], leaving
 
     @triton.jit
-    def _vector_bwd_inputs(row, k: tl.constexpr, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2, bias, b, dd, lanes,
-                           mask, D, P, NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr,
-                           SOFTPLUS: tl.constexpr):
-        """Route k's operands on the row at ``row``: u, the raw and final step sizes, decay (1 on padding lanes),
-        drive, B, C and dy."""
-        map_offsets = (b * D + dd) * P + row + lanes
-        u = tl.load(u_ptr + map_offsets, mask=mask, other=0.0).to(tl.float32)
-        decay, drive, dt_raw, dt, B_row, bc_offsets = _vector_step(
-            row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS,
-            SOFTPLUS, True)
-        C_row = tl.load(C_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + map_offsets, mask=mask, other=0.0)
-        return map_offsets, u, dt_raw, dt, decay, drive, B_row, C_row, dy
-
-    @triton.jit
     def _vector_row_gradients(dh, h, row, k: tl.constexpr, u, dt_raw, dt, drive, B_row, dy, A_log2, b, dd, lanes,
                               mask, dB_ptr, dC_ptr, ddelta_ptr, W, P, NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d,
                               SOFTPLUS: tl.constexpr):
@@ -1775,14 +1824,15 @@ if HAS_TRITON:
 
     @triton.jit
     def _vector_adjoint_start(k: tl.constexpr, walk: tl.constexpr, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2,
-                              bias, entering_ptr, scratch, b, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k,
-                              sdt_d, NUM_ROUTES: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                              KIND: tl.constexpr):
+                              bias, entering_ptr, scratch, b, dd, lanes, mask, map_offsets, D, H, W, P, MAX_LINES,
+                              sdt_b, sdt_k, sdt_d, NUM_ROUTES: tl.constexpr, HAS_BIAS: tl.constexpr,
+                              SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
         """The adjoint e entering route k's first row on adjoint walk ``walk``, if the route is that walk's: zeros for
         a row route, [BLOCK_D, 1, 1] (its rows chain through one state). A column route first walks along itself,
         rebuilding its states into its ``scratch`` rows and totalling each column's adjoint map
         e_first = total_drive + total_decay * e_entering in route order; each column's e then comes from an
-        exclusive scan of those maps against the route, [BLOCK_D, T, V]."""
+        exclusive scan of those maps against the route, [BLOCK_D, T, V]. Like the forward's walks, it loads each row
+        a row ahead."""
         e = tl.zeros([dd.shape[0], 1, 1], tl.float32)
         if k < NUM_ROUTES:
             if KIND % 2 == 1 and (KIND >> 1) == walk:
@@ -1790,45 +1840,74 @@ if HAS_TRITON:
                 h = tl.load(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + lanes, mask=mask, other=0.0)
                 total_decay = tl.full(tile, 1.0, tl.float32)
                 total_drive = tl.zeros(tile, tl.float32)
+                first = (H - 1) * (KIND == 3) * W
+                u_next = tl.load(u_ptr + map_offsets + first, mask=mask, other=0.0)
+                dy_next = tl.load(dy_ptr + map_offsets + first, mask=mask, other=0.0)
+                dt_next, B_next, C_next = _vector_loads(first, k, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, True, True)
                 for i in range(0, H):
                     if KIND == 1:
                         r = i
+                        ahead = tl.minimum(i + 1, H - 1) * W
                     else:
                         r = H - 1 - i
-                    map_offsets, u, dt_raw, dt, decay, drive, B_row, C_row, dy = _vector_bwd_inputs(
-                        r * W, k, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A_log2, bias, b, dd, lanes, mask, D, P,
-                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS)
+                        ahead = tl.maximum(H - 2 - i, 0) * W
+                    u = u_next.to(tl.float32)
+                    dy = dy_next
+                    dt_stored, B_stored, C_stored = dt_next, B_next, C_next
+                    u_next = tl.load(u_ptr + map_offsets + ahead, mask=mask, other=0.0)
+                    dy_next = tl.load(dy_ptr + map_offsets + ahead, mask=mask, other=0.0)
+                    dt_next, B_next, C_next = _vector_loads(ahead, k, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, True, True)
+                    decay, drive, unused_raw, unused_dt, unused_B = _vector_step_values(
+                        dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS, SOFTPLUS, True)
                     h = decay * h + drive
                     tl.store(scratch + r * (tile[0] * tile[1] * tile[2]), h)
                     total_decay *= decay
-                    total_drive += total_decay * (dy * C_row)
+                    total_drive += total_decay * (dy * C_stored.to(tl.float32))
                 # The adjoint enters a column from the next column on the route: a scan against the route's order.
                 e = _vector_column_entering(total_decay, total_drive, KIND == 1)
         return e
 
     @triton.jit
-    def _vector_adjoint_row(e, dA, dbias, du, walk: tl.constexpr, r, row, k: tl.constexpr, u, dy, A_log2, bias,
-                            delta_ptr, B_ptr, C_ptr, entering_ptr, scratch, dB_ptr, dC_ptr, ddelta_ptr, b, dd, lanes,
-                            mask, D, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d, NUM_ROUTES: tl.constexpr,
-                            HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
-        """Route k on row r (at flat position ``row``) of adjoint walk ``walk`` when the walk is the route's: its
-        adjoint e carried to the next row, its dA and ddelta_bias accumulators, and its du term added to du."""
+    def _vector_adjoint_loads(r, k: tl.constexpr, walk: tl.constexpr, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch,
+                              b, dd, lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d,
+                              KIND: tl.constexpr):
+        """What route k's adjoint reads on row r, loaded a row ahead: delta, B and C as stored, and the kept state (a
+        column route's rebuilt states of the row, [BLOCK_D, T, V]; the state entering a row route's row,
+        [BLOCK_D, 1, 1]); zeros where the walk is not the route's."""
+        ACTIVE: tl.constexpr = (KIND >> 1) == walk
+        dt_stored, B_stored, C_stored = _vector_loads(r * W, k, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                      NUM_ROUTES, sdt_b, sdt_k, sdt_d, ACTIVE, True)
+        kept = tl.zeros([dd.shape[0], 1, 1], tl.float32)
+        if k < NUM_ROUTES:
+            if ACTIVE:
+                if KIND % 2 == 1:
+                    kept = tl.load(scratch + r * (dd.shape[0] * lanes.shape[1] * lanes.shape[2]))
+                else:
+                    kept = tl.load(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + r, mask=dd < D,
+                                   other=0.0)
+        return dt_stored, B_stored, C_stored, kept
+
+    @triton.jit
+    def _vector_adjoint_row(e, dA, dbias, du, walk: tl.constexpr, row, k: tl.constexpr, u, dy, dt_stored, B_stored,
+                            C_stored, kept, A_log2, bias, dB_ptr, dC_ptr, ddelta_ptr, b, dd, lanes, mask, W, P,
+                            NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr,
+                            SOFTPLUS: tl.constexpr, KIND: tl.constexpr):
+        """Route k on the row at flat position ``row`` of adjoint walk ``walk`` (``_vector_adjoint_loads``' values)
+        when the walk is the route's: its adjoint e carried to the next row, its dA and ddelta_bias accumulators, and
+        its du term added to du."""
         if k < NUM_ROUTES:
             if (KIND >> 1) == walk:
-                decay, drive, dt_raw, dt, B_row, bc_offsets = _vector_step(
-                    row, k, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
-                    HAS_BIAS, SOFTPLUS, True)
-                C_row = tl.load(C_ptr + bc_offsets, mask=mask, other=0.0).to(tl.float32)
-                g = dy * C_row
+                decay, drive, dt_raw, dt, B_row = _vector_step_values(dt_stored, B_stored, u, A_log2, bias, mask,
+                                                                      HAS_BIAS, SOFTPLUS, True)
+                g = dy * C_stored.to(tl.float32)
                 if KIND % 2 == 1:
-                    tile: tl.constexpr = [dd.shape[0], lanes.shape[1], lanes.shape[2]]
-                    h = tl.load(scratch + r * (tile[0] * tile[1] * tile[2]))
+                    h = kept
                     dh = g + e
                     e = decay * dh
                 else:
-                    entering = tl.load(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + r, mask=dd < D,
-                                       other=0.0)
-                    h, unused_leaving = _vector_row_scan(decay, drive, entering, KIND == 2)
+                    h, unused_leaving = _vector_row_scan(decay, drive, kept, KIND == 2)
                     dh, e = _vector_row_adjoint(decay, g, e, KIND == 0)
                 du_row, dA_row, dbias_row = _vector_row_gradients(
                     dh, h, row, k, u, dt_raw, dt, drive, B_row, dy, A_log2, b, dd, lanes, mask, dB_ptr, dC_ptr,
@@ -1894,17 +1973,17 @@ if HAS_TRITON:
         for walk in tl.static_range(2):
             if (WALKS >> walk) & 1:
                 e0 = _vector_adjoint_start(0, walk, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A0, bias0, entering_ptr,
-                                           scratch0, b, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d,
-                                           NUM_ROUTES, HAS_BIAS, SOFTPLUS, K0)
+                                           scratch0, b, dd, lanes, mask, map_offsets, D, H, W, P, MAX_LINES, sdt_b,
+                                           sdt_k, sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K0)
                 e1 = _vector_adjoint_start(1, walk, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A1, bias1, entering_ptr,
-                                           scratch1, b, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d,
-                                           NUM_ROUTES, HAS_BIAS, SOFTPLUS, K1)
+                                           scratch1, b, dd, lanes, mask, map_offsets, D, H, W, P, MAX_LINES, sdt_b,
+                                           sdt_k, sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K1)
                 e2 = _vector_adjoint_start(2, walk, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A2, bias2, entering_ptr,
-                                           scratch2, b, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d,
-                                           NUM_ROUTES, HAS_BIAS, SOFTPLUS, K2)
+                                           scratch2, b, dd, lanes, mask, map_offsets, D, H, W, P, MAX_LINES, sdt_b,
+                                           sdt_k, sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K2)
                 e3 = _vector_adjoint_start(3, walk, u_ptr, delta_ptr, B_ptr, C_ptr, dy_ptr, A3, bias3, entering_ptr,
-                                           scratch3, b, dd, lanes, mask, D, H, W, P, MAX_LINES, sdt_b, sdt_k, sdt_d,
-                                           NUM_ROUTES, HAS_BIAS, SOFTPLUS, K3)
+                                           scratch3, b, dd, lanes, mask, map_offsets, D, H, W, P, MAX_LINES, sdt_b,
+                                           sdt_k, sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K3)
                 accumulators = tl.zeros([BLOCK_D, T], tl.float32)
                 dA0, dA1, dA2, dA3 = accumulators, accumulators, accumulators, accumulators
                 db0, db1, db2, db3 = accumulators, accumulators, accumulators, accumulators
@@ -1918,34 +1997,70 @@ if HAS_TRITON:
                     skip += skip2
                 if NUM_ROUTES > 3 and (K3 >> 1) == walk:
                     skip += skip3
+                # Operands of the walk's first row; every row then loads the next one's before its own work.
+                r_next = (H - 1) * (1 - walk)
+                u_next = tl.load(u_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
+                dy_next = tl.load(dy_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
+                du_next = tl.zeros([BLOCK_D, T, V], tl.float32)
+                if walk == 1 and (WALKS & 1):  # du of the first walk, whose lanes this thread stored
+                    du_next = tl.load(du_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
+                dt0_next, B0_next, C0_next, kept0_next = _vector_adjoint_loads(
+                    r_next, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd, lanes, mask, D, P, W,
+                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
+                dt1_next, B1_next, C1_next, kept1_next = _vector_adjoint_loads(
+                    r_next, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd, lanes, mask, D, P, W,
+                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1)
+                dt2_next, B2_next, C2_next, kept2_next = _vector_adjoint_loads(
+                    r_next, 2, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch2, b, dd, lanes, mask, D, P, W,
+                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2)
+                dt3_next, B3_next, C3_next, kept3_next = _vector_adjoint_loads(
+                    r_next, 3, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch3, b, dd, lanes, mask, D, P, W,
+                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3)
                 for i in range(0, H):
                     if walk == 0:
                         r = H - 1 - i
+                        r_next = tl.maximum(H - 2 - i, 0)
                     else:
                         r = i
+                        r_next = tl.minimum(i + 1, H - 1)
                     row = r * W
-                    u = tl.load(u_ptr + map_offsets + row, mask=mask, other=0.0).to(tl.float32)
-                    dy = tl.load(dy_ptr + map_offsets + row, mask=mask, other=0.0)
-                    du = skip * dy
+                    u = u_next.to(tl.float32)
+                    dy = dy_next
+                    du = du_next
+                    dt0, B0, C0, kept0 = dt0_next, B0_next, C0_next, kept0_next
+                    dt1, B1, C1, kept1 = dt1_next, B1_next, C1_next, kept1_next
+                    dt2, B2, C2, kept2 = dt2_next, B2_next, C2_next, kept2_next
+                    dt3, B3, C3, kept3 = dt3_next, B3_next, C3_next, kept3_next
+                    u_next = tl.load(u_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
+                    dy_next = tl.load(dy_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
+                    if walk == 1 and (WALKS & 1):
+                        du_next = tl.load(du_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
+                    dt0_next, B0_next, C0_next, kept0_next = _vector_adjoint_loads(
+                        r_next, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd, lanes, mask, D, P, W,
+                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
+                    dt1_next, B1_next, C1_next, kept1_next = _vector_adjoint_loads(
+                        r_next, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd, lanes, mask, D, P, W,
+                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1)
+                    dt2_next, B2_next, C2_next, kept2_next = _vector_adjoint_loads(
+                        r_next, 2, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch2, b, dd, lanes, mask, D, P, W,
+                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2)
+                    dt3_next, B3_next, C3_next, kept3_next = _vector_adjoint_loads(
+                        r_next, 3, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch3, b, dd, lanes, mask, D, P, W,
+                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3)
+                    du += skip * dy
                     e0, dA0, db0, du = _vector_adjoint_row(
-                        e0, dA0, db0, du, walk, r, row, 0, u, dy, A0, bias0, delta_ptr, B_ptr, C_ptr, entering_ptr,
-                        scratch0, dB_ptr, dC_ptr, ddelta_ptr, b, dd, lanes, mask, D, W, P, MAX_LINES, sdt_b, sdt_k,
-                        sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K0)
+                        e0, dA0, db0, du, walk, row, 0, u, dy, dt0, B0, C0, kept0, A0, bias0, dB_ptr, dC_ptr,
+                        ddelta_ptr, b, dd, lanes, mask, W, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K0)
                     e1, dA1, db1, du = _vector_adjoint_row(
-                        e1, dA1, db1, du, walk, r, row, 1, u, dy, A1, bias1, delta_ptr, B_ptr, C_ptr, entering_ptr,
-                        scratch1, dB_ptr, dC_ptr, ddelta_ptr, b, dd, lanes, mask, D, W, P, MAX_LINES, sdt_b, sdt_k,
-                        sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K1)
+                        e1, dA1, db1, du, walk, row, 1, u, dy, dt1, B1, C1, kept1, A1, bias1, dB_ptr, dC_ptr,
+                        ddelta_ptr, b, dd, lanes, mask, W, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K1)
                     e2, dA2, db2, du = _vector_adjoint_row(
-                        e2, dA2, db2, du, walk, r, row, 2, u, dy, A2, bias2, delta_ptr, B_ptr, C_ptr, entering_ptr,
-                        scratch2, dB_ptr, dC_ptr, ddelta_ptr, b, dd, lanes, mask, D, W, P, MAX_LINES, sdt_b, sdt_k,
-                        sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K2)
+                        e2, dA2, db2, du, walk, row, 2, u, dy, dt2, B2, C2, kept2, A2, bias2, dB_ptr, dC_ptr,
+                        ddelta_ptr, b, dd, lanes, mask, W, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K2)
                     e3, dA3, db3, du = _vector_adjoint_row(
-                        e3, dA3, db3, du, walk, r, row, 3, u, dy, A3, bias3, delta_ptr, B_ptr, C_ptr, entering_ptr,
-                        scratch3, dB_ptr, dC_ptr, ddelta_ptr, b, dd, lanes, mask, D, W, P, MAX_LINES, sdt_b, sdt_k,
-                        sdt_d, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K3)
+                        e3, dA3, db3, du, walk, row, 3, u, dy, dt3, B3, C3, kept3, A3, bias3, dB_ptr, dC_ptr,
+                        ddelta_ptr, b, dd, lanes, mask, W, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K3)
                     dD += tl.sum(u * dy, axis=2)
-                    if walk == 1 and (WALKS & 1):  # the same thread stored these lanes in the first walk
-                        du += tl.load(du_ptr + map_offsets + row, mask=mask, other=0.0)
                     tl.store(du_ptr + map_offsets + row, du, mask=mask)
                 _vector_flush_route(dA0, dD, db0, walk, 0, d, D, dA_ptr, dDskip_ptr, dbias_ptr, NUM_ROUTES, HAS_D,
                                     HAS_BIAS, K0)
@@ -2309,7 +2424,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), T=threads, V=lanes_per_thread,
             BLOCK_D=block_d, num_warps=max(1, threads * block_d // 32),
-            **({} if VECTOR_ROW_WALK_FWD_MAX_REGISTERS is None else {'maxnreg': VECTOR_ROW_WALK_FWD_MAX_REGISTERS}))
+            **_register_cap(VECTOR_ROW_WALK_FWD_MAX_REGISTERS, lanes_per_thread))
         return y, last_state, entering, states
     _LAUNCH['_raster_rows_fwd_kernel'](
         grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
@@ -2323,14 +2438,23 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
 VECTOR_ROW_WALK = True
 # Channels per program of the vectorised row walk; None: one warp's worth (32 threads over T threads per row).
 VECTOR_WALK_CHANNELS = None
-# A cap on the vectorised forward's registers per thread (Triton's ``maxnreg``); None leaves it to the compiler, which
-# gives it 64-79: capped at 72 / 64 / 56 it was no faster at any VMamba-T stage (H200, 2026-12-01: 0.566 ms uncapped at
-# 56x56 against 0.579 / 0.605 / 0.627).
-VECTOR_ROW_WALK_FWD_MAX_REGISTERS = None
+# A cap on the vectorised forward's registers per thread (Triton's ``maxnreg``) where it runs several lanes per thread;
+# None leaves it to the compiler. Loading each row a row ahead took the compiler to 96 registers at 56x56 and 28x28;
+# capped at 80 (20 bytes of spills) the forward took 0.466 / 0.249 / 0.135 ms at VMamba-T's first three stages
+# against 0.507 / 0.266 / 0.135 uncapped and 0.625 / 0.286 / 0.156 before the loads ahead (H200, fifteenth session,
+# kernel time under the profiler, bf16). One lane per thread (7x7) stays uncapped: the compiler gives it 64
+# registers, and with the cap it took 0.096 against 0.089 ms.
+VECTOR_ROW_WALK_FWD_MAX_REGISTERS = 80
 # At most this many lanes per thread (a power of two, also at most 16 bytes of the widest operand). Four won at the
 # two large VMamba-T stages in bf16 and fp32 (H200 sweep of 2026-12-01, ``benchmarks/results/README.md``): at 56x56
 # bf16 0.577 ms against 0.692 with eight lanes and 0.806 with two, one warp per program each.
 VECTOR_WALK_LANES = 4
+
+
+def _register_cap(cap: Optional[int], lanes_per_thread: int) -> dict:
+    """The launch option that caps a vectorised walk's registers: none at one lane per thread, where the compiler
+    keeps the walks at 64 registers and a cap only made them slower."""
+    return {} if cap is None or lanes_per_thread == 1 else {'maxnreg': cap}
 
 
 def _lanes_per_thread(width: int, widest: int, max_lanes: int) -> int:
@@ -2375,14 +2499,13 @@ ROW_WALK_BWD_ALIGNED = True
 # The vectorised backward (``_vector_rows_bwd_kernel``) runs where the vectorised forward would, for the backward of
 # a merged output without upstream gradients of the states; False runs the row-walk backward there.
 VECTOR_ROW_WALK_BWD = True
-# A cap on the vectorised backward's registers per thread (Triton's ``maxnreg``); None leaves it to the compiler.
-# H200, 2026-12-01 (the backward alone, bf16, delta in SS2D's layout): capped at 80, 1.666 / 0.876 / 0.456 / 0.471 ms
-# at VMamba-T's four stages against 1.909 / 0.983 / 0.636 / 0.784 uncapped (the one-lane backward: 2.201 / 1.117 /
-# 0.769 / 0.542); the two small stages' timings are partly host time. With the routes paired per walk (fifteenth
-# session, kernel time under the profiler, bf16, delta (B, K, D, H, W)): 1.433 / 0.773 / 0.443 / 0.212 ms at 80,
-# against 1.578 / 0.834 / 0.446 / 0.213 uncapped, 1.582 / 0.828 / 0.436 / 0.269 at 128 and 1.696 / 0.899 / 0.428 /
-# 0.242 at 96.
-VECTOR_ROW_WALK_BWD_MAX_REGISTERS = 80
+# A cap on the vectorised backward's registers per thread (Triton's ``maxnreg``) where it runs several lanes per
+# thread; None leaves it to the compiler. Its adjoint walks carry two routes' operands of the next row (delta, B, C and
+# the kept states) besides u, dy and du. H200, fifteenth session (kernel time under the profiler, bf16, VMamba-T's
+# stages): 1.302 / 0.676 / 0.336 ms at 56x56 / 28x28 / 14x14 capped at 128, against 1.573 / 0.797 / 0.334 uncapped,
+# 1.983 / 1.116 / 0.388 at 96 and 2.930 / 1.748 / 0.475 at 80 (824 bytes of spills at 56x56); before the loads
+# ahead, 1.448 / 0.781 / 0.450 at 80. At one lane per thread (7x7) uncapped: 0.211 ms, 0.231 at 128.
+VECTOR_ROW_WALK_BWD_MAX_REGISTERS = 128
 
 
 def _row_walk_alignment(strides, positions, height, width, widest) -> int:
@@ -2493,7 +2616,7 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
             NUM_ROUTES=num_routes, HAS_D=D is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, T=threads, V=lanes_per_thread, BLOCK_D=block_d,
             num_warps=max(1, threads * block_d // 32),
-            **({} if VECTOR_ROW_WALK_BWD_MAX_REGISTERS is None else {'maxnreg': VECTOR_ROW_WALK_BWD_MAX_REGISTERS}))
+            **_register_cap(VECTOR_ROW_WALK_BWD_MAX_REGISTERS, lanes_per_thread))
         return grads
     state_tile = next_power_of_2(state_dim)
     # Scratch for the rebuilt states of column routes: one (H, BLOCK_D, NP, lanes) slab per program, sized for the
@@ -2605,9 +2728,10 @@ def _route_inverse(routes: torch.Tensor, positions: int) -> Optional[torch.Tenso
     """(K, P) int32: the step at which route k visits position p (-1 where it never does), or None when a route
     visits a position twice. Kept on the routes tensor (``ScanPattern.routes_on`` hands out one tensor per pattern
     and device), keyed by its version."""
-    key = (routes._version, positions)
+    version = _routes_version(routes)
+    key = (version, positions)
     kept = getattr(routes, '_vmamba_zoo_inverse', None)
-    if kept is not None and kept[0] == key:
+    if version is not None and kept is not None and kept[0] == key:
         return kept[1]
     inverse = None
     if not _routes_revisit(routes):
@@ -2615,8 +2739,15 @@ def _route_inverse(routes: torch.Tensor, positions: int) -> Optional[torch.Tenso
         inverse = torch.full((num_routes, positions), -1, device=routes.device, dtype=torch.int32)
         steps = torch.arange(length, device=routes.device, dtype=torch.int32)
         inverse.scatter_(1, routes.long(), steps.expand(num_routes, length))
-    _keep_on(routes, '_vmamba_zoo_inverse', (key, inverse))
+    if version is not None:
+        _keep_on(routes, '_vmamba_zoo_inverse', (key, inverse))
     return inverse
+
+
+def _routes_version(routes: torch.Tensor) -> Optional[int]:
+    """The version counter that answers kept on ``routes`` are keyed by; None for an inference tensor, which has
+    none (answers about it are not kept)."""
+    return None if routes.is_inference() else routes._version
 
 
 def _keep_on(routes: torch.Tensor, name: str, value) -> None:
@@ -2919,11 +3050,13 @@ def _scatter_atomic(u: torch.Tensor, routes: Optional[torch.Tensor]) -> bool:
 def _routes_revisit(routes: torch.Tensor) -> bool:
     """Whether a route visits a position twice (it must then accumulate its delta/u gradients there; distinct visits
     can store). Answering reads the table on the host, so the answer is kept on the tensor, keyed by its version."""
+    version = _routes_version(routes)
     kept = getattr(routes, '_vmamba_zoo_revisits', None)
-    if kept is not None and kept[0] == routes._version:
+    if version is not None and kept is not None and kept[0] == version:
         return kept[1]
     revisits = bool((routes.sort(dim=1).values.diff(dim=1) == 0).any())
-    _keep_on(routes, '_vmamba_zoo_revisits', (routes._version, revisits))
+    if version is not None:
+        _keep_on(routes, '_vmamba_zoo_revisits', (version, revisits))
     return revisits
 
 

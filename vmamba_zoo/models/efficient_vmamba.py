@@ -55,6 +55,14 @@ def _atrous_phase_routes(height: int, width: int, step: int):
     return offsets, routes, kinds
 
 
+@cached_outside_inference_mode(maxsize=64)
+def _atrous_routes_on(height: int, width: int, step: int, device: torch.device) -> torch.Tensor:
+    """``_atrous_phase_routes``' sub-grid routes as contiguous int32 on ``device``, one tensor per map and device (as
+    ``ScanPattern.routes_on``): not copied to the device on every call, built outside inference mode so that the scan
+    can key what it derives from them by their version, and reusable by training after inference."""
+    return _atrous_phase_routes(height, width, step)[1].to(device=device, dtype=torch.int32).contiguous()
+
+
 class AtrousSS2D(SS2D):
     """EfficientVMamba's ES2D mixer: the shared ``SS2D`` with the atrous scan as its core; channel-last in and out.
 
@@ -78,7 +86,7 @@ class AtrousSS2D(SS2D):
             x_pad = F.pad(x, (0, padded_w - width, 0, padded_h - height))
         else:
             x_pad = x
-        offsets, routes, route_kinds = _atrous_phase_routes(padded_h, padded_w, step)
+        offsets, unused_routes, route_kinds = _atrous_phase_routes(padded_h, padded_w, step)
         sub_h, sub_w = padded_h // step, padded_w // step
         positions = sub_h * sub_w
         # pixel_unshuffle channel c * step^2 + i * step + j holds sub-grid (i, j); reorder to route order.
@@ -95,8 +103,8 @@ class AtrousSS2D(SS2D):
             xs.view(batch, num_routes, dim, positions), dts.view(batch, num_routes, dim, positions),
             -torch.exp(self.A_logs.float()).view(num_routes, dim, state), Bs.contiguous(), Cs.contiguous(),
             D=self.Ds.float().view(num_routes, dim), delta_bias=self.dt_projs_bias.float().view(num_routes, dim),
-            routes=routes.to(x.device), delta_softplus=True, accumulate=False, backend=self.backend,
-            route_kinds=route_kinds, map_hw=(sub_h, sub_w))
+            routes=_atrous_routes_on(padded_h, padded_w, step, x.device), delta_softplus=True, accumulate=False,
+            backend=self.backend, route_kinds=route_kinds, map_hw=(sub_h, sub_w))
         phase_route = [route_phase.index(p) for p in range(step * step)]
         ys = ys.view(batch, num_routes, dim, sub_h, sub_w)[:, phase_route].transpose(1, 2)
         y = F.pixel_shuffle(ys.reshape(batch, dim * num_routes, sub_h, sub_w), step)[:, :, :height, :width]
