@@ -1466,6 +1466,28 @@ if HAS_TRITON:
         return A, bias, skip
 
     @triton.jit
+    def _vector_program(D, H, WV, T: tl.constexpr, V: tl.constexpr, BLOCK_D: tl.constexpr):
+        """A vectorised walk's program: the map width W = WV * V (a multiple of V that Triton can see, so that every
+        row starts V-aligned) and size P, image b, channels d (and as [BLOCK_D, 1, 1]), the [1, T, V] lanes, the
+        tile's mask and the offsets of its channels' row 0 in an NCHW map."""
+        W = WV * V
+        P = H * W
+        b, d = _image_and_channels(D, BLOCK_D)
+        dd = d[:, None, None]
+        lanes = tl.arange(0, T)[None, :, None] * V + tl.arange(0, V)[None, None, :]
+        return W, P, b, d, dd, lanes, (dd < D) & (lanes < W), (b * D + dd) * P + lanes
+
+    @triton.jit
+    def _vector_parameters(A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           HAS_D: tl.constexpr):
+        """``_vector_route_parameters`` of routes 0 to 3."""
+        A0, bias0, skip0 = _vector_route_parameters(0, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A1, bias1, skip1 = _vector_route_parameters(1, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A2, bias2, skip2 = _vector_route_parameters(2, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A3, bias3, skip3 = _vector_route_parameters(3, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        return A0, bias0, skip0, A1, bias1, skip1, A2, bias2, skip2, A3, bias3, skip3
+
+    @triton.jit
     def _vector_loads(row, k: tl.constexpr, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES: tl.constexpr,
                       sdt_b, sdt_k, sdt_d, ACTIVE: tl.constexpr, WITH_C: tl.constexpr):
         """Route k's delta, B and (WITH_C) C on the row starting at flat position ``row``, as stored: the loads a walk
@@ -1484,6 +1506,32 @@ if HAS_TRITON:
                 if WITH_C:
                     C_stored = tl.load(C_ptr + bc_offsets, mask=mask, other=0.0)
         return dt_stored, B_stored, C_stored
+
+    @triton.jit
+    def _walk_rows(i, H, DOWN: tl.constexpr):
+        """Row i steps into a walk over H rows, top to bottom (DOWN) or bottom to top, and the walk's next row, which
+        is loaded ahead (after the last row, the last row again: loaded twice rather than past the map)."""
+        if DOWN:
+            return i, tl.minimum(i + 1, H - 1)
+        else:
+            return H - 1 - i, tl.maximum(H - 2 - i, 0)
+
+    @triton.jit
+    def _vector_row_loads(row, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES: tl.constexpr, sdt_b,
+                          sdt_k, sdt_d, ACTIVE0: tl.constexpr, ACTIVE1: tl.constexpr, ACTIVE2: tl.constexpr,
+                          ACTIVE3: tl.constexpr, WITH_C: tl.constexpr):
+        """u and every ACTIVE route's ``_vector_loads`` on the row at ``row``, as stored: what a forward walk loads a
+        row ahead."""
+        u = tl.load(u_lanes + row, mask=mask, other=0.0)
+        dt0, B0, C0 = _vector_loads(row, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
+                                    sdt_d, ACTIVE0, WITH_C)
+        dt1, B1, C1 = _vector_loads(row, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
+                                    sdt_d, ACTIVE1, WITH_C)
+        dt2, B2, C2 = _vector_loads(row, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
+                                    sdt_d, ACTIVE2, WITH_C)
+        dt3, B3, C3 = _vector_loads(row, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
+                                    sdt_d, ACTIVE3, WITH_C)
+        return u, dt0, B0, C0, dt1, B1, C1, dt2, B2, C2, dt3, B3, C3
 
     @triton.jit
     def _vector_step_values(dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -1653,22 +1701,15 @@ if HAS_TRITON:
     ):
         """The row walk's forward at d_state 1 on a shared NCHW input and a merged float32 output, V lanes per thread.
         The map is (H, WV * V); delta's batch, route and channel strides are given in units of H * W."""
-        W = WV * V  # a multiple of V that Triton can see: every row starts V-aligned
-        P = H * W
-        b, d = _image_and_channels(D, BLOCK_D)
-        dd = d[:, None, None]
-        lanes = tl.arange(0, T)[None, :, None] * V + tl.arange(0, V)[None, None, :]
-        mask = (dd < D) & (lanes < W)
-        u_lanes = u_ptr + (b * D + dd) * P + lanes
+        W, P, b, d, dd, lanes, mask, map_offsets = _vector_program(D, H, WV, T, V, BLOCK_D)
+        u_lanes = u_ptr + map_offsets
         y_rows = y_ptr + (b * D + dd) * P
         K0: tl.constexpr = KINDS & 3
         K1: tl.constexpr = (KINDS >> 2) & 3
         K2: tl.constexpr = (KINDS >> 4) & 3
         K3: tl.constexpr = (KINDS >> 6) & 3
-        A0, bias0, skip0 = _vector_route_parameters(0, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
-        A1, bias1, skip1 = _vector_route_parameters(1, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
-        A2, bias2, skip2 = _vector_route_parameters(2, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
-        A3, bias3, skip3 = _vector_route_parameters(3, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A0, bias0, skip0, A1, bias1, skip1, A2, bias2, skip2, A3, bias3, skip3 = _vector_parameters(
+            A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
         skip = skip0 + skip1 + skip2 + skip3  # every route reads the same u
         ones = tl.full([BLOCK_D, T, V], 1.0, tl.float32)
         zeros = tl.zeros([BLOCK_D, T, V], tl.float32)
@@ -1679,29 +1720,20 @@ if HAS_TRITON:
         # Walk 1: column totals of the column routes.
         a0, b0, a1, b1, a2, b2, a3, b3 = ones, zeros, ones, zeros, ones, zeros, ones, zeros
         if (KINDS & 0x55) != 0:
-            u_next = tl.load(u_lanes, mask=mask, other=0.0)
-            dt0_next, B0_next, unused_C = _vector_loads(0, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0 % 2 == 1, False)
-            dt1_next, B1_next, unused_C = _vector_loads(0, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1 % 2 == 1, False)
-            dt2_next, B2_next, unused_C = _vector_loads(0, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2 % 2 == 1, False)
-            dt3_next, B3_next, unused_C = _vector_loads(0, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                        NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3 % 2 == 1, False)
+            u_next, dt0_next, B0_next, unused_C, dt1_next, B1_next, unused_C, dt2_next, B2_next, unused_C, dt3_next, \
+                B3_next, unused_C = _vector_row_loads(0, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
+                                                      NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0 % 2 == 1, K1 % 2 == 1,
+                                                      K2 % 2 == 1, K3 % 2 == 1, False)
             for r in range(0, H):
                 u = u_next.to(tl.float32)
                 dt0, B0, dt1, B1, dt2, B2, dt3, B3 = dt0_next, B0_next, dt1_next, B1_next, dt2_next, B2_next, \
                     dt3_next, B3_next
-                ahead = tl.minimum(r + 1, H - 1) * W  # the last row loads itself again
-                u_next = tl.load(u_lanes + ahead, mask=mask, other=0.0)
-                dt0_next, B0_next, unused_C = _vector_loads(ahead, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0 % 2 == 1, False)
-                dt1_next, B1_next, unused_C = _vector_loads(ahead, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1 % 2 == 1, False)
-                dt2_next, B2_next, unused_C = _vector_loads(ahead, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2 % 2 == 1, False)
-                dt3_next, B3_next, unused_C = _vector_loads(ahead, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                            NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3 % 2 == 1, False)
+                unused_r, ahead = _walk_rows(r, H, True)
+                ahead *= W
+                u_next, dt0_next, B0_next, unused_C, dt1_next, B1_next, unused_C, dt2_next, B2_next, unused_C, \
+                    dt3_next, B3_next, unused_C = _vector_row_loads(
+                        ahead, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
+                        sdt_d, K0 % 2 == 1, K1 % 2 == 1, K2 % 2 == 1, K3 % 2 == 1, False)
                 a0, b0 = _vector_column_totals(a0, b0, 0, u, dt0, B0, A0, bias0, mask, NUM_ROUTES, HAS_BIAS, SOFTPLUS,
                                                K0)
                 a1, b1 = _vector_column_totals(a1, b1, 1, u, dt1, B1, A1, bias1, mask, NUM_ROUTES, HAS_BIAS, SOFTPLUS,
@@ -1725,35 +1757,21 @@ if HAS_TRITON:
         # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; each thread adds walk 3's
         # outputs to the lanes it stored in walk 2.
         for walk in tl.static_range(2):
-            first = (H - 1) * walk * W
-            u_next = tl.load(u_lanes + first, mask=mask, other=0.0)
-            dt0_next, B0_next, C0_next = _vector_loads(first, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K0 >> 1) == walk, True)
-            dt1_next, B1_next, C1_next = _vector_loads(first, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K1 >> 1) == walk, True)
-            dt2_next, B2_next, C2_next = _vector_loads(first, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K2 >> 1) == walk, True)
-            dt3_next, B3_next, C3_next = _vector_loads(first, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                       NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K3 >> 1) == walk, True)
+            u_next, dt0_next, B0_next, C0_next, dt1_next, B1_next, C1_next, dt2_next, B2_next, C2_next, dt3_next, \
+                B3_next, C3_next = _vector_row_loads((H - 1) * walk * W, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd,
+                                                     lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
+                                                     (K0 >> 1) == walk, (K1 >> 1) == walk, (K2 >> 1) == walk,
+                                                     (K3 >> 1) == walk, True)
             for i in range(0, H):
-                if walk == 0:
-                    r = i
-                    ahead = tl.minimum(i + 1, H - 1) * W
-                else:
-                    r = H - 1 - i
-                    ahead = tl.maximum(H - 2 - i, 0) * W
+                r, ahead = _walk_rows(i, H, walk == 0)
+                ahead *= W
                 u = u_next.to(tl.float32)
                 dt0, B0, C0, dt1, B1, C1 = dt0_next, B0_next, C0_next, dt1_next, B1_next, C1_next
                 dt2, B2, C2, dt3, B3, C3 = dt2_next, B2_next, C2_next, dt3_next, B3_next, C3_next
-                u_next = tl.load(u_lanes + ahead, mask=mask, other=0.0)
-                dt0_next, B0_next, C0_next = _vector_loads(ahead, 0, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K0 >> 1) == walk, True)
-                dt1_next, B1_next, C1_next = _vector_loads(ahead, 1, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K1 >> 1) == walk, True)
-                dt2_next, B2_next, C2_next = _vector_loads(ahead, 2, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K2 >> 1) == walk, True)
-                dt3_next, B3_next, C3_next = _vector_loads(ahead, 3, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
-                                                           NUM_ROUTES, sdt_b, sdt_k, sdt_d, (K3 >> 1) == walk, True)
+                u_next, dt0_next, B0_next, C0_next, dt1_next, B1_next, C1_next, dt2_next, B2_next, C2_next, \
+                    dt3_next, B3_next, C3_next = _vector_row_loads(
+                        ahead, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
+                        sdt_d, (K0 >> 1) == walk, (K1 >> 1) == walk, (K2 >> 1) == walk, (K3 >> 1) == walk, True)
                 y = skip * u * (1 - walk)
                 s0, y = _vector_route_row(s0, y, walk, r, 0, u, dt0, B0, C0, A0, bias0, entering_ptr, b, dd, mask, D,
                                           MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K0)
@@ -1846,12 +1864,8 @@ if HAS_TRITON:
                 dt_next, B_next, C_next = _vector_loads(first, k, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P,
                                                         NUM_ROUTES, sdt_b, sdt_k, sdt_d, True, True)
                 for i in range(0, H):
-                    if KIND == 1:
-                        r = i
-                        ahead = tl.minimum(i + 1, H - 1) * W
-                    else:
-                        r = H - 1 - i
-                        ahead = tl.maximum(H - 2 - i, 0) * W
+                    r, ahead = _walk_rows(i, H, KIND == 1)
+                    ahead *= W
                     u = u_next.to(tl.float32)
                     dy = dy_next
                     dt_stored, B_stored, C_stored = dt_next, B_next, C_next
@@ -1888,6 +1902,28 @@ if HAS_TRITON:
                     kept = tl.load(entering_ptr + ((b * NUM_ROUTES + k) * D + dd) * MAX_LINES + r, mask=dd < D,
                                    other=0.0)
         return dt_stored, B_stored, C_stored, kept
+
+    @triton.jit
+    def _vector_walk_loads(r, walk: tl.constexpr, u_ptr, dy_ptr, du_ptr, delta_ptr, B_ptr, C_ptr, entering_ptr,
+                           scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes, mask, D, P, W, MAX_LINES,
+                           NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, WALKS: tl.constexpr, K0: tl.constexpr,
+                           K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr):
+        """Everything adjoint walk ``walk`` reads on row r, loaded a row ahead: u and dy as stored, du of the first
+        walk when this is the second (else zeros), and each route's ``_vector_adjoint_loads``."""
+        u = tl.load(u_ptr + map_offsets + r * W, mask=mask, other=0.0)
+        dy = tl.load(dy_ptr + map_offsets + r * W, mask=mask, other=0.0)
+        du = tl.zeros(mask.shape, tl.float32)
+        if walk == 1 and (WALKS & 1):  # du of the first walk, whose lanes this thread stored
+            du = tl.load(du_ptr + map_offsets + r * W, mask=mask, other=0.0)
+        dt0, B0, C0, kept0 = _vector_adjoint_loads(r, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd,
+                                                   lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
+        dt1, B1, C1, kept1 = _vector_adjoint_loads(r, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd,
+                                                   lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1)
+        dt2, B2, C2, kept2 = _vector_adjoint_loads(r, 2, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch2, b, dd,
+                                                   lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2)
+        dt3, B3, C3, kept3 = _vector_adjoint_loads(r, 3, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch3, b, dd,
+                                                   lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3)
+        return u, dy, du, dt0, B0, C0, kept0, dt1, B1, C1, kept1, dt2, B2, C2, kept2, dt3, B3, C3, kept3
 
     @triton.jit
     def _vector_adjoint_row(e, dA, dbias, du, walk: tl.constexpr, row, k: tl.constexpr, u, dy, dt_stored, B_stored,
@@ -1947,21 +1983,13 @@ if HAS_TRITON:
         once and then added to once, rather than once per route. ``WALKS``: bit 0 set if some route's adjoint runs
         bottom to top, bit 1 if one runs top to bottom. A column route first walks along itself into scratch slab
         ``(SLABS >> 2k) & 3`` of the program's NUM_SLABS."""
-        W = WV * V
-        P = H * W
-        b, d = _image_and_channels(D, BLOCK_D)
-        dd = d[:, None, None]
-        lanes = tl.arange(0, T)[None, :, None] * V + tl.arange(0, V)[None, None, :]
-        mask = (dd < D) & (lanes < W)
-        map_offsets = (b * D + dd) * P + lanes
+        W, P, b, d, dd, lanes, mask, map_offsets = _vector_program(D, H, WV, T, V, BLOCK_D)
         K0: tl.constexpr = KINDS & 3
         K1: tl.constexpr = (KINDS >> 2) & 3
         K2: tl.constexpr = (KINDS >> 4) & 3
         K3: tl.constexpr = (KINDS >> 6) & 3
-        A0, bias0, skip0 = _vector_route_parameters(0, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
-        A1, bias1, skip1 = _vector_route_parameters(1, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
-        A2, bias2, skip2 = _vector_route_parameters(2, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
-        A3, bias3, skip3 = _vector_route_parameters(3, A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
+        A0, bias0, skip0, A1, bias1, skip1, A2, bias2, skip2, A3, bias3, skip3 = _vector_parameters(
+            A_ptr, bias_ptr, Dskip_ptr, d, D, NUM_ROUTES, HAS_BIAS, HAS_D)
         # This program's scratch slabs for column routes' rebuilt states, each [H, BLOCK_D, T * V].
         slab: tl.constexpr = BLOCK_D * T * V
         scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * NUM_SLABS * H * slab \
@@ -1998,31 +2026,14 @@ if HAS_TRITON:
                 if NUM_ROUTES > 3 and (K3 >> 1) == walk:
                     skip += skip3
                 # Operands of the walk's first row; every row then loads the next one's before its own work.
-                r_next = (H - 1) * (1 - walk)
-                u_next = tl.load(u_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
-                dy_next = tl.load(dy_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
-                du_next = tl.zeros([BLOCK_D, T, V], tl.float32)
-                if walk == 1 and (WALKS & 1):  # du of the first walk, whose lanes this thread stored
-                    du_next = tl.load(du_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
-                dt0_next, B0_next, C0_next, kept0_next = _vector_adjoint_loads(
-                    r_next, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd, lanes, mask, D, P, W,
-                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
-                dt1_next, B1_next, C1_next, kept1_next = _vector_adjoint_loads(
-                    r_next, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd, lanes, mask, D, P, W,
-                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1)
-                dt2_next, B2_next, C2_next, kept2_next = _vector_adjoint_loads(
-                    r_next, 2, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch2, b, dd, lanes, mask, D, P, W,
-                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2)
-                dt3_next, B3_next, C3_next, kept3_next = _vector_adjoint_loads(
-                    r_next, 3, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch3, b, dd, lanes, mask, D, P, W,
-                    MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3)
+                u_next, dy_next, du_next, dt0_next, B0_next, C0_next, kept0_next, dt1_next, B1_next, C1_next, \
+                    kept1_next, dt2_next, B2_next, C2_next, kept2_next, dt3_next, B3_next, C3_next, kept3_next = \
+                    _vector_walk_loads((H - 1) * (1 - walk), walk, u_ptr, dy_ptr, du_ptr, delta_ptr, B_ptr, C_ptr,
+                                       entering_ptr, scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes,
+                                       mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, WALKS, K0, K1, K2,
+                                       K3)
                 for i in range(0, H):
-                    if walk == 0:
-                        r = H - 1 - i
-                        r_next = tl.maximum(H - 2 - i, 0)
-                    else:
-                        r = i
-                        r_next = tl.minimum(i + 1, H - 1)
+                    r, r_next = _walk_rows(i, H, walk == 1)
                     row = r * W
                     u = u_next.to(tl.float32)
                     dy = dy_next
@@ -2031,22 +2042,11 @@ if HAS_TRITON:
                     dt1, B1, C1, kept1 = dt1_next, B1_next, C1_next, kept1_next
                     dt2, B2, C2, kept2 = dt2_next, B2_next, C2_next, kept2_next
                     dt3, B3, C3, kept3 = dt3_next, B3_next, C3_next, kept3_next
-                    u_next = tl.load(u_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
-                    dy_next = tl.load(dy_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
-                    if walk == 1 and (WALKS & 1):
-                        du_next = tl.load(du_ptr + map_offsets + r_next * W, mask=mask, other=0.0)
-                    dt0_next, B0_next, C0_next, kept0_next = _vector_adjoint_loads(
-                        r_next, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd, lanes, mask, D, P, W,
-                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
-                    dt1_next, B1_next, C1_next, kept1_next = _vector_adjoint_loads(
-                        r_next, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd, lanes, mask, D, P, W,
-                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K1)
-                    dt2_next, B2_next, C2_next, kept2_next = _vector_adjoint_loads(
-                        r_next, 2, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch2, b, dd, lanes, mask, D, P, W,
-                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K2)
-                    dt3_next, B3_next, C3_next, kept3_next = _vector_adjoint_loads(
-                        r_next, 3, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch3, b, dd, lanes, mask, D, P, W,
-                        MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K3)
+                    u_next, dy_next, du_next, dt0_next, B0_next, C0_next, kept0_next, dt1_next, B1_next, C1_next, \
+                        kept1_next, dt2_next, B2_next, C2_next, kept2_next, dt3_next, B3_next, C3_next, kept3_next = \
+                        _vector_walk_loads(r_next, walk, u_ptr, dy_ptr, du_ptr, delta_ptr, B_ptr, C_ptr, entering_ptr,
+                                           scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes, mask, D,
+                                           P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, WALKS, K0, K1, K2, K3)
                     du += skip * dy
                     e0, dA0, db0, du = _vector_adjoint_row(
                         e0, dA0, db0, du, walk, row, 0, u, dy, dt0, B0, C0, kept0, A0, bias0, dB_ptr, dC_ptr,
