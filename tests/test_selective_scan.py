@@ -805,6 +805,25 @@ def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern
     assert backward_calls == [expected_cap], 'the vectorised backward ran for the wrong calls, or with the wrong cap'
 
 
+@pytest.mark.parametrize('kinds,expected', [
+    ((0, 1, 2, 3), (0b11, 0, 1)),  # VMamba's cross: one column route in each walk
+    ((3, 1, 1, 2), (0b11, 1 << 4, 2)),  # two column routes in the bottom-to-top walk take slabs 0 and 1
+    ((0, 2), (0b11, 0, 0)),  # bidirectional: rows only
+    ((0,), (0b01, 0, 0)),
+    ((3,), (0b10, 0, 1)),
+])
+def test_vector_backward_groups_routes_by_walk(kinds, expected):
+    """The vectorised backward runs the adjoints of kinds 0 and 1 in its first walk and of kinds 2 and 3 in its
+    second; column routes of one walk get distinct scratch slabs."""
+    packed = sum(kind << (2 * k) for k, kind in enumerate(kinds))
+    assert ss._walk_groups(packed, len(kinds)) == expected
+
+
+def test_vector_walks_cap_registers_only_with_several_lanes_per_thread():
+    assert ss._register_cap(128, 4) == {'maxnreg': 128}
+    assert ss._register_cap(128, 1) == {} and ss._register_cap(None, 4) == {}
+
+
 def test_vector_row_walk_applies_only_where_it_can():
     """The vectorised forward takes d_state 1, one input map shared by the routes in NCHW order, a merged output,
     delta with adjacent positions and whole-map strides, and rows that fill the map; anything else runs the
