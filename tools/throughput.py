@@ -13,6 +13,8 @@
 
 Each (model, mode, AMP dtype, batch) is measured on a fresh model with random weights: warm-up steps, then timed
 steps (CUDA events on GPU, perf_counter on CPU). After an out-of-memory error the batch is halved and retried.
+Peak memory ("peak MiB", ``peak_memory_mib``) is that of the steps after the first; the first step's, which also
+holds what compiling, autotuning and cuDNN's benchmark try once, is ``first_step_peak_memory_mib``.
 Results go to JSON (with date, GPU, versions and all settings), CSV and a PNG of throughput against GFLOPs (from
 ``model_cards/index.json``, else counted) or params. fvcore is not needed unless FLOPs must be counted with it.
 """

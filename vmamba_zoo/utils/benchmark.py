@@ -4,7 +4,8 @@ Modelled on timm's ``benchmark.py``: a fresh model per measurement, random input
 steps, a smaller batch tried after an out-of-memory error. Differences: AMP is autocast over float32 weights (the
 way models are trained and usually served), the step timing uses CUDA events recorded between steps (one
 synchronisation at the end, so host overhead that the GPU hides is not counted), the training step includes the
-optimizer step, and peak memory is recorded.
+optimizer step, and peak memory is recorded twice: through the first step (compilation, autotuning, cuDNN's
+benchmark) and over the steps after it (``peak_memory_mib``, what a run holds once it is under way).
 
 Nothing here needs fvcore or matplotlib; plotting imports matplotlib on use.
 """
@@ -38,8 +39,8 @@ AMP_DTYPES = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.floa
 CSV_FIELDS = (
     'model', 'source', 'role', 'mode', 'amp_dtype', 'tf32', 'channels_last', 'compile', 'cuda_graph', 'img_size',
     'requested_batch_size', 'batch_size', 'samples_per_sec', 'step_time_ms', 'step_time_ms_median',
-    'step_time_ms_std', 'peak_memory_mib', 'param_count_m', 'gflops', 'gflops_source', 'first_step_s',
-    'warm_steps', 'oom_retries', 'error',
+    'step_time_ms_std', 'peak_memory_mib', 'first_step_peak_memory_mib', 'param_count_m', 'gflops', 'gflops_source',
+    'first_step_s', 'warm_steps', 'oom_retries', 'error',
 )
 
 
@@ -469,6 +470,13 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         step()  # first step: compilation, autotuning, cudnn benchmark
         _synchronize(device)
         first_step_s = time.perf_counter() - start
+        # The first step's peak also holds what is allocated only once: cuDNN's benchmark and Triton's autotuner try
+        # their candidates there. An H200 run of EfficientVMamba-T's fp32 inference reported 50 GiB through its first
+        # step where a steady forward peaked at 1.7 GiB (fifteenth session; the first step's share not established).
+        # peak_memory_mib is the steps' after it, with the model, its inputs and the optimizer state still held.
+        first_step_peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
         # The minimum warm-up time counts from after the first step: a first step that compiles for a minute
         # must not stand in for warming up.
         start = time.perf_counter()
@@ -501,6 +509,7 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         img_size=list(img_size),
         peak_memory_mib=round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1) if device.type == 'cuda'
         else None,
+        first_step_peak_memory_mib=None if first_step_peak is None else round(first_step_peak / 2 ** 20, 1),
     )
     if profile is not None:
         result['profile'] = profile
@@ -513,7 +522,8 @@ def benchmark_model(spec: ModelSpec, config: BenchConfig, batch_size: int, min_b
 
     Returns:
         One result row: model, source, role, the config's settings, batch sizes, samples/s, step time (mean,
-        median, std in ms), peak memory (MiB, CUDA only), parameters (M), first-step seconds and ``error`` if any
+        median, std in ms), peak memory of the steps after the first and through the first (MiB, CUDA only),
+        parameters (M), first-step seconds and ``error`` if any
         error other than out-of-memory (or out-of-memory at every batch) stopped the measurement.
     """
     row = dict(model=spec.name, source=spec.source, role=spec.role, mode=config.mode, amp_dtype=config.amp_dtype,
