@@ -1696,11 +1696,12 @@ if HAS_TRITON:
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, y_ptr, last_ptr, entering_ptr,
             D, H, WV, MAX_LINES, sdt_b, sdt_k, sdt_d,
             KINDS: tl.constexpr, NUM_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-            SOFTPLUS: tl.constexpr, HAS_FORWARD_ROUTES: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
-            BLOCK_D: tl.constexpr,
+            SOFTPLUS: tl.constexpr, WALKS: tl.constexpr, T: tl.constexpr, V: tl.constexpr, BLOCK_D: tl.constexpr,
     ):
         """The row walk's forward at d_state 1 on a shared NCHW input and a merged float32 output, V lanes per thread.
-        The map is (H, WV * V); delta's batch, route and channel strides are given in units of H * W."""
+        The map is (H, WV * V); delta's batch, route and channel strides are given in units of H * W. ``WALKS`` (see
+        ``_walk_groups``): bit 0 set if a route is walked top to bottom (kinds 0 and 1), bit 1 if one bottom to top
+        (kinds 2 and 3); an output walk without routes is skipped."""
         W, P, b, d, dd, lanes, mask, map_offsets = _vector_program(D, H, WV, T, V, BLOCK_D)
         u_lanes = u_ptr + map_offsets
         y_rows = y_ptr + (b * D + dd) * P
@@ -1755,8 +1756,9 @@ if HAS_TRITON:
         if K3 % 2 == 0:
             s3 = tl.zeros([BLOCK_D, 1, 1], tl.float32)
         # Walks 2 and 3: forward routes top to bottom, reversed routes bottom to top; each thread adds walk 3's
-        # outputs to the lanes it stored in walk 2.
-        for walk in tl.static_range(2):
+        # outputs to the lanes it stored in walk 2. The first output walk that runs adds the skip term.
+        FIRST_WALK: tl.constexpr = 1 - (WALKS & 1)
+        for walk in tl.static_range(FIRST_WALK, 1 + (WALKS >> 1)):
             u_next, dt0_next, B0_next, C0_next, dt1_next, B1_next, C1_next, dt2_next, B2_next, C2_next, dt3_next, \
                 B3_next, C3_next = _vector_row_loads((H - 1) * walk * W, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd,
                                                      lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d,
@@ -1772,7 +1774,10 @@ if HAS_TRITON:
                     dt3_next, B3_next, C3_next = _vector_row_loads(
                         ahead, u_lanes, delta_ptr, B_ptr, C_ptr, b, dd, lanes, mask, P, NUM_ROUTES, sdt_b, sdt_k,
                         sdt_d, (K0 >> 1) == walk, (K1 >> 1) == walk, (K2 >> 1) == walk, (K3 >> 1) == walk, True)
-                y = skip * u * (1 - walk)
+                if walk == FIRST_WALK:
+                    y = skip * u
+                else:
+                    y = zeros
                 s0, y = _vector_route_row(s0, y, walk, r, 0, u, dt0, B0, C0, A0, bias0, entering_ptr, b, dd, mask, D,
                                           MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K0)
                 s1, y = _vector_route_row(s1, y, walk, r, 1, u, dt1, B1, C1, A1, bias1, entering_ptr, b, dd, mask, D,
@@ -1781,7 +1786,7 @@ if HAS_TRITON:
                                           MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K2)
                 s3, y = _vector_route_row(s3, y, walk, r, 3, u, dt3, B3, C3, A3, bias3, entering_ptr, b, dd, mask, D,
                                           MAX_LINES, NUM_ROUTES, HAS_BIAS, SOFTPLUS, K3)
-                _vector_row_out(y, y_rows + r * W, lanes, mask, dd < D, W, walk == 1 and HAS_FORWARD_ROUTES)
+                _vector_row_out(y, y_rows + r * W, lanes, mask, dd < D, W, walk != FIRST_WALK)
         _vector_store_last(s0, 0, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K0)
         _vector_store_last(s1, 1, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K1)
         _vector_store_last(s2, 2, last_ptr, b, d, lanes, D, W, NUM_ROUTES, K2)
@@ -2422,8 +2427,8 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
             (batch * cdiv(dim, block_d),), u, delta, A, B, C, D, delta_bias, y, last_state, entering, dim, height,
             width // lanes_per_thread, entering_shape[-1], *delta_strides, KINDS=kinds, NUM_ROUTES=num_routes,
             HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), T=threads, V=lanes_per_thread,
-            BLOCK_D=block_d, num_warps=max(1, threads * block_d // 32),
+            WALKS=_walk_groups(kinds, num_routes)[0], T=threads, V=lanes_per_thread, BLOCK_D=block_d,
+            num_warps=max(1, threads * block_d // 32),
             **_register_cap(VECTOR_ROW_WALK_FWD_MAX_REGISTERS, lanes_per_thread))
         return y, last_state, entering, states
     _LAUNCH['_raster_rows_fwd_kernel'](
@@ -2638,10 +2643,11 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
 
 @functools.lru_cache(maxsize=256)
 def _walk_groups(kinds: int, num_routes: int) -> Tuple[int, int, int]:
-    """(walks, slabs, number of slabs) of the vectorised backward, which runs the adjoints of all routes crossing the
-    rows in one direction in one walk: bit w of walks is set when some route's adjoint runs in walk w (0: kinds 0
-    and 1, bottom to top; 1: kinds 2 and 3, top to bottom); slabs packs, 2 bits per route, the scratch slab of each
-    column route, distinct among the column routes of one walk."""
+    """(walks, slabs, number of slabs) of the vectorised walks, which treat the routes crossing the rows in one
+    direction together: bit w of walks is set when some route is in group w (0: kinds 0 and 1, walked top to bottom
+    by the forward's output walk and bottom to top by the backward's adjoint walk; 1: kinds 2 and 3, the other way);
+    a walk without routes is skipped. slabs packs, 2 bits per route, the backward's scratch slab of each column
+    route, distinct among the column routes of one walk."""
     walks = slabs = 0
     used = [0, 0]
     for k, kind in enumerate(_unpack_kinds(kinds, num_routes)):

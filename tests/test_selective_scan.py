@@ -746,12 +746,14 @@ VECTOR_CASES = [  # pattern, input dtype, map of the plan (row-only patterns run
     (K.unidirectional_pattern(2, 64), torch.float16),
     # Two column routes in the group walked top to bottom (two scratch slabs), one in the other, a reversed row route.
     (raster_pattern(5, 8, (3, 1, 1, 2)), torch.float32),
+    # Routes walked bottom to top only: the forward's one output walk is its second, which then adds the skip term.
+    (raster_pattern(4, 8, (2, 3)), torch.float16),
 ]
 
 
 @pytest.mark.parametrize('pattern,dtype', VECTOR_CASES,
                          ids=['cross5x8', 'cross4x6_fp16', 'cross3x16_fp16', 'cross6x4', 'cross5x7', 'bidirectional',
-                              'unidirectional_fp16', 'raster3112'])
+                              'unidirectional_fp16', 'raster3112', 'raster23_fp16'])
 def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern, dtype):
     """At d_state 1 on a shared NCHW input the forward runs the vectorised row walk (several lanes per thread): y and
     the last state match the float64 reference and the one-lane row walk, and every output element is written
