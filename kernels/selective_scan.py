@@ -1554,18 +1554,6 @@ if HAS_TRITON:
         return decay, drive, dt_raw, dt, B_row
 
     @triton.jit
-    def _vector_step(row, k: tl.constexpr, u, delta_ptr, B_ptr, A_log2, bias, b, dd, lanes, mask, P,
-                     NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                     IDENTITY_PADDING: tl.constexpr):
-        """``_vector_step_values`` of route k on the row starting at flat position ``row``, loading its delta and B;
-        also B's offsets (which C shares)."""
-        dt_stored, B_stored, unused_C = _vector_loads(row, k, delta_ptr, B_ptr, B_ptr, b, dd, lanes, mask, P,
-                                                      NUM_ROUTES, sdt_b, sdt_k, sdt_d, True, False)
-        decay, drive, dt_raw, dt, B_row = _vector_step_values(dt_stored, B_stored, u, A_log2, bias, mask, HAS_BIAS,
-                                                              SOFTPLUS, IDENTITY_PADDING)
-        return decay, drive, dt_raw, dt, B_row, (b * NUM_ROUTES + k) * P + row + lanes + dd * 0
-
-    @triton.jit
     def _vector_column_totals(total_decay, total_drive, k: tl.constexpr, u, dt_stored, B_stored, A_log2, bias, mask,
                               NUM_ROUTES: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                               KIND: tl.constexpr):
@@ -2434,7 +2422,7 @@ def _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, accumula
     _LAUNCH['_raster_rows_fwd_kernel'](
         grid, u, delta, A, B, C, D, delta_bias, y, last_state, states, entering, *common[:5], entering_shape[-1],
         *_row_walk_strides(u, delta, y, accumulate), **flags,
-        HAS_FORWARD_ROUTES=_has_forward_routes(kinds, num_routes), LANES=tile_w,
+        HAS_FORWARD_ROUTES=bool(_walk_groups(kinds, num_routes)[0] & 1), LANES=tile_w,
         NP=next_power_of_2(state_dim))
     return y, last_state, entering, states
 
@@ -2542,12 +2530,6 @@ def _row_walk_entering_shape(u, delta, A, plan):
 @functools.lru_cache(maxsize=None)
 def _unpack_kinds(kinds: int, num_routes: int) -> Tuple[int, ...]:
     return tuple((kinds >> (2 * k)) & 3 for k in range(num_routes))
-
-
-@functools.lru_cache(maxsize=None)
-def _has_forward_routes(kinds: int, num_routes: int) -> bool:
-    """Whether a route walks forward (kinds 0 and 1: top to bottom)."""
-    return any(kind < 2 for kind in _unpack_kinds(kinds, num_routes))
 
 
 @functools.lru_cache(maxsize=None)
@@ -2734,34 +2716,32 @@ def _route_inverse(routes: torch.Tensor, positions: int) -> Optional[torch.Tenso
     """(K, P) int32: the step at which route k visits position p (-1 where it never does), or None when a route
     visits a position twice. Kept on the routes tensor (``ScanPattern.routes_on`` hands out one tensor per pattern
     and device), keyed by its version."""
-    version = _routes_version(routes)
-    key = (version, positions)
-    kept = getattr(routes, '_vmamba_zoo_inverse', None)
-    if version is not None and kept is not None and kept[0] == key:
-        return kept[1]
-    inverse = None
-    if not _routes_revisit(routes):
+    def inverse():
+        if _routes_revisit(routes):
+            return None
         num_routes, length = routes.shape
-        inverse = torch.full((num_routes, positions), -1, device=routes.device, dtype=torch.int32)
+        table = torch.full((num_routes, positions), -1, device=routes.device, dtype=torch.int32)
         steps = torch.arange(length, device=routes.device, dtype=torch.int32)
-        inverse.scatter_(1, routes.long(), steps.expand(num_routes, length))
-    if version is not None:
-        _keep_on(routes, '_vmamba_zoo_inverse', (key, inverse))
-    return inverse
+        return table.scatter_(1, routes.long(), steps.expand(num_routes, length))
+    return _kept_answer(routes, '_vmamba_zoo_inverse', positions, inverse)
 
 
-def _routes_version(routes: torch.Tensor) -> Optional[int]:
-    """The version counter that answers kept on ``routes`` are keyed by; None for an inference tensor, which has
-    none (answers about it are not kept)."""
-    return None if routes.is_inference() else routes._version
-
-
-def _keep_on(routes: torch.Tensor, name: str, value) -> None:
-    """Keep an answer derived from ``routes`` on the tensor (a tensor that takes no attributes decides anew)."""
+def _kept_answer(routes: torch.Tensor, name: str, key, answer):
+    """``answer()``, kept on the ``routes`` tensor as attribute ``name`` and reused while the tensor's version and
+    ``key`` stay the same. Answers about an inference tensor, which has no version counter, and about a tensor that
+    takes no attributes are not kept."""
+    if routes.is_inference():
+        return answer()
+    version_key = (routes._version, key)
+    kept = getattr(routes, name, None)
+    if kept is not None and kept[0] == version_key:
+        return kept[1]
+    value = answer()
     try:
-        setattr(routes, name, value)
+        setattr(routes, name, (version_key, value))
     except (AttributeError, RuntimeError):
         pass
+    return value
 
 
 def _from_route_order(t: torch.Tensor, routes: torch.Tensor, positions: int, sum_routes: bool) -> torch.Tensor:
@@ -3056,14 +3036,8 @@ def _scatter_atomic(u: torch.Tensor, routes: Optional[torch.Tensor]) -> bool:
 def _routes_revisit(routes: torch.Tensor) -> bool:
     """Whether a route visits a position twice (it must then accumulate its delta/u gradients there; distinct visits
     can store). Answering reads the table on the host, so the answer is kept on the tensor, keyed by its version."""
-    version = _routes_version(routes)
-    kept = getattr(routes, '_vmamba_zoo_revisits', None)
-    if version is not None and kept is not None and kept[0] == version:
-        return kept[1]
-    revisits = bool((routes.sort(dim=1).values.diff(dim=1) == 0).any())
-    if version is not None:
-        _keep_on(routes, '_vmamba_zoo_revisits', (version, revisits))
-    return revisits
+    return _kept_answer(routes, '_vmamba_zoo_revisits', None,
+                        lambda: bool((routes.sort(dim=1).values.diff(dim=1) == 0).any()))
 
 
 def _backward(ctx, dy, dlast, dchunk, dstates):

@@ -474,8 +474,9 @@ def _measure(spec: ModelSpec, config: BenchConfig, batch_size: int,
         # their candidates there. An H200 run of EfficientVMamba-T's fp32 inference reported 50 GiB through its first
         # step where a steady forward peaked at 1.7 GiB (fifteenth session; the first step's share not established).
         # peak_memory_mib is the steps' after it, with the model, its inputs and the optimizer state still held.
-        first_step_peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
+        first_step_peak = None
         if device.type == 'cuda':
+            first_step_peak = torch.cuda.max_memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
         # The minimum warm-up time counts from after the first step: a first step that compiles for a minute
         # must not stand in for warming up.
