@@ -9,7 +9,8 @@ In one run it:
    reference (relative L2 error ||out - ref|| / ||ref||);
 2. times, at VMamba-T stage shapes (B=128, K=4, N in {1, 16}), forward and forward+backward of our fused kernel, our
    plain path (cross-scan + scan + merge), the chunked PyTorch path and its torch.compile, and mamba_ssm's CUDA
-   ``selective_scan_fn`` (plus PyTorch cross-scan/merge) when its sdist builds on the machine within the run;
+   ``selective_scan_fn`` (plus PyTorch cross-scan/merge) when its sdist builds on the machine within the run
+   (forward+backward with fresh gradients since the sixteenth session: ``forward_backward``);
 3. prints achieved GB/s against the bytes floor and writes everything to ``bench_scan_<date>_<gpu>.json``.
 
 The mamba_ssm build runs in a background process while our kernels are timed.
@@ -221,6 +222,18 @@ def bench(fn, warmup=10, rep=40):
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode='median')
 
 
+def forward_backward(fn, grad, leaves):
+    """One forward and backward of ``fn`` with fresh gradients: the leaves' ``.grad`` are dropped first, as a
+    training loop's ``zero_grad(set_to_none=True)`` does, so that autograd hands each gradient over instead of adding
+    it to the last one (an extra read and write of every input that no layer of a model pays: a scan's inputs are
+    activations, not leaves)."""
+    def step():
+        for t in leaves:
+            t.grad = None
+        fn().backward(grad)
+    return step
+
+
 def timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext, torch_max_length):
     """Median ms of each path, forward and forward+backward."""
     args = make_inputs(dim, height, width, state_dim, dtype, requires_grad=True)
@@ -273,10 +286,8 @@ def timed_paths(kernels, dim, height, width, state_dim, dtype, mamba_ext, torch_
             y = fn()
             grad = torch.randn_like(y)
 
-            def fwd_bwd():
-                fn().backward(grad)
-
-            fb_ms = bench(fwd_bwd, warmup=5, rep=30)
+            fb_ms = bench(forward_backward(fn, grad, args + [t for t in scan_inputs if t.requires_grad]
+                                           if mamba_ext is not None else args), warmup=5, rep=30)
             out[name] = dict(fwd_ms=fwd_ms, fwd_bwd_ms=fb_ms)
         except Exception as exc:  # a path that cannot run at this shape is reported, not fatal
             out[name] = dict(error=f'{type(exc).__name__}: {str(exc)[:300]}')
@@ -316,7 +327,7 @@ def child_compiled(spec):
     with torch.no_grad():
         fwd_ms = bench(compiled)
     grad = torch.randn_like(compiled())
-    fb_ms = bench(lambda: compiled().backward(grad), warmup=3, rep=20)
+    fb_ms = bench(forward_backward(compiled, grad, (x, delta, A, B, C, D, bias)), warmup=3, rep=20)
     torch.cuda.synchronize()
     print('CHILD_RESULT ' + json.dumps(dict(fwd_ms=fwd_ms, fwd_bwd_ms=fb_ms)))
 

@@ -1907,7 +1907,7 @@ if HAS_TRITON:
         dy = tl.load(dy_ptr + map_offsets + r * W, mask=mask, other=0.0)
         du = tl.zeros(mask.shape, tl.float32)
         if walk == 1 and (WALKS & 1):  # du of the first walk, whose lanes this thread stored
-            du = tl.load(du_ptr + map_offsets + r * W, mask=mask, other=0.0)
+            du = tl.load(du_ptr + map_offsets + r * W, mask=mask, other=0.0).to(tl.float32)
         dt0, B0, C0, kept0 = _vector_adjoint_loads(r, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd,
                                                    lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
         dt1, B1, C1, kept1 = _vector_adjoint_loads(r, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd,
@@ -2557,12 +2557,15 @@ def _zeros_like_each(shapes, device, one_buffer: bool) -> List[Optional[torch.Te
 
 
 def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast, entering=None,
-                eager=False):
+                eager=False, du_dtype=torch.float32):
     """Gradients through the whole-map backward, or through the row-walk backward given the forward's ``entering``.
 
     ``eager``: the gradients need not keep the custom op's contract (float32 outputs that share no storage): the
     accumulated ones (A, B, C, D, bias) share one buffer, and ddelta, which these kernels store once per element,
     is stored in delta's dtype (the float32 buffer and its cast afterwards would round the same way).
+    ``du_dtype``: the dtype the vectorised backward stores du in, for a caller that would cast a float32 du to it
+    (the other kernels add to du once per route and keep it in float32). That kernel stores du once per walk: with
+    routes in both walks a 16-bit du is rounded twice, once after each walk's routes are summed in float32.
     """
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
@@ -2571,8 +2574,11 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     row_walk = entering is not None and _row_walk_reads(u, delta, plan) and _is_dense(u) and _is_dense(delta)
     if not row_walk:
         u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
+    vector = _vector_walk(u, delta, B, C, dy, plan, state_dim, accumulate, False) if entering is not None \
+        and VECTOR_ROW_WALK_BWD and dstates is None and dlast is None and dy.dtype == torch.float32 else None
     # du and ddelta take the layout of u and delta: the row walk writes them through the same strides.
-    du = torch.empty_strided(u.shape, u.stride(), device=u.device, dtype=torch.float32)
+    du = torch.empty_strided(u.shape, u.stride(), device=u.device,
+                             dtype=torch.float32 if vector is None else du_dtype)
     ddelta = torch.empty_strided(delta.shape, delta.stride(), device=u.device,
                                  dtype=delta.dtype if eager else torch.float32)
     dA, dB, dC, dD, dbias = _zeroed_param_grads(A, B, C, D, delta_bias, one_buffer=eager)
@@ -2589,8 +2595,6 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
         _LAUNCH['_raster_scan_bwd_kernel'](grid, *inputs, *upstream, *grads, *sizes, *strides, **flags, HP=tile_h,
                                            WP=tile_w)
         return grads
-    vector = _vector_walk(u, delta, B, C, dy, plan, state_dim, accumulate, False) \
-        if VECTOR_ROW_WALK_BWD and dstates is None and dlast is None and dy.dtype == torch.float32 else None
     if vector is not None:
         threads, lanes_per_thread, block_d, delta_strides = vector
         programs = batch * cdiv(dim, block_d)
@@ -2964,15 +2968,15 @@ def _(u, delta, A, B, C, D, delta_bias, routes, delta_softplus, accumulate, retu
 
 
 def _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, chunk_states, dy, dstates, dlast, delta_softplus,
-                     return_states, scatter_atomic, backend, plan, eager=False):
+                     return_states, scatter_atomic, backend, plan, eager=False, du_dtype=torch.float32):
     """The gradients of (u, delta, A, B, C, D, delta_bias) in float32 (float64 for float64 input), None where an
     input is None, given the forward's raster ``plan`` (None: chunked or PyTorch). The body of the backward op, and
     of the eager training path that runs without the op (``eager``: the raster kernels may return ddelta in delta's
-    dtype and share one buffer among the accumulated gradients)."""
+    dtype and share one buffer among the accumulated gradients; ``du_dtype``: see ``_raster_bwd``)."""
     if plan is not None and not _whole_map(plan, backward=True):
         if ROW_WALK_BACKWARD and chunk_states.numel() > 0:
             return _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dstates, dlast,
-                               entering=chunk_states, eager=eager)
+                               entering=chunk_states, eager=eager, du_dtype=du_dtype)
         # The chunked backward recomputes its chunk states (one extra read of u, delta and B). It needs the route
         # table, which scan_routes leaves out of the op when the row walk's backward is to run.
         if routes is None and any(kind != 0 for kind in _unpack_kinds(plan[4], delta.shape[1])):
@@ -3082,7 +3086,7 @@ class _RasterScanEager(torch.autograd.Function):
             dy = _scan_output(u, delta.shape[1], ctx.accumulate, _row_walk_reads(u, delta, plan)).zero_()
         grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy,
                                  dstates if ctx.return_states else None, dlast, ctx.delta_softplus, ctx.return_states,
-                                 ctx.scatter_atomic, 'triton', plan, eager=True)
+                                 ctx.scatter_atomic, 'triton', plan, eager=True, du_dtype=u.dtype)
         return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 5
 
 

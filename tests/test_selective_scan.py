@@ -794,17 +794,20 @@ def test_vector_row_walk_matches_the_row_walk_and_reference(monkeypatch, pattern
     # With the last state's gradient the row-walk backward runs; with y's alone, the vectorised backward.
     backward_calls = []
     real_launch = ss._LAUNCH['_vector_rows_bwd_kernel']
-    monkeypatch.setitem(ss._LAUNCH, '_vector_rows_bwd_kernel',
-                        lambda *a, **k: backward_calls.append(k.get('maxnreg')) or real_launch(*a, **k))
+    du_position = 1 + len(inputs) + 3  # grid, the inputs, entering, dy, scratch, then du
+    monkeypatch.setitem(ss._LAUNCH, '_vector_rows_bwd_kernel', lambda *a, **k: backward_calls.append(
+        (k.get('maxnreg'), a[du_position].dtype)) or real_launch(*a, **k))
     for outputs, expected, dy in ((vector, ref, cotangents), (vector[:1], ref[:1], cotangents[:1])):
         grads = torch.autograd.grad(outputs, inputs, [c.float() for c in dy], retain_graph=True)
         ref_grads = torch.autograd.grad(expected, ref_inputs, dy, retain_graph=True)
         for name, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), grads, ref_grads):
             assert_close(g, r, g.dtype, name)  # half-precision inputs get half-precision gradients
-    # Its registers are capped where a thread holds several lanes (the compiler keeps one lane's at 64).
+    # Its registers are capped where a thread holds several lanes (the compiler keeps one lane's at 64); it stores du
+    # in x's dtype, which the eager autograd node would otherwise cast to.
     lanes_per_thread = launched[-1][1]  # the vectorised backward's answer: the last call asked
     expected_cap = ss.VECTOR_ROW_WALK_BWD_MAX_REGISTERS if lanes_per_thread > 1 else None
-    assert backward_calls == [expected_cap], 'the vectorised backward ran for the wrong calls, or with the wrong cap'
+    assert backward_calls == [(expected_cap, dtype)], \
+        'the vectorised backward ran for the wrong calls, with the wrong cap or with du in the wrong dtype'
 
 
 @pytest.mark.parametrize('kinds,expected', [
