@@ -15,21 +15,18 @@ from typing import Optional, Union
 import torch
 
 from .scan_patterns import ScanPattern, cross_merge, cross_scan, get_pattern
-from ._triton_utils import plain_eager
+from ._triton_utils import cast_to, plain_eager
 from .selective_scan import (_backward_reads_routes, _raster_fwd, _raster_plan, _resolve_backend, _row_walk_reads,
-                             _scan_routes_bwd, _scatter_atomic, scan_routes)
+                             _scan_routes_bwd, _scatter_atomic, eager_map_scan, scan_layout, scan_routes)
 
 __all__ = ['multi_scan_2d', 'RasterMultiScan']
 
 
-def _as_routes_param(fn: str, name: str, t: Optional[torch.Tensor], num_routes: int, dim: int):
-    """Accept (K * D,) or (K, D) parameters (VMamba stores them flat) and return (K, D)."""
-    if t is None:
-        return None
-    if t.dim() == 1 and t.shape[0] == num_routes * dim:
-        return t.view(num_routes, dim)
-    if t.dim() == 2 and tuple(t.shape) == (num_routes, dim):
-        return t
+def _check_routes_param(fn: str, name: str, t: Optional[torch.Tensor], num_routes: int, dim: int):
+    """Accept (K * D,) or (K, D) parameters (VMamba stores them flat)."""
+    if t is None or (t.dim() == 1 and t.shape[0] == num_routes * dim) or (t.dim() == 2 and tuple(t.shape) == (
+            num_routes, dim)):
+        return
     raise ValueError(f'{fn}: {name} must have shape ({num_routes * dim},) or ({num_routes}, {dim}), got '
                      f'{tuple(t.shape)}')
 
@@ -89,25 +86,37 @@ def multi_scan_2d(
                          f'{tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__}')
     if not isinstance(A, torch.Tensor) or A.dim() not in (2, 3):
         raise ValueError(f'{fn}: A must be (K * dim, N) or (K, dim, N)')
-    A = A.view(num_routes, dim, A.shape[-1]) if A.dim() == 2 and A.shape[0] == num_routes * dim else A
-    D = _as_routes_param(fn, 'D', D, num_routes, dim)
-    delta_bias = _as_routes_param(fn, 'delta_bias', delta_bias, num_routes, dim)
+    state_dim = A.shape[-1]
+    if A.shape[:-1] not in ((num_routes * dim,), (num_routes, dim)):
+        raise ValueError(f'{fn}: A must have shape ({num_routes * dim}, N) or ({num_routes}, {dim}, N), got '
+                         f'{tuple(A.shape)}')
+    _check_routes_param(fn, 'D', D, num_routes, dim)
+    _check_routes_param(fn, 'delta_bias', delta_bias, num_routes, dim)
     for name, t in (('B', B), ('C', C)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 5 or tuple(t.shape[:2]) != (batch, num_routes) \
-                or tuple(t.shape[3:]) != (height, width):
-            raise ValueError(f'{fn}: {name} must have shape (batch={batch}, K={num_routes}, N, {height}, {width}), '
-                             f'got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (batch, num_routes, state_dim, height, width):
+            raise ValueError(f'{fn}: {name} must have shape (batch={batch}, K={num_routes}, N={state_dim}, {height}, '
+                             f'{width}), got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}')
     positions = height * width
-    if fused:
-        u = x.reshape(batch, -1, dim, positions)
+    result = None
+    if fused and plain_eager():
+        # One autograd node that takes the map-shaped operands as they are.
+        result = eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus, return_states, backend)
+    if result is not None:
+        y, states = result
+        y = y.view(batch, dim, height, width)
+    elif fused:
+        u_shape, delta_shape, A_shape, _, _, param_shape, _ = scan_layout(x.shape, num_routes, state_dim)
         result = scan_routes(
-            u, delta.reshape(batch, num_routes, dim, positions), A, B.flatten(3), C.flatten(3), D=D,
-            delta_bias=delta_bias, routes=pattern.routes_on(x.device), delta_softplus=delta_softplus,
-            accumulate=True, return_states=return_states, backend=backend, route_kinds=pattern.route_kinds,
-            map_hw=(height, width))
+            x.reshape(u_shape), delta.reshape(delta_shape), A.view(A_shape), B.flatten(3), C.flatten(3),
+            D=None if D is None else D.view(param_shape),
+            delta_bias=None if delta_bias is None else delta_bias.view(param_shape), routes=pattern.routes_on(x.device),
+            delta_softplus=delta_softplus, accumulate=True, return_states=return_states, backend=backend,
+            route_kinds=pattern.route_kinds, map_hw=(height, width))
         y, states = result if return_states else (result, None)
         y = y.view(batch, dim, height, width)
     else:
+        A = A.view(num_routes, dim, state_dim)
+        D, delta_bias = (None if t is None else t.view(num_routes, dim) for t in (D, delta_bias))
         length = pattern.route_length
         routed = [cross_scan(t, pattern) for t in (x, delta, B, C)]  # each (batch, K, C, L)
         result = scan_routes(*routed[:2], A, *routed[2:], D=D, delta_bias=delta_bias,
@@ -119,7 +128,7 @@ def multi_scan_2d(
             index = pattern.routes.to(x.device)[None, :, None, None, :].expand_as(states)
             states = states.new_zeros(*states.shape[:4], positions).scatter(4, index, states)
     if out_dtype is not None:
-        y = y.to(out_dtype)
+        y = cast_to(y, out_dtype)
     if return_states:
         return y, states.view(batch, num_routes, dim, -1, height, width)
     return y

@@ -34,8 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._triton_utils import (HAS_TRITON, CachedLaunch, ConfigGrid, cdiv, next_power_of_2, plain_eager, tl, triton,
-                            triton_interpreting, use_triton_for)
+from ._triton_utils import (HAS_TRITON, CachedLaunch, ConfigGrid, cast_to, cdiv, next_power_of_2, plain_eager, tl,
+                            triton, triton_interpreting, use_triton_for)
 
 __all__ = [
     'selective_scan_fn', 'selective_scan_ref', 'scan_routes', 'scan_routes_ref', 'selective_scan_flops',
@@ -1897,17 +1897,18 @@ if HAS_TRITON:
         return dt_stored, B_stored, C_stored, kept
 
     @triton.jit
-    def _vector_walk_loads(r, walk: tl.constexpr, u_ptr, dy_ptr, du_ptr, delta_ptr, B_ptr, C_ptr, entering_ptr,
+    def _vector_walk_loads(r, walk: tl.constexpr, u_ptr, dy_ptr, du_first_ptr, delta_ptr, B_ptr, C_ptr, entering_ptr,
                            scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes, mask, D, P, W, MAX_LINES,
                            NUM_ROUTES: tl.constexpr, sdt_b, sdt_k, sdt_d, WALKS: tl.constexpr, K0: tl.constexpr,
                            K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr):
         """Everything adjoint walk ``walk`` reads on row r, loaded a row ahead: u and dy as stored, du of the first
-        walk when this is the second (else zeros), and each route's ``_vector_adjoint_loads``."""
+        walk (float32, at ``du_first_ptr``) when this is the second (else zeros), and each route's
+        ``_vector_adjoint_loads``."""
         u = tl.load(u_ptr + map_offsets + r * W, mask=mask, other=0.0)
         dy = tl.load(dy_ptr + map_offsets + r * W, mask=mask, other=0.0)
         du = tl.zeros(mask.shape, tl.float32)
         if walk == 1 and (WALKS & 1):  # du of the first walk, whose lanes this thread stored
-            du = tl.load(du_ptr + map_offsets + r * W, mask=mask, other=0.0).to(tl.float32)
+            du = tl.load(du_first_ptr + map_offsets + r * W, mask=mask, other=0.0)
         dt0, B0, C0, kept0 = _vector_adjoint_loads(r, 0, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch0, b, dd,
                                                    lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, K0)
         dt1, B1, C1, kept1 = _vector_adjoint_loads(r, 1, walk, delta_ptr, B_ptr, C_ptr, entering_ptr, scratch1, b, dd,
@@ -1963,7 +1964,8 @@ if HAS_TRITON:
     @triton.jit(do_not_specialize=['H'])
     def _vector_rows_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Dskip_ptr, bias_ptr, entering_ptr, dy_ptr, scratch_ptr, du_ptr,
-            ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr, D, H, WV, MAX_LINES, sdt_b, sdt_k, sdt_d,
+            ddelta_ptr, dA_ptr, dB_ptr, dC_ptr, dDskip_ptr, dbias_ptr, du_first_ptr, D, H, WV, MAX_LINES, sdt_b, sdt_k,
+            sdt_d,
             KINDS: tl.constexpr, WALKS: tl.constexpr, SLABS: tl.constexpr, NUM_SLABS: tl.constexpr,
             NUM_ROUTES: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
             T: tl.constexpr, V: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -1973,7 +1975,9 @@ if HAS_TRITON:
 
         The routes whose adjoints run bottom to top (kinds 0 and 1) share one walk over the rows, and those running
         top to bottom (kinds 2 and 3) another: each walk loads u and dy once per row for its routes, and du is stored
-        once and then added to once, rather than once per route. ``WALKS``: bit 0 set if some route's adjoint runs
+        once and then added to once, rather than once per route: with both walks, the first stores its float32 sum at
+        ``du_first_ptr`` and the second stores the total at ``du_ptr``, in du's dtype (rounded once); ``du_first_ptr``
+        may be ``du_ptr`` when du is float32. ``WALKS``: bit 0 set if some route's adjoint runs
         bottom to top, bit 1 if one runs top to bottom. A column route first walks along itself into scratch slab
         ``(SLABS >> 2k) & 3`` of the program's NUM_SLABS."""
         W, P, b, d, dd, lanes, mask, map_offsets = _vector_program(D, H, WV, T, V, BLOCK_D)
@@ -2021,7 +2025,7 @@ if HAS_TRITON:
                 # Operands of the walk's first row; every row then loads the next one's before its own work.
                 u_next, dy_next, du_next, dt0_next, B0_next, C0_next, kept0_next, dt1_next, B1_next, C1_next, \
                     kept1_next, dt2_next, B2_next, C2_next, kept2_next, dt3_next, B3_next, C3_next, kept3_next = \
-                    _vector_walk_loads((H - 1) * (1 - walk), walk, u_ptr, dy_ptr, du_ptr, delta_ptr, B_ptr, C_ptr,
+                    _vector_walk_loads((H - 1) * (1 - walk), walk, u_ptr, dy_ptr, du_first_ptr, delta_ptr, B_ptr, C_ptr,
                                        entering_ptr, scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes,
                                        mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, WALKS, K0, K1, K2,
                                        K3)
@@ -2037,7 +2041,8 @@ if HAS_TRITON:
                     dt3, B3, C3, kept3 = dt3_next, B3_next, C3_next, kept3_next
                     u_next, dy_next, du_next, dt0_next, B0_next, C0_next, kept0_next, dt1_next, B1_next, C1_next, \
                         kept1_next, dt2_next, B2_next, C2_next, kept2_next, dt3_next, B3_next, C3_next, kept3_next = \
-                        _vector_walk_loads(r_next, walk, u_ptr, dy_ptr, du_ptr, delta_ptr, B_ptr, C_ptr, entering_ptr,
+                        _vector_walk_loads(r_next, walk, u_ptr, dy_ptr, du_first_ptr, delta_ptr, B_ptr, C_ptr,
+                                           entering_ptr,
                                            scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes, mask, D,
                                            P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, WALKS, K0, K1, K2, K3)
                     du += skip * dy
@@ -2054,7 +2059,10 @@ if HAS_TRITON:
                         e3, dA3, db3, du, walk, row, 3, u, dy, dt3, B3, C3, kept3, A3, bias3, dB_ptr, dC_ptr,
                         ddelta_ptr, b, dd, lanes, mask, W, P, NUM_ROUTES, sdt_b, sdt_k, sdt_d, HAS_BIAS, SOFTPLUS, K3)
                     dD += tl.sum(u * dy, axis=2)
-                    tl.store(du_ptr + map_offsets + row, du, mask=mask)
+                    if walk == 0 and WALKS == 3:
+                        tl.store(du_first_ptr + map_offsets + row, du, mask=mask)
+                    else:
+                        tl.store(du_ptr + map_offsets + row, du, mask=mask)
                 _vector_flush_route(dA0, dD, db0, walk, 0, d, D, dA_ptr, dDskip_ptr, dbias_ptr, NUM_ROUTES, HAS_D,
                                     HAS_BIAS, K0)
                 _vector_flush_route(dA1, dD, db1, walk, 1, d, D, dA_ptr, dDskip_ptr, dbias_ptr, NUM_ROUTES, HAS_D,
@@ -2564,8 +2572,8 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
     accumulated ones (A, B, C, D, bias) share one buffer, and ddelta, which these kernels store once per element,
     is stored in delta's dtype (the float32 buffer and its cast afterwards would round the same way).
     ``du_dtype``: the dtype the vectorised backward stores du in, for a caller that would cast a float32 du to it
-    (the other kernels add to du once per route and keep it in float32). That kernel stores du once per walk: with
-    routes in both walks a 16-bit du is rounded twice, once after each walk's routes are summed in float32.
+    (the other kernels add to du once per route and keep it in float32). With routes in both of its walks, the first
+    walk's sum goes to a float32 buffer and the second stores the total, rounded once as the cast would.
     """
     batch, k_u, dim, positions = u.shape
     num_routes, state_dim = delta.shape[1], A.shape[-1]
@@ -2601,8 +2609,10 @@ def _raster_bwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, dy, dsta
         walks, slabs, num_slabs = _walk_groups(kinds, num_routes)
         # Per program, the rebuilt states of its column routes: num_slabs x (H, channels, lanes).
         scratch = torch.empty(programs * num_slabs * height * block_d * tile_w, device=u.device, dtype=torch.float32)
+        # The first walk's sum of du, float32 (the same layout as u and du).
+        du_first = du if du.dtype == torch.float32 or walks != 3 else torch.empty_like(du, dtype=torch.float32)
         _LAUNCH['_vector_rows_bwd_kernel'](
-            (programs,), *inputs, entering, dy, scratch, *grads, dim, height, width // lanes_per_thread,
+            (programs,), *inputs, entering, dy, scratch, *grads, du_first, dim, height, width // lanes_per_thread,
             entering.shape[-1], *delta_strides, KINDS=kinds, WALKS=walks, SLABS=slabs, NUM_SLABS=num_slabs,
             NUM_ROUTES=num_routes, HAS_D=D is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, T=threads, V=lanes_per_thread, BLOCK_D=block_d,
@@ -3065,10 +3075,23 @@ class _RasterScanEager(torch.autograd.Function):
     """The raster scan with autograd, for eager training: the custom op's forward and backward bodies without its
     dispatch (schema defaults, alias checks, redispatch), which took more host time than the kernels it launched in
     a VMamba-T training step on the H200 (2026-11-30 host profile). Tracing, compiling and dispatch modes keep the
-    custom op."""
+    custom op.
+
+    ``layout``: None when the operands come in the scan's layout and types (``_raster_operands``); else the
+    ``scan_layout`` shapes of a map-shaped call (``multi_scan_2d``), into which the forward reshapes them itself, and
+    the backward returns the gradients in the caller's shapes and dtypes: the reshapes and casts around the node then
+    record no autograd nodes of their own (eight for ``multi_scan_2d`` on a leaf's views, and their backward calls,
+    about a quarter of a small map's host time per forward and backward on the CPU)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, routes, plan, delta_softplus, accumulate, return_states):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, routes, plan, delta_softplus, accumulate, return_states,
+                layout=None):
+        ctx.input_meta = None
+        if layout is not None:
+            inputs = (u, delta, A, B, C, D, delta_bias)
+            ctx.input_meta = tuple(None if t is None else (t.shape, t.dtype) for t in inputs)
+            u, delta, A, B, C, D, delta_bias = _raster_operands(
+                *(None if t is None else t.reshape(shape) for t, shape in zip(inputs, layout)), plan)
         y, last_state, entering, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
                                                       accumulate, return_states)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, entering)
@@ -3087,7 +3110,64 @@ class _RasterScanEager(torch.autograd.Function):
         grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy,
                                  dstates if ctx.return_states else None, dlast, ctx.delta_softplus, ctx.return_states,
                                  ctx.scatter_atomic, 'triton', plan, eager=True, du_dtype=u.dtype)
-        return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 5
+        if ctx.input_meta is None:
+            return _input_grads(grads, (u, delta, A, B, C, D, delta_bias)) + (None,) * 6
+        return tuple(None if g is None else cast_to(g.reshape(meta[0]), meta[1])
+                     for g, meta in zip(grads, ctx.input_meta)) + (None,) * 6
+
+
+def _raster_operands(u, delta, A, B, C, D, delta_bias, plan):
+    """The Triton kernels' operands: the parameters (A, D, delta_bias) float32 and contiguous, B and C contiguous, u
+    and delta contiguous unless the row walk reads them in place (``plan`` None: no raster plan)."""
+    A, D, delta_bias = (None if t is None else cast_to(t, torch.float32).contiguous() for t in (A, D, delta_bias))
+    B, C = B.contiguous(), C.contiguous()
+    if not _row_walk_reads(u, delta, plan):
+        u, delta = u.contiguous(), delta.contiguous()
+    return u, delta, A, B, C, D, delta_bias
+
+
+def scan_layout(x_shape, num_routes: int, state_dim: int):
+    """The shapes that ``scan_routes`` takes for ``multi_scan_2d``'s operands of a map ``x`` of ``x_shape``
+    ((batch, dim, H, W) or (batch, K, dim, H, W)): u, delta, A, B, C, D and delta_bias."""
+    batch, dim, positions = x_shape[0], x_shape[-3], x_shape[-2] * x_shape[-1]
+    return ((batch, 1 if len(x_shape) == 4 else num_routes, dim, positions), (batch, num_routes, dim, positions),
+            (num_routes, dim, state_dim), (batch, num_routes, state_dim, positions),
+            (batch, num_routes, state_dim, positions), (num_routes, dim), (num_routes, dim))
+
+
+def eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus: bool, return_states: bool,
+                   backend: str):
+    """``multi_scan_2d``'s fused scan on the raster kernels in a plain eager call, with its operands in the caller's
+    shapes (already checked there), as one autograd node (``_RasterScanEager`` with a layout); None where other
+    kernels would run (PyTorch backend, routes that are not raster walks, large d_state), where ``scan_routes`` then
+    runs it and checks the rest.
+
+    Returns:
+        (y (batch, dim, P) float32, states (batch, K, dim, N, P) or None), or None.
+    """
+    if pattern.route_kinds is None:
+        return None
+    device = x.device
+    for name, t in (('x', x), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('delta_bias', delta_bias)):
+        if t is not None:
+            _check_tensor('multi_scan_2d', name, t, t.shape, device)
+    if _resolve_backend(backend, x) != 'triton':
+        return None
+    state_dim = A.shape[-1]
+    layout = scan_layout(x.shape, pattern.num_routes, state_dim)
+    plan = _raster_plan(layout[0][2], layout[0][3], tuple(pattern.route_kinds), (pattern.height, pattern.width),
+                        state_dim)
+    if plan is None:
+        return None
+    routes = pattern.routes_on(device) if _backward_reads_routes(plan) else None
+    if _needs_grad(x, delta, A, B, C, D, delta_bias):
+        y, _, states = _RasterScanEager.apply(x, delta, A, B, C, D, delta_bias, routes, plan, delta_softplus, True,
+                                              return_states, layout)
+    else:
+        operands = _raster_operands(*(None if t is None else t.reshape(shape) for t, shape in zip(
+            (x, delta, A, B, C, D, delta_bias), layout)), plan)
+        y, _, _, states = _raster_fwd(*operands, plan, delta_softplus, True, return_states, distinct_outputs=False)
+    return y, (states if return_states else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -3260,10 +3340,7 @@ def scan_routes(
     plan = _raster_plan(u.shape[2], u.shape[3], route_kinds, map_hw, state_dim) if backend == 'triton' else None
     if backend == 'triton':
         # Parameters stay float32 inside the kernel; activations keep their dtype and are upcast on load.
-        A, D, delta_bias = (None if t is None else t.float().contiguous() for t in (A, D, delta_bias))
-        B, C = B.contiguous(), C.contiguous()
-        if not _row_walk_reads(u, delta, plan):
-            u, delta = u.contiguous(), delta.contiguous()
+        u, delta, A, B, C, D, delta_bias = _raster_operands(u, delta, A, B, C, D, delta_bias, plan)
     # In plain eager calls the raster scan runs without the custom op, whose dispatch cost more host time than the
     # kernels at the smaller stages.
     if plan is not None and plain_eager():
