@@ -101,10 +101,11 @@ def multi_scan_2d(
     if fused and plain_eager():
         # One autograd node that takes the map-shaped operands as they are.
         result = eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus, return_states, backend)
-    if result is not None:
+    if result is not None:  # already map-shaped
         y, states = result
-        y = y.view(batch, dim, height, width)
-    elif fused:
+        y = y if out_dtype is None else cast_to(y, out_dtype)
+        return (y, states) if return_states else y
+    if fused:
         u_shape, delta_shape, A_shape, _, _, param_shape, _ = scan_layout(x.shape, num_routes, state_dim)
         result = scan_routes(
             x.reshape(u_shape), delta.reshape(delta_shape), A.view(A_shape), B.flatten(3), C.flatten(3),

@@ -3094,6 +3094,11 @@ class _RasterScanEager(torch.autograd.Function):
                 *(None if t is None else t.reshape(shape) for t, shape in zip(inputs, layout)), plan)
         y, last_state, entering, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
                                                       accumulate, return_states)
+        if layout is not None:  # the map's shape: (batch, dim, H, W) and (batch, K, dim, N, H, W)
+            map_hw = ctx.input_meta[0][0][-2:]
+            y = y.view(*y.shape[:-1], *map_hw)
+            if return_states:
+                states = states.view(*states.shape[:-1], *map_hw)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, entering)
         ctx.plan, ctx.delta_softplus = plan, delta_softplus
         ctx.accumulate, ctx.return_states = accumulate, return_states
@@ -3105,6 +3110,9 @@ class _RasterScanEager(torch.autograd.Function):
     def backward(ctx, dy, dlast, dstates):
         u, delta, A, B, C, D, delta_bias, routes, entering = ctx.saved_tensors
         plan = ctx.plan
+        if ctx.input_meta is not None:  # map-shaped upstream gradients
+            dy = None if dy is None else dy.flatten(-2)
+            dstates = None if dstates is None else dstates.flatten(-2)
         if dy is None:  # only the states or the last state are used
             dy = _scan_output(u, delta.shape[1], ctx.accumulate, _row_walk_reads(u, delta, plan)).zero_()
         grads = _scan_routes_bwd(u, delta, A, B, C, D, delta_bias, routes, entering, dy,
@@ -3143,7 +3151,7 @@ def eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus: bo
     runs it and checks the rest.
 
     Returns:
-        (y (batch, dim, P) float32, states (batch, K, dim, N, P) or None), or None.
+        (y (batch, dim, H, W) float32, states (batch, K, dim, N, H, W) or None), or None.
     """
     if pattern.route_kinds is None:
         return None
@@ -3167,6 +3175,8 @@ def eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus: bo
         operands = _raster_operands(*(None if t is None else t.reshape(shape) for t, shape in zip(
             (x, delta, A, B, C, D, delta_bias), layout)), plan)
         y, _, _, states = _raster_fwd(*operands, plan, delta_softplus, True, return_states, distinct_outputs=False)
+        y = y.view(*y.shape[:-1], *x.shape[-2:])
+        states = states.view(*states.shape[:-1], *x.shape[-2:]) if return_states else None
     return y, (states if return_states else None)
 
 

@@ -481,6 +481,42 @@ def test_bad_patterns_and_maps():
         K.multi_scan_2d(x, delta[:, :2], A, B, C, D, pattern=pattern)
     with pytest.raises(ValueError, match='pattern cross is for 3x4'):
         K.multi_scan_2d(x[..., :3], delta, A, B, C, D, pattern=pattern)
+    with pytest.raises(ValueError, match=r'B must have shape \(batch=1, K=4, N=1, 3, 4\)'):
+        K.multi_scan_2d(x, delta, A, B.expand(1, 4, 2, 3, 4), C, D, pattern=pattern)
+    with pytest.raises(ValueError, match=r'A must have shape \(8, N\) or \(4, 2, N\)'):
+        K.multi_scan_2d(x, delta, A[:6], B, C, D, pattern=pattern)
+    with pytest.raises(ValueError, match=r'delta_bias must have shape \(8,\) or \(4, 2\)'):
+        K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias[:4], pattern=pattern)
+    with pytest.raises(TypeError, match='B must be float16, bfloat16, float32 or float64'):
+        K.multi_scan_2d(x, delta, A, B.int(), C, D, pattern=pattern, backend='triton')
+
+
+@pytest.mark.parametrize('dtype', TRITON_DTYPES)
+def test_multi_scan_2d_eager_call_is_one_autograd_node(dtype):
+    """A plain eager ``multi_scan_2d`` on the Triton raster kernels records one autograd node on the map-shaped
+    operands as given (A as (K * D, N), D and the bias flat), not views of them; the gradients come back in the
+    operands' shapes and dtypes, as the op-by-op path (``scan_routes`` on views) gives them."""
+    pattern = K.cross_pattern(5, 8)
+    inputs = routed_inputs(pattern, 3, 1, dtype, batch=2)
+
+    def scan(*operands):
+        x, delta, A, B, C, D, bias = operands
+        return K.multi_scan_2d(x, delta, A, B, C, D, delta_bias=bias, delta_softplus=True, pattern=pattern,
+                               backend='triton')
+
+    y = scan(*inputs)
+    assert type(y.grad_fn).__name__ == '_RasterScanEagerBackward'
+    assert {type(node).__name__ for node, _ in y.grad_fn.next_functions if node is not None} == {'AccumulateGrad'}
+    cotangent = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, cotangent)
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in inputs]
+    ref = K.multi_scan_2d(*ref_inputs[:6], delta_bias=ref_inputs[6], delta_softplus=True, pattern=pattern,
+                          fused=False, backend='torch')
+    ref_grads = torch.autograd.grad(ref, ref_inputs, cotangent.double())
+    assert_close(y, ref, torch.float32, 'y')
+    for name, t, g, r in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), inputs, grads, ref_grads):
+        assert g.shape == t.shape and g.dtype == t.dtype, name
+        assert_close(g, r, g.dtype, name)
 
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
