@@ -491,13 +491,14 @@ def test_bad_patterns_and_maps():
         K.multi_scan_2d(x, delta, A, B.int(), C, D, pattern=pattern, backend='triton')
 
 
-@pytest.mark.parametrize('dtype', TRITON_DTYPES)
-def test_multi_scan_2d_eager_call_is_one_autograd_node(dtype):
+@pytest.mark.parametrize('dtype,shared', [(torch.float32, True), (torch.float16, True), (torch.float32, False)])
+def test_multi_scan_2d_eager_call_is_one_autograd_node(dtype, shared):
     """A plain eager ``multi_scan_2d`` on the Triton raster kernels records one autograd node on the map-shaped
-    operands as given (A as (K * D, N), D and the bias flat), not views of them; the gradients come back in the
-    operands' shapes and dtypes, as the op-by-op path (``scan_routes`` on views) gives them."""
+    operands as given (A as (K * D, N), D and the bias flat, x shared by the routes or one per route), not views of
+    them; the gradients come back in the operands' shapes and dtypes, as the op-by-op path (``scan_routes`` on views)
+    gives them."""
     pattern = K.cross_pattern(5, 8)
-    inputs = routed_inputs(pattern, 3, 1, dtype, batch=2)
+    inputs = routed_inputs(pattern, 3, 1, dtype, shared=shared, batch=2)
 
     def scan(*operands):
         x, delta, A, B, C, D, bias = operands
