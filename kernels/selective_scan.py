@@ -2042,9 +2042,9 @@ if HAS_TRITON:
                     u_next, dy_next, du_next, dt0_next, B0_next, C0_next, kept0_next, dt1_next, B1_next, C1_next, \
                         kept1_next, dt2_next, B2_next, C2_next, kept2_next, dt3_next, B3_next, C3_next, kept3_next = \
                         _vector_walk_loads(r_next, walk, u_ptr, dy_ptr, du_first_ptr, delta_ptr, B_ptr, C_ptr,
-                                           entering_ptr,
-                                           scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd, lanes, mask, D,
-                                           P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, WALKS, K0, K1, K2, K3)
+                                           entering_ptr, scratch0, scratch1, scratch2, scratch3, map_offsets, b, dd,
+                                           lanes, mask, D, P, W, MAX_LINES, NUM_ROUTES, sdt_b, sdt_k, sdt_d, WALKS, K0,
+                                           K1, K2, K3)
                     du += skip * dy
                     e0, dA0, db0, du = _vector_adjoint_row(
                         e0, dA0, db0, du, walk, row, 0, u, dy, dt0, B0, C0, kept0, A0, bias0, dB_ptr, dC_ptr,
@@ -3078,27 +3078,24 @@ class _RasterScanEager(torch.autograd.Function):
     custom op.
 
     ``layout``: None when the operands come in the scan's layout and types (``_raster_operands``); else the
-    ``scan_layout`` shapes of a map-shaped call (``multi_scan_2d``), into which the forward reshapes them itself, and
-    the backward returns the gradients in the caller's shapes and dtypes: the reshapes and casts around the node then
-    record no autograd nodes of their own (eight for ``multi_scan_2d`` on a leaf's views, and their backward calls,
-    about a quarter of a small map's host time per forward and backward on the CPU)."""
+    ``scan_layout`` shapes of a map-shaped call with a merged output (``multi_scan_2d``), into which the forward
+    reshapes them itself (``_map_scan_forward``), and the backward returns the gradients in the caller's shapes and
+    dtypes: the reshapes and casts around the node then record no autograd nodes of their own (eight for
+    ``multi_scan_2d`` on a leaf's views, and their backward calls, about a quarter of a small map's host time per
+    forward and backward on the CPU)."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, routes, plan, delta_softplus, accumulate, return_states,
                 layout=None):
         ctx.input_meta = None
-        if layout is not None:
+        if layout is None:
+            y, last_state, entering, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
+                                                          accumulate, return_states)
+        else:
             inputs = (u, delta, A, B, C, D, delta_bias)
             ctx.input_meta = tuple(None if t is None else (t.shape, t.dtype) for t in inputs)
-            u, delta, A, B, C, D, delta_bias = _raster_operands(
-                *(None if t is None else t.reshape(shape) for t, shape in zip(inputs, layout)), plan)
-        y, last_state, entering, states = _raster_fwd(u, delta, A, B, C, D, delta_bias, plan, delta_softplus,
-                                                      accumulate, return_states)
-        if layout is not None:  # the map's shape: (batch, dim, H, W) and (batch, K, dim, N, H, W)
-            map_hw = ctx.input_meta[0][0][-2:]
-            y = y.view(*y.shape[:-1], *map_hw)
-            if return_states:
-                states = states.view(*states.shape[:-1], *map_hw)
+            (u, delta, A, B, C, D, delta_bias), (y, last_state, entering, states) = _map_scan_forward(
+                inputs, layout, plan, delta_softplus, return_states, distinct_outputs=True)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, routes, entering)
         ctx.plan, ctx.delta_softplus = plan, delta_softplus
         ctx.accumulate, ctx.return_states = accumulate, return_states
@@ -3134,6 +3131,20 @@ def _raster_operands(u, delta, A, B, C, D, delta_bias, plan):
     return u, delta, A, B, C, D, delta_bias
 
 
+def _map_scan_forward(inputs, layout, plan, delta_softplus: bool, return_states: bool, distinct_outputs: bool):
+    """The raster forward of map-shaped operands (x, delta, A, B, C, D, delta_bias) reshaped into ``layout``
+    (``scan_layout``) and ``_raster_operands``: those operands, and ``_raster_fwd``'s results with y and the states
+    map-shaped, (batch, dim, H, W) and (batch, K, dim, N, H, W)."""
+    operands = _raster_operands(*(None if t is None else t.reshape(shape) for t, shape in zip(inputs, layout)), plan)
+    y, last_state, entering, states = _raster_fwd(*operands, plan, delta_softplus, True, return_states,
+                                                  distinct_outputs=distinct_outputs)
+    map_hw = inputs[0].shape[-2:]
+    y = y.view(*y.shape[:-1], *map_hw)
+    if return_states:
+        states = states.view(*states.shape[:-1], *map_hw)
+    return operands, (y, last_state, entering, states)
+
+
 def scan_layout(x_shape, num_routes: int, state_dim: int):
     """The shapes that ``scan_routes`` takes for ``multi_scan_2d``'s operands of a map ``x`` of ``x_shape``
     ((batch, dim, H, W) or (batch, K, dim, H, W)): u, delta, A, B, C, D and delta_bias."""
@@ -3153,14 +3164,13 @@ def eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus: bo
     Returns:
         (y (batch, dim, H, W) float32, states (batch, K, dim, N, H, W) or None), or None.
     """
-    if pattern.route_kinds is None:
+    if pattern.route_kinds is None or _resolve_backend(backend, x) != 'triton':
         return None
     device = x.device
+    # Types and devices (the shapes were checked by multi_scan_2d).
     for name, t in (('x', x), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D), ('delta_bias', delta_bias)):
         if t is not None:
             _check_tensor('multi_scan_2d', name, t, t.shape, device)
-    if _resolve_backend(backend, x) != 'triton':
-        return None
     state_dim = A.shape[-1]
     layout = scan_layout(x.shape, pattern.num_routes, state_dim)
     plan = _raster_plan(layout[0][2], layout[0][3], tuple(pattern.route_kinds), (pattern.height, pattern.width),
@@ -3168,15 +3178,12 @@ def eager_map_scan(x, delta, A, B, C, D, delta_bias, pattern, delta_softplus: bo
     if plan is None:
         return None
     routes = pattern.routes_on(device) if _backward_reads_routes(plan) else None
-    if _needs_grad(x, delta, A, B, C, D, delta_bias):
-        y, _, states = _RasterScanEager.apply(x, delta, A, B, C, D, delta_bias, routes, plan, delta_softplus, True,
-                                              return_states, layout)
+    inputs = (x, delta, A, B, C, D, delta_bias)
+    if _needs_grad(*inputs):
+        y, _, states = _RasterScanEager.apply(*inputs, routes, plan, delta_softplus, True, return_states, layout)
     else:
-        operands = _raster_operands(*(None if t is None else t.reshape(shape) for t, shape in zip(
-            (x, delta, A, B, C, D, delta_bias), layout)), plan)
-        y, _, _, states = _raster_fwd(*operands, plan, delta_softplus, True, return_states, distinct_outputs=False)
-        y = y.view(*y.shape[:-1], *x.shape[-2:])
-        states = states.view(*states.shape[:-1], *x.shape[-2:]) if return_states else None
+        y, _, _, states = _map_scan_forward(inputs, layout, plan, delta_softplus, return_states,
+                                            distinct_outputs=False)[1]
     return y, (states if return_states else None)
 
 
